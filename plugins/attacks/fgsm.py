@@ -30,7 +30,7 @@ class FGSM(Attack):
         loss = F.cross_entropy(model(x), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
         step = grad.sign_().mul_(-self.config.eps if targeted else self.config.eps)
-        return x.detach().add_(step).clamp_(*bounds)
+        return (x.detach() + step).clamp_(*bounds)
 
 
 @hookimpl
