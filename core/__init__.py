@@ -34,6 +34,10 @@ from .interfaces import (
 )
 from .labels import resolve_labels
 from .registry import LoadFailure, PluginEntry, Registry
+from .evaluate import AttackReport, PassCounter, check_budget, check_model, evaluate, run_attack
+from .matrix import Cell, DefenseContext, Executor, InProcessExecutor, MatrixResult, plan, run_matrix
+from .results import ResultStore
+from .spec import MatrixOptions, MatrixSpec
 from .training import TrainConfig, TrainResult, accuracy, build_model, train_model
 
 __all__ = [
@@ -76,4 +80,20 @@ __all__ = [
     "accuracy",
     "build_model",
     "train_model",
+    "AttackReport",
+    "PassCounter",
+    "check_budget",
+    "check_model",
+    "evaluate",
+    "run_attack",
+    "Cell",
+    "DefenseContext",
+    "Executor",
+    "InProcessExecutor",
+    "MatrixResult",
+    "plan",
+    "run_matrix",
+    "ResultStore",
+    "MatrixOptions",
+    "MatrixSpec",
 ]
