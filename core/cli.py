@@ -1,0 +1,318 @@
+"""The ``advx`` command: thin argparse + rich layer over the library.
+
+Each command calls one library function (``Registry.discover``, ``run_matrix``,
+``ResultStore``); the library stays silent and reports progress through a callback that
+this module renders. Errors advx raises for bad input are printed as one line
+(``[ConfigError]: ...``) with exit code 1 (2 for usage errors); ``-v`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import AdvxError
+
+DEFAULT_SPEC = """\
+# The default matrix of `advx run` with no spec: the embedded digits dataset, no download.
+[matrix]
+name = "digits-default"
+samples = 500
+batch_size = 250
+device = "cpu"
+seed = 0
+
+[[datasets]]
+name = "digits"
+
+[[models]]
+name = "mnist-cnn"
+train = { epochs = 30, batch_size = 64 }
+
+[[defenses]]
+name = "none"
+
+[[attacks]]
+name = "fgsm"
+eps = [0.05, 0.1, 0.2, 0.3]
+
+[[attacks]]
+name = "bim"
+eps = [0.1, 0.2]
+alpha = 0.025
+steps = 8
+"""
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        # piped or captured: print tables at their natural width instead of 80 columns
+        console = Console(stderr=stderr, highlight=False, width=220)
+    return console
+
+
+def _type_name(annotation: Any) -> str:
+    s = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    s = s or str(annotation)
+    return s.replace("typing.", "").replace("NoneType", "None")
+
+
+def _describe_field(name: str, field: Any) -> str:
+    parts = [f"{name}: {_type_name(field.annotation)}"]
+    if not field.is_required():
+        parts.append(f"= {field.default!r}")
+    bounds = []
+    for m in field.metadata:
+        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                bounds.append(f"{sym} {v}")
+    if bounds:
+        parts.append(f"({', '.join(bounds)})")
+    text = " ".join(parts)
+    if field.description:
+        text += f"  [dim]{field.description}[/dim]"
+    return text
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .registry import Registry, iter_kinds
+
+    kinds = list(iter_kinds(args.kind))
+    reg = Registry.discover()
+    console = _console()
+    for kind in kinds:
+        table = Table(title=f"{kind} plugins", show_lines=True, title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("package")
+        table.add_column("description")
+        table.add_column("config fields")
+        for e in reg.entries(kind):
+            extra = ""
+            if kind == "attack":
+                extra = f"norm {e.cls.norm}; "  # type: ignore[attr-defined]
+            fields = "\n".join(
+                _describe_field(n, f) for n, f in e.cls.Config.model_fields.items()
+            )
+            table.add_row(e.name, e.package, extra + escape(e.cls.summary()), fields or "-")
+        console.print(table)
+    for (kind, name), msg in sorted(reg.conflicts.items()):
+        if kind in kinds:
+            console.print(f"[red]conflict[/red]: {escape(msg)}")
+    for f in reg.failures:
+        console.print(f"[red]failed[/red]: {escape(str(f))}")
+    return 0
+
+
+def _result_table(rows: list[dict[str, Any]], title: str):
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .results import format_value
+
+    cols = [
+        ("dataset", "dataset"),
+        ("model", "model"),
+        ("defense", "defense"),
+        ("threat", "threat"),
+        ("attack", "attack"),
+        ("n", "n"),
+        ("clean_accuracy", "clean acc"),
+        ("robust_accuracy", "robust acc"),
+        ("success_rate", "success"),
+        ("targeted_success_rate", "targeted"),
+        ("mean_linf", "mean Linf"),
+        ("mean_l2", "mean L2"),
+        ("images_per_second", "img/s"),
+        ("forwards_per_sample", "fwd/sample"),
+        ("backwards_per_sample", "bwd/sample"),
+    ]
+    # columns with one value across all rows go into the title, so the table stays narrow
+    shared = []
+    for c, _head in cols[:5]:
+        values = {str(r.get(c)) for r in rows}
+        if len(values) == 1 and rows:
+            shared.append(f"{c} {values.pop()}")
+    if len(rows) > 1 or not rows:
+        cols = [(c, h) for c, h in cols if not any(x.startswith(c + " ") for x in shared)]
+    else:
+        shared = []
+    if shared:
+        title += "\n" + ", ".join(shared)
+    table = Table(title=title, title_justify="left")
+    for _, head in cols:
+        table.add_column(head, justify="right" if head not in ("dataset", "model", "defense", "threat", "attack") else "left")
+    for r in rows:
+        if r.get("status") == "failed":
+            labels = [c for c, _ in cols if c in ("dataset", "model", "defense", "threat", "attack")]
+            cells = [str(r.get(c) or "") for c in labels] + ["[red]failed[/red]"]
+            cells += [""] * (len(cols) - len(cells) - 1) + [escape(r.get("error") or "")]
+            table.add_row(*cells[: len(cols)])
+            if len(cells) > len(cols):
+                table.add_row(*([""] * (len(cols) - 1)), escape(r.get("error") or ""))
+            continue
+        table.add_row(*[format_value(c, r.get(c)) for c, _ in cols])
+    return table
+
+
+class _Progress:
+    """Renders run_matrix events: a progress bar per cell, a line per training run."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.tasks: dict[str, int] = {}
+        self.train_task: int | None = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event: str, cell: Any, payload: dict[str, Any]) -> None:
+        from rich.markup import escape
+
+        p = self.progress
+        if event == "plan":
+            skipped = payload["skipped"]
+            msg = f"{payload['cells']} cells, {payload['todo']} to run"
+            if skipped:
+                msg += f", {skipped} already in the results (skipped)"
+            self.console.print(msg)
+        elif event == "cell_start":
+            self.tasks[cell.key] = p.add_task(escape(cell.title()), total=cell.options.samples)
+        elif event == "train_start":
+            self.train_task = p.add_task(f"  training {escape(payload['model'])}", total=payload["epochs"] or 1)
+        elif event == "train_epoch" and self.train_task is not None:
+            p.update(self.train_task, completed=payload["epoch"])
+        elif event == "train_done" and self.train_task is not None:
+            note = "loaded from cache" if payload["cached"] else f"trained in {payload['seconds']:.1f}s"
+            p.update(self.train_task, completed=p.tasks[self.train_task].total, description=f"  {escape(payload['model'])}: {note}")
+            self.train_task = None
+        elif event == "batch" and cell is not None and cell.key in self.tasks:
+            p.update(self.tasks[cell.key], completed=payload["done"], total=payload["total"])
+        elif event in ("cell_done", "cell_failed") and cell is not None and cell.key in self.tasks:
+            task = self.tasks[cell.key]
+            total = p.tasks[task].total
+            if event == "cell_failed":
+                p.update(task, description=f"[red]failed[/red] {escape(cell.title())}: {escape(str(payload['row'].get('error')))}")
+            else:
+                p.update(task, completed=total)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .matrix import run_matrix
+    from .results import ResultStore
+    from .spec import MatrixSpec
+
+    console = _console()
+    spec = MatrixSpec.from_toml(args.spec) if args.spec else MatrixSpec.from_toml_string(DEFAULT_SPEC, "default spec")
+    if args.cache_dir:
+        spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
+    store = ResultStore(args.db)
+    try:
+        with _Progress(console) as progress:
+            try:
+                result = run_matrix(spec, store=store, on_event=progress, device=args.device, rerun=args.rerun)
+            except KeyboardInterrupt:
+                progress.progress.stop()
+                kept = len(store.cells(spec.matrix.name, status="done"))
+                console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
+                return 130
+        rows = store.cells(spec.matrix.name)
+    finally:
+        store.close()
+    console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
+    console.print(
+        f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
+    )
+    return 1 if result.failed else 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .results import ResultStore
+
+    if not Path(args.db).exists():
+        raise ConfigError(f"results file {args.db!r} does not exist")
+    with ResultStore(args.db) as store:
+        if args.format:
+            text = store.export(args.format, args.spec)
+            if args.output:
+                Path(args.output).write_text(text)
+            else:
+                sys.stdout.write(text)
+            return 0
+        rows = store.cells(args.spec)
+    _console().print(_result_table(rows, f"{args.db}: {len(rows)} cells"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advx", description="Adversarial robustness matrices: attacks x defenses x models x datasets.")
+    parser.add_argument("--version", action="version", version=f"advx {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed plugins with their config fields")
+    p.add_argument("kind", nargs="?", help="attacks, defenses, models or datasets (default: all)")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("run", help="run a matrix spec (default: a small matrix on the embedded digits)")
+    p.add_argument("spec", nargs="?", help="a TOML matrix spec")
+    p.add_argument("--db", default="advx-results.db", help="SQLite results file (default: advx-results.db)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (overrides the spec)")
+    p.add_argument("--cache-dir", help="where trained models are cached")
+    p.add_argument("--rerun", action="store_true", help="recompute cells already in the results")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("results", help="show or export a results file")
+    p.add_argument("db", help="SQLite results file")
+    p.add_argument("--format", choices=["csv", "json", "markdown"], help="export instead of showing a table")
+    p.add_argument("--spec", help="only the cells of this matrix name")
+    p.add_argument("--output", "-o", help="write the export to this file")
+    p.set_defaults(func=cmd_results)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except AdvxError as exc:
+        if args.verbose:
+            raise
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[red][{type(exc).__name__}][/red]: {escape(str(exc))}")
+        return 1
+    except KeyboardInterrupt:
+        _console(stderr=True).print("[yellow]interrupted[/yellow]")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
