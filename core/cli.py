@@ -312,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")
         return 130
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure is still one line
+        if args.verbose:
+            raise
+        from rich.markup import escape
+
+        first = (str(exc).splitlines() or [""])[0]
+        _console(stderr=True).print(f"[red][{type(exc).__name__}][/red]: {escape(first)} (add -v for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

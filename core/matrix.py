@@ -32,7 +32,9 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .data import load_split, subset, take
-from .errors import AdvxError, ConfigError
+from pydantic import ValidationError
+
+from .errors import AdvxError, ConfigError, format_validation_error
 from .evaluate import (
     BUCKETS,
     Crafted,
@@ -453,8 +455,11 @@ def run_matrix(
     elif isinstance(spec, dict):
         spec = MatrixSpec.from_dict(spec)
     if device is not None:
-        spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"device": device})})
-        MatrixOptions.model_validate(spec.matrix.model_dump())
+        try:
+            options = MatrixOptions.model_validate({**spec.matrix.model_dump(), "device": device})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error("--device", exc).replace("--device: device:", "matrix.device:")) from None
+        spec = spec.model_copy(update={"matrix": options})
     registry = registry or Registry.discover()
     cells = plan(spec, registry)
     dev = resolve_device(spec.matrix.device)
