@@ -364,6 +364,22 @@ def _load_idx_pair(img_key, lbl_key, num_classes):
 # -- restricted unpickling (CIFAR) ----------------------------------------------------------
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names something the restricted unpickler does not admit."""
+
+
+def _latin1_encode(text: object, encoding: object = "latin1", *rest: object) -> bytes:
+    """The only use of ``_codecs.encode`` in a protocol-2 pickle written by Python 3.
+
+    Python 3 pickles ``bytes`` at protocol 2 as ``_codecs.encode(str, 'latin1')`` (the
+    originals, written by Python 2, use plain string opcodes instead). Admitting the real
+    ``_codecs.encode`` would be harmless but open-ended; this accepts exactly that call.
+    """
+    if rest or not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused("refusing _codecs.encode with other than (str, 'latin1')")
+    return text.encode("latin1")
+
+
 def _allowed_globals() -> dict[tuple[str, str], object]:
     # Obtain numpy's reconstructor from an array's own __reduce__ rather than importing
     # numpy.core (deprecated in numpy 2) or numpy._core (private); both spellings are
@@ -375,6 +391,7 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     }
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(mod, "_reconstruct")] = reconstruct
+    allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
 
 
@@ -385,25 +402,26 @@ class SafeUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild dicts/lists/numbers/strings and numpy arrays, nothing else.
 
     ``find_class`` is the only way a pickle reaches code; it returns one of three numpy
-    objects (the array reconstructor, ``ndarray``, ``dtype``) and refuses every other name,
-    so ``os.system`` or ``builtins.eval`` in a ``__reduce__`` is never even imported.
+    objects (the array reconstructor, ``ndarray``, ``dtype``) or a latin1-only stand-in for
+    ``_codecs.encode`` (how Python 3 writes bytes at protocol 2), and refuses every other
+    name, so ``os.system`` or ``builtins.eval`` in a ``__reduce__`` is never even imported.
     """
 
     def find_class(self, module: str, name: str):  # noqa: D401
         obj = _ALLOWED.get((module, name))
         if obj is None:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+            raise _Refused(f"refusing to load global {module}.{name}")
         return obj
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("refusing persistent ids")
+        raise _Refused("refusing persistent ids")
 
 
 def safe_unpickle(data: bytes, path: Path) -> object:
     """Unpickle ``data`` with ``SafeUnpickler`` (``encoding='bytes'``); ``DataError`` on anything odd."""
     try:
         return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise data_error(path, f"unexpected pickle content: {exc}; not a CIFAR batch, refusing it") from None
     except Exception as exc:  # noqa: BLE001 - truncated/garbled pickles raise many types
         raise data_error(path, f"corrupted or truncated pickle ({type(exc).__name__}: {exc})") from None
