@@ -1,0 +1,83 @@
+"""A separately installed package adds an attack through the `advx` entry-point group.
+
+The package (tests/fixtures/advx-noise) is pip-installed into a temporary target
+directory, as a third party's would be from PyPI; a subprocess with that directory on
+its path lists the attack with `advx plugins` and runs it inside a matrix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "advx-noise"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    src = build / "advx-noise"
+    shutil.copytree(FIXTURE, src)  # build outside the repo so no build/ or egg-info is left there
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        pytest.fail(f"pip install of the fixture package failed: {out.stderr[-2000:]}")
+    env = {**os.environ, "PYTHONPATH": str(target) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return env
+
+
+def advx_cli(env, *args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "advx", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_listed_by_advx_plugins(installed):
+    out = advx_cli(installed, "plugins", "attacks")
+    assert out.returncode == 0, out.stderr
+    assert "random-corner" in out.stdout and "advx-noise" in out.stdout
+    assert "trials: int = 8" in out.stdout
+
+
+def test_runs_inside_a_matrix(installed, tmp_path):
+    spec = tmp_path / "noise.toml"
+    spec.write_text(
+        """
+[matrix]
+name = "noise"
+samples = 100
+batch_size = 50
+
+[[datasets]]
+name = "digits"
+
+[[models]]
+name = "mlp"
+train = { epochs = 5 }
+
+[[attacks]]
+name = "random-corner"
+eps = 0.3
+trials = 4
+
+[[attacks]]
+name = "fgsm"
+eps = 0.3
+"""
+    )
+    env = {**installed, "ADVX_CACHE_DIR": str(tmp_path / "cache")}
+    out = advx_cli(env, "run", str(spec), "--db", str(tmp_path / "r.db"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "random-corner(eps=0.3, trials=4)" in out.stdout and "2 cells run" in out.stdout
+    csv_out = advx_cli(env, "results", str(tmp_path / "r.db"), "--format", "csv")
+    rows = [line.split(",") for line in csv_out.stdout.strip().splitlines()[1:]]
+    assert len(rows) == 2
+
+
+def test_not_visible_without_the_package():
+    out = subprocess.run([sys.executable, "-m", "advx", "plugins", "attacks"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "random-corner" not in out.stdout
