@@ -177,7 +177,10 @@ def download_verified(remote: Remote, dest_dir: Path) -> Path:
     bad_md5: list[str] = []
     for base in remote.mirrors:
         url = base.rstrip("/") + "/" + remote.filename
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=dest_dir)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=dest_dir)
+        except OSError as exc:
+            raise data_error(dest_dir, f"cannot write the download here ({exc}); set data_dir or ADVX_DATA to a writable folder") from None
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -226,7 +229,8 @@ def missing_error(
 class Archive:
     """A downloadable archive that holds several of a dataset's files (CIFAR-10's tarball).
 
-    ``members`` maps a logical file key to the member path inside the archive.
+    ``members`` maps a member path inside the archive to the file name it is extracted to
+    (every member worth keeping, not only the ones asked for, so one download serves all).
     """
 
     remote: Remote
@@ -274,15 +278,14 @@ def locate_or_download(
     try:
         if archive is not None:
             tar_path = download_verified(archive.remote, dest)
-            wanted = {archive.members[k]: files[k][0] for k in archive.members}
             try:
-                extract_members(tar_path, wanted, dest)
+                extract_members(tar_path, archive.members, dest)
             finally:
                 tar_path.unlink(missing_ok=True)
             for key in missing:
                 p = dest / files[key][0]
                 if not p.is_file():
-                    raise data_error(tar_path, f"the archive holds no {archive.members.get(key, key)}")
+                    raise data_error(tar_path, f"the archive holds no {files[key][0]}")
                 found[key] = p
         else:
             for key in missing:

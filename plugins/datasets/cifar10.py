@@ -116,7 +116,7 @@ class Cifar10(Dataset):
             {k: (k,) for k in keys},
             self.config,
             official_md5=OFFICIAL_MD5,
-            archive=Archive(TARBALL, {k: f"{TAR_DIR}/{k}" for k in BATCH_FILES}),
+            archive=Archive(TARBALL, {f"{TAR_DIR}/{f}": f for f in BATCH_FILES}),
             subdirs=(TAR_DIR,),
             hint=hint,
         )
