@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from advx import Classifier, DatasetInfo, Model, ModelConfig, hookimpl
+from advx import Classifier, ConfigError, DatasetInfo, Model, ModelConfig, hookimpl
 
 
 class MnistCNNNet(Classifier):
@@ -57,8 +57,6 @@ class MnistCNN(Model):
     def build(self, info: DatasetInfo) -> nn.Module:
         c = self.config
         if len(info.input_shape) != 3:
-            from advx import ConfigError
-
             raise ConfigError(f"model \"mnist-cnn\" needs image inputs (C, H, W), got shape {info.input_shape}")
         return MnistCNNNet(info.input_shape, info.num_classes, c.filters, c.extra_conv, c.hidden, c.dropout)
 
