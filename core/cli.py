@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a matrix spec (default: a small matrix on the embedded digits)")
     p.add_argument("spec", nargs="?", help="a TOML matrix spec")
     p.add_argument("--db", default="advx-results.db", help="SQLite results file (default: advx-results.db)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (overrides the spec)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, a comma-separated list (cuda:0,cuda:1) or cuda:all: one worker per device (overrides the spec)")
     p.add_argument("--cache-dir", help="where trained models are cached")
     p.add_argument("--rerun", action="store_true", help="recompute cells already in the results")
     p.set_defaults(func=cmd_run)

@@ -424,6 +424,19 @@ class MatrixResult:
         return sum(1 for r in self.rows if r.get("status") == "done")
 
 
+def resolve_devices(spec_device: str) -> list[torch.device]:
+    """``"cuda:0,cuda:1"`` / ``"cuda:all"`` / ``"cpu"`` -> checked devices."""
+    out: list[torch.device] = []
+    for part in spec_device.split(","):
+        if part == "cuda:all":
+            if not torch.cuda.is_available():
+                raise ConfigError("device 'cuda:all': CUDA is not available on this machine (use --device cpu)")
+            out += [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        else:
+            out.append(resolve_device(part))
+    return out
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -462,7 +475,8 @@ def run_matrix(
         spec = spec.model_copy(update={"matrix": options})
     registry = registry or Registry.discover()
     cells = plan(spec, registry)
-    dev = resolve_device(spec.matrix.device)
+    devices = resolve_devices(spec.matrix.device)
+    dev = devices[0]
     own_store = False
     if store is not None and not isinstance(store, ResultStore):
         store = ResultStore(store)
@@ -474,7 +488,13 @@ def run_matrix(
         on_event("plan", None, {"cells": len(cells), "todo": len(todo), "skipped": skipped})
     spec_hash = spec.spec_hash()
     rows, failed = [], 0
-    executor = executor or InProcessExecutor()
+    if executor is None:
+        if len(devices) > 1:
+            from .parallel import MultiDeviceExecutor
+
+            executor = MultiDeviceExecutor(devices)
+        else:
+            executor = InProcessExecutor()
     try:
         for cell, row, samples in executor.map(todo, registry, dev, spec.matrix.cache_dir, on_event):
             row["spec_name"] = spec.matrix.name

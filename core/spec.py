@@ -41,7 +41,10 @@ class MatrixOptions(BaseModel):
     name: str = Field("matrix", description="name of the matrix, stored with every result")
     samples: int = Field(1000, ge=1, description="evaluation samples per cell (capped at the test split)")
     batch_size: int = Field(256, ge=1, description="examples per attack batch")
-    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    device: str = Field(
+        "cpu",
+        description="cpu, cuda or cuda:N; several, comma-separated (cuda:0,cuda:1) or cuda:all, run cells in parallel",
+    )
     seed: int = Field(0, description="seed of sample selection and of randomised attacks")
     sample_seed: int | None = Field(
         None, description="draw the evaluation samples at random with this seed (default: the first N)"
@@ -61,9 +64,10 @@ class MatrixOptions(BaseModel):
     def _check_device(cls, v: str) -> str:
         import re
 
-        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
-            raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
-        return v
+        parts = [p.strip() for p in v.split(",")]
+        if not all(re.fullmatch(r"cpu|cuda(:\d+|:all)?|mps", p) for p in parts):
+            raise ValueError("must be 'cpu', 'cuda', 'cuda:N', 'cuda:all' or a comma-separated list of them")
+        return ",".join(parts)
 
 
 class PluginTable(BaseModel):

@@ -1,0 +1,115 @@
+"""Running cells on several devices at once: one worker process per device.
+
+Cells are self-describing, so a worker needs only the cell list: it discovers the
+installed plugins itself, keeps its own ``Environment`` (datasets, trained models,
+crafted examples), and sends each finished cell back to the parent, which commits it to
+the results store. Cells that share a trained model (same dataset, model and defense) go
+to the same worker, so each model is trained once; trained checkpoints are written
+atomically, so workers that do train the same model (a transfer source) cannot corrupt
+the cache. Plugins registered in-process with ``Registry.add`` are not visible to
+workers; install them as packages (entry points) to use them here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import AdvxError
+from .matrix import Cell, Environment, Executor, execute_cell
+
+
+def _worker(worker: int, device: str, cells: list[Cell], cache_dir: str | None, out: Any) -> None:
+    from .registry import Registry
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+
+    def on_event(event: str, cell: Cell | None, payload: dict[str, Any]) -> None:
+        if event in ("batch", "train_start", "train_epoch", "train_done"):
+            out.put(("event", event, cell.key if cell is not None else None, payload))
+
+    env = Environment(Registry.discover(), dev, cache_dir, on_event)
+    for cell in cells:
+        out.put(("start", cell.key))
+        row, samples = execute_cell(cell, env)
+        # numpy, not tensors: torch shares tensors through file descriptors that die with the worker
+        arrays = None if samples is None else {k: v.numpy() for k, v in samples.items()}
+        out.put(("result", cell.key, row, arrays))
+    out.put(("exit", worker))
+
+
+def assign(cells: Sequence[Cell], n: int) -> list[list[Cell]]:
+    """Split cells into ``n`` lists, keeping cells of one trained model together, balanced by count."""
+    groups: dict[str, list[Cell]] = defaultdict(list)
+    for c in cells:
+        groups[repr((c.dataset.key(), c.model.key(), c.defense.key()))].append(c)
+    shares: list[list[Cell]] = [[] for _ in range(n)]
+    for group in sorted(groups.values(), key=len, reverse=True):
+        min(shares, key=len).extend(group)
+    # a single big group would leave workers idle: split it, at the cost of training twice
+    while len(groups) < n and any(len(s) == 0 for s in shares):
+        big = max(shares, key=len)
+        if len(big) < 2:
+            break
+        empty = next(s for s in shares if not s)
+        half = len(big) // 2
+        empty.extend(big[half:])
+        del big[half:]
+    return shares
+
+
+class MultiDeviceExecutor(Executor):
+    """One worker process per device (``cuda:0``, ``cuda:1``, ... or several ``cpu``)."""
+
+    def __init__(self, devices: Sequence[str | torch.device], poll_seconds: float = 1.0) -> None:
+        self.devices = [str(d) for d in devices]
+        self.poll_seconds = poll_seconds
+
+    def map(self, cells, registry, device, cache_dir, on_event):
+        by_key = {c.key: c for c in cells}
+        shares = assign(list(cells), len(self.devices))
+        ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+        out = ctx.Queue()
+        procs = []
+        for i, (dev, share) in enumerate(zip(self.devices, shares)):
+            if share:
+                p = ctx.Process(target=_worker, args=(i, dev, share, cache_dir, out), daemon=True)
+                p.start()
+                procs.append((i, dev, p))
+        running = {i for i, _, _ in procs}
+        try:
+            while running:
+                try:
+                    msg = out.get(timeout=self.poll_seconds)
+                except queue.Empty:
+                    for i, dev, p in procs:
+                        if i in running and not p.is_alive():
+                            raise AdvxError(
+                                f"worker on {dev} died (exit code {p.exitcode}); finished cells are kept, rerun to resume"
+                            )
+                    continue
+                kind = msg[0]
+                if kind == "exit":
+                    running.discard(msg[1])
+                elif kind == "start":
+                    if on_event is not None:
+                        on_event("cell_start", by_key[msg[1]], {})
+                elif kind == "event":
+                    if on_event is not None:
+                        on_event(msg[1], by_key.get(msg[2]) if msg[2] else None, msg[3])
+                elif kind == "result":
+                    samples = None if msg[3] is None else {k: torch.from_numpy(v) for k, v in msg[3].items()}
+                    yield by_key[msg[1]], msg[2], samples
+        finally:
+            for _, _, p in procs:
+                if p.is_alive():
+                    p.terminate()
+                p.join(timeout=5)

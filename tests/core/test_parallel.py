@@ -1,0 +1,57 @@
+"""Several devices: cells run in worker processes, results committed by the parent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import advx
+from advx.matrix import resolve_devices
+from advx.parallel import assign
+
+
+def spec(cache, device):
+    return {
+        "matrix": {"name": "par", "samples": 100, "batch_size": 50, "device": device, "cache_dir": cache},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 3}}, {"name": "mnist-cnn", "train": {"epochs": 3}}],
+        "attacks": [{"name": "fgsm", "eps": [0.1, 0.2]}, {"name": "bim", "eps": 0.1, "steps": 3}],
+    }
+
+
+def test_two_cpu_workers_give_the_same_results_as_one_process(tmp_path):
+    cache = str(tmp_path / "cache")
+    serial = advx.run_matrix(spec(cache, "cpu"), store=tmp_path / "a.db")
+    parallel = advx.run_matrix(spec(cache, "cpu,cpu"), store=tmp_path / "b.db")
+    assert serial.done == parallel.done == 6
+    a = {r["cell_key"]: r for r in serial.rows}
+    b = {r["cell_key"]: r for r in parallel.rows}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k]["robust_accuracy"] == pytest.approx(b[k]["robust_accuracy"])
+        assert a[k]["mean_l2"] == pytest.approx(b[k]["mean_l2"], rel=1e-5)
+    with advx.ResultStore(tmp_path / "b.db") as store:
+        assert len(store.cells(status="done")) == 6
+
+
+def test_assignment_keeps_model_groups_together(registry):
+    cells = advx.plan(advx.MatrixSpec.from_dict(spec(None, "cpu")), registry)
+    shares = assign(cells, 2)
+    assert sorted(len(s) for s in shares) == [3, 3]
+    for share in shares:
+        assert len({c.model.name for c in share}) == 1
+
+
+def test_device_lists_are_validated():
+    assert [str(d) for d in resolve_devices("cpu,cpu")] == ["cpu", "cpu"]
+    with pytest.raises(advx.ConfigError, match="matrix.device"):
+        advx.MatrixSpec.from_dict({**spec(None, "cpu,tpu")})
+    if not torch.cuda.is_available():
+        with pytest.raises(advx.ConfigError, match="CUDA is not available"):
+            resolve_devices("cuda:all")
+
+
+@pytest.mark.gpu
+def test_all_gpus(tmp_path):
+    res = advx.run_matrix(spec(str(tmp_path / "cache"), "cuda:all"), store=tmp_path / "g.db")
+    assert res.done == 6 and res.failed == 0
