@@ -263,8 +263,59 @@ def cmd_results(args: argparse.Namespace) -> int:
                 sys.stdout.write(text)
             return 0
         rows = store.cells(args.spec)
-    _console().print(_result_table(rows, f"{args.db}: {len(rows)} cells"))
+        console = _console()
+        console.print(_result_table(rows, f"{args.db}: {len(rows)} cells"))
+        if args.breakdown:
+            for table in _breakdown_tables(rows, args.breakdown):
+                console.print(table)
+        if args.worst_case:
+            console.print(_worst_case_table(store, rows))
     return 0
+
+
+def _breakdown_tables(rows: list[dict[str, Any]], kind: str):
+    import json
+
+    from rich.table import Table
+
+    from .results import format_value
+
+    key = "per_class" if kind == "class" else "per_confidence"
+    cols = ["n", "clean_accuracy", "robust_accuracy", "success_rate", "top1_error", "top5_error"]
+    for r in rows:
+        if r.get("status") != "done" or not r.get("metrics"):
+            continue
+        data = json.loads(r["metrics"]).get(key, {})
+        title = f"{r['dataset']} / {r['model']} / {r['defense']} / {r['threat']} / {r['attack']}: per {kind}"
+        table = Table(title=title, title_justify="left")
+        table.add_column(kind)
+        for c in cols:
+            table.add_column(c.replace("_", " "), justify="right")
+        order = ["high", "medium", "low"] if kind == "confidence" else sorted(data, key=lambda k: int(k) if k.isdigit() else k)
+        for name in order:
+            if name not in data:
+                continue
+            m = {**data[name], "n": data[name].get("n", data[name].get("count"))}
+            table.add_row(name, *[format_value(c, m.get(c)) for c in cols])
+        yield table
+
+
+def _worst_case_table(store, rows: list[dict[str, Any]]):
+    """Per-example worst case over every attack of the same (dataset, model, defense, threat)."""
+    from rich.table import Table
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "done":
+            groups.setdefault((r["dataset"], r["model"], r["defense"], r["threat"]), []).append(r)
+    table = Table(title="worst case per example over attacks (mean of min)", title_justify="left")
+    for c in ("dataset", "model", "defense", "threat", "attacks", "best single attack", "worst case"):
+        table.add_column(c, justify="right" if c in ("attacks", "best single attack", "worst case") else "left")
+    for (d, m, df, t), cells in groups.items():
+        worst = store.worst_case(cells)
+        best_single = min(c["robust_accuracy"] for c in cells)
+        table.add_row(d, m, df, t, str(len(cells)), f"{best_single:.4f}", f"{worst:.4f}" if worst is not None else "-")
+    return table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json", "markdown"], help="export instead of showing a table")
     p.add_argument("--spec", help="only the cells of this matrix name")
     p.add_argument("--output", "-o", help="write the export to this file")
+    p.add_argument("--breakdown", choices=["class", "confidence"], help="also show each cell per class or per confidence bucket")
+    p.add_argument("--worst-case", action="store_true", help="also show the per-example worst case over attacks")
     p.set_defaults(func=cmd_results)
     return parser
 

@@ -62,6 +62,11 @@ def test_run_spec_then_results_exports(tmp_path, capsys):
     assert md.startswith("| dataset | model |") and md.count("\n") == 6
     assert main(["results", str(db)]) == 0
     assert "robust acc" in capsys.readouterr().out
+    assert main(["results", str(db), "--breakdown", "class", "--worst-case"]) == 0
+    out = capsys.readouterr().out
+    assert "fgsm(eps=0.3): per class" in out and "worst case per example" in out
+    assert main(["results", str(db), "--breakdown", "confidence"]) == 0
+    assert "high" in capsys.readouterr().out
 
 
 def test_default_run_with_no_spec(tmp_path):
