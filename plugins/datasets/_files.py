@@ -278,8 +278,10 @@ def locate_or_download(
     try:
         if archive is not None:
             tar_path = download_verified(archive.remote, dest)
+            # files already in dest are the user's: extract only what is not there
+            wanted = {m: out for m, out in archive.members.items() if not (dest / out).exists()}
             try:
-                extract_members(tar_path, archive.members, dest)
+                extract_members(tar_path, wanted, dest)
             finally:
                 tar_path.unlink(missing_ok=True)
             for key in missing:

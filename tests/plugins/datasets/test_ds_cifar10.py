@@ -180,3 +180,17 @@ def test_real_cifar10_offline_batches_are_not_the_official_md5(reg, shared_data)
     ds = reg.dataset("cifar-10", data_dir=str(shared_data), download=False, verify_checksums=True)
     with pytest.raises(advx.DataError, match="test_batch: md5 9839a876b77db8b6cecf4bd6df5200d8 differs from the official"):
         ds.load("test")
+
+
+def test_download_does_not_clobber_present_batches(reg, fmt, tmp_path, serve, monkeypatch):
+    src = tmp_path / "src"
+    _write_all(fmt, src, n=12)
+    blob = _tarball(fmt, src)
+    monkeypatch.setattr(cifar_mod, "TARBALL", cifar_mod.Remote("c.tar.gz", hashlib.md5(blob).hexdigest(), ("https://x/",)))
+    serve({"https://x/c.tar.gz": blob})
+    dest = tmp_path / "data"
+    mine = fmt.write_cifar_batch(dest / "data_batch_1", n=5, seed=42)  # a local batch 1 of 5 images
+    before = (dest / "data_batch_1").read_bytes()
+    train = reg.dataset("cifar-10", data_dir=str(dest)).load("train")
+    assert len(train) == 5 + 4 * 12 and train.tensors[1][:5].tolist() == mine[1].tolist()
+    assert (dest / "data_batch_1").read_bytes() == before
