@@ -1,0 +1,160 @@
+"""Helpers shared by the built-in attacks: loss gradients, per-example norms, projections.
+
+Private to ``advx.plugins.attacks`` (third-party attacks should copy what they need:
+these signatures may change). Everything here works on whole batches, allocates as
+little as it can (the hot loops of BIM/PGD call these once per step) and never
+synchronises with the device: no ``.item()``, no Python ``if`` on a tensor, so a step
+loop built from them queues kernels on a GPU without waiting.
+
+Conventions: ``x`` has the batch on dimension 0 and any shape after it; per-example
+scalars are returned with shape ``(N, 1, ..., 1)`` so that they broadcast against ``x``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Below this, a gradient is treated as zero when normalising (a zero gradient would
+# otherwise give 0/0 = NaN and poison the batch).
+TINY = 1e-12
+
+
+def per_example_view(v: Tensor, like: Tensor) -> Tensor:
+    """``v`` of shape ``(N,)`` viewed as ``(N, 1, ..., 1)`` to broadcast against ``like``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def l2_norm(t: Tensor) -> Tensor:
+    """Per-example L2 norm, shape ``(N, 1, ..., 1)``."""
+    return per_example_view(torch.linalg.vector_norm(t.flatten(1), ord=2, dim=1), t)
+
+
+def l2_normalize_(g: Tensor) -> Tensor:
+    """Divide each example of ``g`` by its L2 norm, in place; zero rows stay zero."""
+    return g.div_(l2_norm(g).clamp_(min=TINY))
+
+
+def loss_grad(model: nn.Module, x: Tensor, y: Tensor, targeted: bool) -> tuple[Tensor, Tensor]:
+    """``(grad, logits)``: the gradient of the summed cross-entropy at ``x``, signed to ascend.
+
+    The sign is folded in here so callers always *add* the gradient: for an untargeted
+    attack it is grad J(x, y) (move away from ``y``), for a targeted one -grad J(x, t)
+    (move towards ``t``). ``reduction="sum"`` keeps each example's gradient independent
+    of the batch size. ``torch.autograd.grad`` computes the input gradient only: the
+    parameters' ``.grad`` are neither computed nor touched. ``x`` must require grad.
+    """
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, reduction="sum")
+    (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
+    return grad, logits
+
+
+def linf_box(x: Tensor, eps: float, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """``(lower, upper)``: the intersection of the eps L-inf ball around ``x`` with ``bounds``.
+
+    Computed once per batch so that the per-step projection is one ``clamp_`` with tensor
+    bounds (ball and valid range at once) instead of four elementwise passes.
+    """
+    lo, hi = bounds
+    return (x - eps).clamp_(min=lo), (x + eps).clamp_(max=hi)
+
+
+def project_l2_(delta: Tensor, eps: float) -> Tensor:
+    """Scale each example of ``delta`` down onto the eps L2 ball, in place (inside: unchanged).
+
+    The factor is computed as ``min(1, eps / ||delta||)`` and then nudged below one by a
+    relative 1e-6 where it scales, so that float rounding never leaves a projected
+    example a hair outside the ball the kernel checks.
+    """
+    factor = (eps / l2_norm(delta).clamp_(min=TINY)).clamp_(max=1.0)
+    factor = torch.where(factor < 1.0, factor * (1.0 - 1e-6), factor)
+    return delta.mul_(factor)
+
+
+def clip_to_bounds_l2_(x_adv: Tensor, x: Tensor, eps: float | None, bounds: tuple[float, float]) -> Tensor:
+    """Project ``x_adv`` onto the eps L2 ball around ``x`` (if ``eps``) and ``bounds``, in place.
+
+    Ball first, then box: clipping a point of the ball to a box that contains ``x`` moves
+    every coordinate towards ``x``, so the result stays inside the ball.
+    """
+    if eps is not None:
+        delta = project_l2_(x_adv.sub_(x), eps)
+        x_adv = delta.add_(x)
+    return x_adv.clamp_(*bounds)
+
+
+def uniform_l2_ball(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    """Points drawn uniformly from the eps L2 ball (by volume), one per example of ``x``.
+
+    A Gaussian direction scaled to radius ``eps * u**(1/d)`` with ``u ~ U(0, 1)``; the
+    ``1/d`` power is what makes the draw uniform in volume rather than concentrated at
+    the centre (torchattacks draws the radius uniformly, which is not).
+    """
+    d = x[0].numel()
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    l2_normalize_(direction)
+    radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype).pow_(1.0 / d)
+    return direction.mul_(per_example_view(radius.mul_(eps), x))
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``: random starts independent of global RNG state."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def margin_to_other(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(logit of y, best logit of any other class)``, each of shape ``(N,)``."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return true, other
+
+
+def iterate_linf(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    bounds: tuple[float, float],
+    targeted: bool,
+) -> Tensor:
+    """``steps`` signed-gradient steps of size ``alpha`` from ``x_adv``, projected on the ball.
+
+    The loop body is one forward, one input-gradient backward and three in-place
+    elementwise passes (sign, add, clamp to the precomputed box); ``x_adv`` is updated
+    in place (the caller hands over a buffer it owns) and is the leaf of every step, so
+    no tensor of the size of the batch is allocated per step besides the gradient.
+    """
+    lower, upper = linf_box(x, eps, bounds)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad, _ = loss_grad(model, x_adv, y, targeted)
+        x_adv.detach_().add_(grad.sign_(), alpha=alpha).clamp_(lower, upper)
+    return x_adv
+
+
+def iterate_l2(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    bounds: tuple[float, float],
+    targeted: bool,
+) -> Tensor:
+    """``steps`` steps of ``alpha * g / ||g||_2`` from ``x_adv``, projected on the L2 ball and bounds.
+
+    Same in-place discipline as ``iterate_linf``; a zero gradient gives a zero step.
+    """
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad, _ = loss_grad(model, x_adv, y, targeted)
+        x_adv.detach_().add_(l2_normalize_(grad), alpha=alpha)
+        clip_to_bounds_l2_(x_adv, x, eps, bounds)
+    return x_adv

@@ -1,0 +1,130 @@
+"""``pgd`` and ``pgd-l2``: projected gradient descent with a random start (Madry, Makelov,
+Schmidt, Tsipras and Vladu, "Towards Deep Learning Models Resistant to Adversarial
+Attacks", ICLR 2018).
+
+Start at a uniformly random point of the eps-ball, then take ``steps`` gradient steps of
+size ``alpha`` (signed for L-inf, L2-normalised for L2), projecting onto the ball and the
+valid range after each. ``restarts`` runs it from several random starts and keeps, per
+example, a successful result if any run found one, else the one of highest loss.
+
+Two plugins from one implementation because the kernel reads an attack's norm from the
+class (``Attack.norm`` is a ClassVar) to check every returned batch: ``pgd`` is L-inf,
+``pgd-l2`` is L2. Defaults follow Madry et al.'s MNIST evaluation (eps 0.3, step 0.01,
+40 steps; their CIFAR-10 setting is eps 8/255, step 2/255, 7-20 steps).
+
+The random start is drawn from a ``torch.Generator`` seeded with ``seed`` afresh in each
+``perturb`` call: the same batch gives the same result whatever ran before (a cell can
+be re-run or resumed alone), at the price that every batch of a run sees the same noise
+pattern at the same position — harmless, since the noise does not depend on the images.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from advx import Attack, AttackConfig, hookimpl
+
+from ._common import iterate_l2, iterate_linf, make_generator, per_example_view, uniform_l2_ball
+
+
+class _PGDConfig(AttackConfig):
+    steps: int = Field(40, ge=1, le=100000, description="gradient steps per run (Madry MNIST: 40 to train, 100 to evaluate)")
+    random_start: bool = Field(True, description="start from a uniform random point of the eps-ball (false: from x, i.e. BIM)")
+    restarts: int = Field(1, ge=1, le=1000, description="independent random starts; per example the best is kept")
+    seed: int = Field(0, ge=0, description="seed of the random starts")
+
+    @model_validator(mode="after")
+    def _restarts_need_randomness(self):
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError("restarts > 1 needs random_start = true (deterministic restarts repeat the same run)")
+        return self
+
+
+class _PGDBase(Attack):
+    """Shared run/restart logic; subclasses set the norm, the start and the step loop."""
+
+    def _start(self, x, generator):
+        raise NotImplementedError
+
+    def _iterate(self, model, x, y, x_adv, bounds, targeted):
+        raise NotImplementedError
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        c = self.config
+        x = x.detach()
+        generator = make_generator(x.device, c.seed) if c.random_start else None
+        best = best_score = None
+        for _ in range(c.restarts):
+            x_adv = self._start(x, generator).add_(x).clamp_(*bounds) if c.random_start else x.clone()
+            x_adv = self._iterate(model, x, y, x_adv, bounds, targeted).detach_()
+            if c.restarts == 1:
+                return x_adv
+            # One extra forward per restart to rank the runs. no_grad rather than
+            # inference_mode: the kept examples are returned, and an inference tensor
+            # would fail if the caller ever fed it through autograd.
+            with torch.no_grad():
+                logits = model(x_adv)
+                loss = F.cross_entropy(logits, y, reduction="none")
+                hit = logits.argmax(1) == y
+                success = hit if targeted else ~hit
+                score = torch.where(success, torch.inf, -loss if targeted else loss)
+                if best is None:
+                    best, best_score = x_adv, score
+                else:
+                    better = score > best_score
+                    best = torch.where(per_example_view(better, x), x_adv, best)
+                    best_score = torch.maximum(score, best_score)
+        return best
+
+
+class PGD(_PGDBase):
+    """Madry PGD, L-inf: random start in the eps-cube, signed steps of size alpha, projection."""
+
+    name: ClassVar[str] = "pgd"
+    norm: ClassVar[str] = "linf"
+
+    class Config(_PGDConfig):
+        eps: float = Field(0.3, gt=0, description="L-inf budget in input units (Madry MNIST 0.3, CIFAR-10 8/255)")
+        alpha: float = Field(0.01, gt=0, description="step size (Madry MNIST 0.01, CIFAR-10 2/255)")
+
+    def _start(self, x, generator):
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return u.mul_(2 * self.config.eps).sub_(self.config.eps)
+
+    def _iterate(self, model, x, y, x_adv, bounds, targeted):
+        c = self.config
+        return iterate_linf(model, x, y, x_adv, c.eps, c.alpha, c.steps, bounds, targeted)
+
+
+class PGDL2(_PGDBase):
+    """Madry PGD, L2: random start uniform in the eps L2 ball, normalised-gradient steps, projection."""
+
+    name: ClassVar[str] = "pgd-l2"
+    norm: ClassVar[str] = "l2"
+
+    class Config(_PGDConfig):
+        eps: float = Field(2.0, gt=0, description="L2 budget in input units (MNIST 2.0, CIFAR-10 0.5 are usual)")
+        alpha: float | None = Field(
+            None, gt=0, description="step size; default 2.5 * eps / steps (Madry et al.'s rule of thumb)"
+        )
+
+    @property
+    def step_size(self) -> float:
+        c = self.config
+        return c.alpha if c.alpha is not None else 2.5 * c.eps / c.steps
+
+    def _start(self, x, generator):
+        return uniform_l2_ball(x, self.config.eps, generator)
+
+    def _iterate(self, model, x, y, x_adv, bounds, targeted):
+        c = self.config
+        return iterate_l2(model, x, y, x_adv, c.eps, self.step_size, c.steps, bounds, targeted)
+
+
+@hookimpl
+def advx_register_attacks():
+    return [PGD, PGDL2]

@@ -1,0 +1,301 @@
+"""Correctness of the built-in attacks on a trained digits CNN.
+
+What is checked, and why it matters for the numbers advx reports:
+
+* FGSM equals its closed form, computed here independently (``torch.func.grad``);
+* every attack returns examples inside its declared ball and the valid range, leaves its
+  input and the model's parameter gradients untouched;
+* the sanity checks of Carlini et al. (arXiv 1902.06705): success grows with eps, the
+  iterative attack is at least as strong as the single-step one, DeepFool reaches ~100%
+  with smaller perturbations than FGSM needs for the same success, CW-L2 finds smaller
+  perturbations than PGD-L2;
+* targeted modes reach their target; random starts are seeded; invalid configs fail with
+  a ``ConfigError`` that names the field.
+
+Everything runs on the first 200 test digits (8x8), single-threaded: on a loaded 2-core
+machine two OpenMP threads contending with other processes are 5-10x slower than one.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import advx
+
+REG = advx.Registry.discover()
+BOUNDS = (0.0, 1.0)
+ALL = ["fgsm", "bim", "iterative-l2", "pgd", "pgd-l2", "deepfool", "cw-l2"]
+
+# Small but representative settings per attack (steps cut where the default is long).
+FAST = {
+    "fgsm": {"eps": 0.2},
+    "bim": {"eps": 0.2, "alpha": 0.05, "steps": 10},
+    "iterative-l2": {"eps": 1.0},
+    "pgd": {"eps": 0.2, "alpha": 0.05, "steps": 10},
+    "pgd-l2": {"eps": 1.0, "steps": 10},
+    "deepfool": {},
+    "cw-l2": {"steps": 30, "binary_search_steps": 3, "initial_const": 1.0, "lr": 0.05},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(digits_cnn):
+    return digits_cnn.eval()
+
+
+@pytest.fixture(scope="module")
+def xy(digits, model):
+    _, _, x, y = digits
+    return x[:200].clone(), y[:200].clone()
+
+
+def attack(name, **params):
+    return REG.attack(name, **params)
+
+
+def success(model, x_adv, labels, targeted=False):
+    with torch.no_grad():
+        pred = model(x_adv).argmax(1)
+    return pred == labels if targeted else pred != labels
+
+
+def l2(x_adv, x):
+    return (x_adv - x).flatten(1).norm(dim=1)
+
+
+def linf(x_adv, x):
+    return (x_adv - x).flatten(1).abs().amax(dim=1)
+
+
+def test_every_attack_is_registered_with_its_norm():
+    norms = {n: REG.get("attack", n).norm for n in ALL}
+    assert norms == {
+        "fgsm": "linf", "bim": "linf", "pgd": "linf",
+        "iterative-l2": "l2", "pgd-l2": "l2", "deepfool": "l2", "cw-l2": "l2",
+    }
+    for n in ALL:
+        cls = REG.get("attack", n)
+        paper = sys.modules[cls.__module__].__doc__  # names the paper and its year
+        assert re.search(r"(19|20)\d\d", paper), f"{n}: module docstring names no paper"
+        for field, info in cls.Config.model_fields.items():
+            assert info.description, f"{n}.{field} has no description"
+
+
+def test_fgsm_equals_closed_form(model, xy):
+    x, y = xy
+    eps = 0.1
+
+    def loss(inp):
+        return F.cross_entropy(torch.func.functional_call(model, dict(model.named_parameters()), (inp,)), y)
+
+    g = torch.func.grad(loss)(x)
+    expected = (x + eps * g.sign()).clamp(*BOUNDS)
+    got = attack("fgsm", eps=eps).perturb(model, x, y, BOUNDS)
+    # Mean vs sum reduction can only flip the sign of a component whose gradient is at
+    # rounding level; everything else must be bit-for-bit the closed form.
+    differ = (got - expected).abs() > 1e-6
+    assert not bool((differ & (g.abs() > 1e-7)).any())
+    assert int(differ.sum()) <= 2
+
+    expected_t = (x - eps * torch.func.grad(lambda i: F.cross_entropy(model(i), (y + 1) % 10))(x).sign()).clamp(*BOUNDS)
+    got_t = attack("fgsm", eps=eps).perturb(model, x, (y + 1) % 10, BOUNDS, targeted=True)
+    assert int(((got_t - expected_t).abs() > 1e-6).sum()) <= 2
+
+
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+@pytest.mark.parametrize("name", ALL)
+def test_output_in_ball_and_bounds_input_and_params_untouched(name, targeted, model, xy):
+    x, y = xy
+    x = x[:64]
+    labels = (y[:64] + 3) % 10 if targeted else y[:64]
+    params = dict(FAST[name])
+    a = attack(name, **params)
+    original = x.clone()
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    out = a.perturb(model, x, labels, BOUNDS, targeted=targeted)
+    assert torch.equal(x, original), "input modified in place"
+    for p, g in zip(model.parameters(), grads):  # torch.autograd.grad: no .grad accumulation
+        assert (p.grad is None and g is None) or torch.equal(p.grad, g), "parameter gradients were touched"
+    assert out.shape == x.shape and out.dtype == x.dtype and not out.requires_grad
+    assert torch.isfinite(out).all()
+    assert float(out.min()) >= BOUNDS[0] and float(out.max()) <= BOUNDS[1]
+    if a.eps is not None:
+        dist = linf(out, x) if a.norm == "linf" else l2(out, x)
+        assert float(dist.max()) <= a.eps + 1e-5
+
+
+@pytest.mark.parametrize("name", ["deepfool", "cw-l2"])
+def test_min_norm_attacks_respect_an_optional_eps(name, model, xy):
+    x, y = xy
+    x, y = x[:64], y[:64]
+    eps = 0.4  # below the median minimal perturbation: some examples must be cut
+    out = attack(name, **{**FAST[name], "eps": eps}).perturb(model, x, y, BOUNDS)
+    assert float(l2(out, x).max()) <= eps + 1e-5
+    free = attack(name, **FAST[name]).perturb(model, x, y, BOUNDS)
+    assert float(l2(free, x).max()) > eps  # the cap did something
+
+
+@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "iterative-l2"])
+def test_success_grows_with_eps(name, model, xy):
+    x, y = xy
+    grid = [0.5, 1.0, 1.5] if name == "iterative-l2" else [0.05, 0.1, 0.15, 0.2, 0.3]
+    rates = []
+    for eps in grid:
+        params = {"eps": eps}
+        if name in ("bim", "pgd"):
+            params.update(alpha=eps / 4, steps=10)
+        rates.append(float(success(model, attack(name, **params).perturb(model, x, y, BOUNDS), y).float().mean()))
+    assert all(b >= a - 0.01 for a, b in zip(rates, rates[1:])), rates
+    assert rates[-1] >= 0.95 and rates[0] <= 0.5, rates
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.15, 0.2])
+def test_bim_at_least_as_strong_as_fgsm(eps, model, xy):
+    x, y = xy
+    s_fgsm = success(model, attack("fgsm", eps=eps).perturb(model, x, y, BOUNDS), y).float().mean()
+    s_bim = success(model, attack("bim", eps=eps, alpha=eps / 4, steps=10).perturb(model, x, y, BOUNDS), y).float().mean()
+    assert s_bim >= s_fgsm
+
+
+def test_deepfool_reaches_full_success_with_smaller_l2_than_fgsm(model, xy):
+    x, y = xy
+    df = attack("deepfool").perturb(model, x, y, BOUNDS)
+    ok = success(model, df, y)
+    assert float(ok.float().mean()) >= 0.99
+    # The smallest FGSM eps reaching DeepFool's success rate (or FGSM's best on the grid).
+    target = float(ok.float().mean())
+    best = None
+    for eps in [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]:
+        fg = attack("fgsm", eps=eps).perturb(model, x, y, BOUNDS)
+        s = success(model, fg, y)
+        best = (eps, float(s.float().mean()), float(l2(fg, x)[s].mean()))
+        if best[1] >= target:
+            break
+    df_l2 = float(l2(df, x)[ok].mean())
+    assert df_l2 < 0.5 * best[2], (df_l2, best)
+
+
+def test_deepfool_targeted_reaches_target(model, xy):
+    x, y = xy
+    t = torch.full_like(y, 3)
+    out = attack("deepfool").perturb(model, x, t, BOUNDS, targeted=True)
+    hit = success(model, out, t, targeted=True)[y != 3]
+    assert float(hit.float().mean()) >= 0.95
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("bim", {"eps": 0.3, "alpha": 0.03, "steps": 20}),
+        ("pgd", {"eps": 0.3, "alpha": 0.03, "steps": 20}),
+        ("pgd-l2", {"eps": 2.0, "steps": 20}),
+        ("cw-l2", {"steps": 50, "binary_search_steps": 4, "initial_const": 1.0, "lr": 0.05}),
+    ],
+)
+def test_targeted_hits_fixed_target(name, params, model, xy):
+    x, y = xy
+    keep = y != 3
+    x, y = x[keep][:100], y[keep][:100]
+    t = torch.full_like(y, 3)
+    out = attack(name, **params).perturb(model, x, t, BOUNDS, targeted=True)
+    assert float(success(model, out, t, targeted=True).float().mean()) >= 0.9
+
+
+def test_cw_finds_smaller_l2_than_pgd_l2(model, xy):
+    x, y = xy
+    x, y = x[:100], y[:100]
+    cw = attack("cw-l2", **FAST["cw-l2"]).perturb(model, x, y, BOUNDS)
+    pgd = attack("pgd-l2", eps=1.5, steps=20).perturb(model, x, y, BOUNDS)
+    both = success(model, cw, y) & success(model, pgd, y)
+    assert float(both.float().mean()) >= 0.8
+    assert float(l2(cw, x)[both].mean()) < 0.8 * float(l2(pgd, x)[both].mean())
+    # failures come back unchanged (CW returns the clean input where it found nothing)
+    failed = ~success(model, cw, y)
+    assert torch.equal(cw[failed], x[failed].clamp(*BOUNDS)) or not bool(failed.any())
+
+
+def test_pgd_without_random_start_is_bim(model, xy):
+    x, y = xy
+    p = attack("pgd", eps=0.2, alpha=0.05, steps=5, random_start=False).perturb(model, x, y, BOUNDS)
+    b = attack("bim", eps=0.2, alpha=0.05, steps=5).perturb(model, x, y, BOUNDS)
+    assert torch.equal(p, b)
+
+
+@pytest.mark.parametrize("name", ["pgd", "pgd-l2"])
+def test_random_start_is_seeded(name, model, xy):
+    x, y = xy
+    x, y = x[:32], y[:32]
+    params = {"eps": 0.2 if name == "pgd" else 1.0, "steps": 2}
+    a = attack(name, **params, seed=7).perturb(model, x, y, BOUNDS)
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = attack(name, **params, seed=7).perturb(model, x, y, BOUNDS)
+    c = attack(name, **params, seed=8).perturb(model, x, y, BOUNDS)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_pgd_l2_random_start_is_uniform_in_the_ball():
+    """Radii of a uniform draw in a d-ball follow r = eps * u^(1/d): median eps * 0.5^(1/d)."""
+    from advx.plugins.attacks._common import make_generator, uniform_l2_ball
+
+    x = torch.zeros(4000, 1, 2, 2)  # d = 4
+    r = l2(uniform_l2_ball(x, 1.0, make_generator(x.device, 0)), x)
+    assert float(r.max()) <= 1.0 + 1e-6
+    assert abs(float(r.median()) - 0.5**0.25) < 0.02
+
+
+def test_pgd_restarts_keep_every_success(model, xy):
+    x, y = xy
+    params = {"eps": 0.1, "alpha": 0.025, "steps": 10}
+    one = success(model, attack("pgd", **params).perturb(model, x, y, BOUNDS), y)
+    three = success(model, attack("pgd", **params, restarts=3).perturb(model, x, y, BOUNDS), y)
+    assert bool((three | ~one).all()), "a restart lost an example the first run had broken"
+    assert int(three.sum()) >= int(one.sum())
+
+
+def test_already_misclassified_examples_cost_deepfool_nothing(model, xy):
+    from advx.evaluate import PassCounter
+
+    x, y = xy
+    counter = PassCounter(model)
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10  # every example is "already adversarial" w.r.t. these
+    out = attack("deepfool").perturb(counter, x, wrong, BOUNDS)
+    assert torch.equal(out, x)
+    assert counter.forwards == len(x) and counter.backwards == 0
+
+
+@pytest.mark.parametrize(
+    "name,params,field",
+    [
+        ("fgsm", {"eps": -0.1}, "eps"),
+        ("fgsm", {"epsilon": 0.1}, "epsilon"),
+        ("bim", {"steps": 0}, "steps"),
+        ("bim", {"alpha": 0}, "alpha"),
+        ("iterative-l2", {"steps": 0}, "steps"),
+        ("pgd", {"restarts": 0}, "restarts"),
+        ("pgd", {"restarts": 2, "random_start": False}, "restarts"),
+        ("pgd-l2", {"alpha": -1}, "alpha"),
+        ("deepfool", {"overshoot": -0.5}, "overshoot"),
+        ("deepfool", {"candidates": 1}, "candidates"),
+        ("cw-l2", {"lr": 0}, "lr"),
+        ("cw-l2", {"binary_search_steps": 0}, "binary_search_steps"),
+        ("cw-l2", {"kappa": -1}, "kappa"),
+    ],
+)
+def test_invalid_config_names_the_field(name, params, field):
+    with pytest.raises(advx.ConfigError, match=field):
+        attack(name, **params)
