@@ -8,7 +8,9 @@ model's ``Normalize`` layer matches the usual values (0.1307/0.3081 for MNIST).
 Files are looked for in ``data_dir`` (and ``data_dir/<name>/``), else ``$ADVX_DATA/<name>/``,
 else ``~/.cache/advx/data/<name>/``; the gzipped originals or their decompressed forms
 (``train-images-idx3-ubyte``) are both accepted. Missing files are downloaded from the
-canonical mirrors and md5-checked when the network is reachable; otherwise a one-line
+canonical mirrors and md5-checked when the network is reachable (into ``data_dir/<name>/``
+if that folder exists, else ``data_dir``, else ``$ADVX_DATA/<name>/`` or the cache), and only
+renamed into place once the checksum matches; otherwise a one-line
 ``DataError`` says what is missing and where it was looked for. Parsed arrays are cached
 per process, so a matrix of many cells reads each file once.
 """
