@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -185,7 +187,8 @@ class Environment:
     _datasets: dict[str, Dataset] = field(default_factory=dict)
     _test: dict[str, Any] = field(default_factory=dict)
     _models: dict[str, nn.Module] = field(default_factory=dict)
-    _crafted: dict[str, Crafted] = field(default_factory=dict)
+    _crafted: OrderedDict[str, Crafted] = field(default_factory=OrderedDict)
+    crafted_cache_bytes: int = int(os.environ.get("ADVX_CRAFTED_CACHE_MB", "1024")) * 2**20
 
     def emit(self, event: str, cell: Cell | None, **payload: Any) -> None:
         if self.on_event is not None:
@@ -289,22 +292,32 @@ class Environment:
     def crafted(self, cell: Cell, source: nn.Module, source_key: Any, x: Tensor, y: Tensor, idx: Tensor, info: DatasetInfo) -> Crafted:
         o = cell.options
         k = _hash([source_key, cell.attack.key(), idx.tolist(), o.seed])
-        if k not in self._crafted:
-            attack = self.registry.create("attack", cell.attack.name, cell.attack.config)
-            torch.manual_seed(o.seed)
-            self._crafted[k] = craft(
-                source,
-                attack,  # type: ignore[arg-type]
-                x,
-                y,
-                info.bounds,
-                info.num_classes,
-                self.device,
-                o.batch_size,
-                o.seed,
-                on_batch=lambda done, total: self.emit("batch", cell, done=done, total=total),
-            )
-        return self._crafted[k]
+        if k in self._crafted:
+            self._crafted.move_to_end(k)
+            return self._crafted[k]
+        attack = self.registry.create("attack", cell.attack.name, cell.attack.config)
+        torch.manual_seed(o.seed)
+        crafted = craft(
+            source,
+            attack,  # type: ignore[arg-type]
+            x,
+            y,
+            info.bounds,
+            info.num_classes,
+            self.device,
+            o.batch_size,
+            o.seed,
+            on_batch=lambda done, total: self.emit("batch", cell, done=done, total=total),
+        )
+        # Only examples crafted on a model other than the evaluated one can serve another
+        # cell (transfer, undefended, gray-box); they are kept in a byte-bounded LRU.
+        if cell.threat.name != "white-box":
+            self._crafted[k] = crafted
+            while len(self._crafted) > 1 and sum(
+                c.x_adv.numel() * c.x_adv.element_size() for c in self._crafted.values()
+            ) > self.crafted_cache_bytes:
+                self._crafted.popitem(last=False)
+        return crafted
 
 
 def execute_cell(cell: Cell, env: Environment) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
