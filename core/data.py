@@ -7,6 +7,7 @@ forward pass of a small model, so the fast path matters for matrices of many cel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,11 +15,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset as TorchDataset, Subset, TensorDataset
 
+from .errors import ConfigError
 from .interfaces import DatasetConfig
 
 
 def as_tensor_dataset(x: np.ndarray | Tensor, y: np.ndarray | Tensor) -> TensorDataset:
-    """A float32 / int64 ``TensorDataset`` from arrays."""
+    """A float32 / int64 ``TensorDataset`` from arrays.
+
+    Shares memory with ``x``/``y`` when their dtypes already match (no copy of a 60k-image
+    array); read-only arrays (e.g. memory-mapped or cached ones) are copied, so nothing a
+    consumer does can write into a plugin's cache.
+    """
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = x.copy()
+    if isinstance(y, np.ndarray) and not y.flags.writeable:
+        y = y.copy()
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.int64)
     if len(xt) != len(yt):
@@ -60,7 +71,7 @@ def apply_class_ratios(ds: TorchDataset, config: DatasetConfig) -> TorchDataset:
     keep = torch.ones(len(labels), dtype=torch.bool)
     for cls, ratio in sorted(ratios.items()):
         idx = (labels == cls).nonzero().flatten()
-        n_keep = int(round(ratio * len(idx)))
+        n_keep = int(math.floor(ratio * len(idx) + 0.5))  # half up, not half to even
         perm = idx[torch.randperm(len(idx), generator=gen)]
         keep[perm[n_keep:]] = False
     return subset(ds, keep.nonzero().flatten())
@@ -105,6 +116,12 @@ def take(ds: TorchDataset, n: int, seed: int | None = None) -> tuple[Tensor, Ten
 
 def load_split(dataset, split: str) -> TorchDataset:
     """``dataset.load(split)`` with the shared dataset options applied (class ratios on train)."""
+    ratios = getattr(dataset.config, "class_ratios", None)
+    if ratios:
+        n = dataset.info().num_classes
+        bad = sorted(k for k in ratios if not 0 <= k < n)
+        if bad:
+            raise ConfigError(f'dataset "{dataset.name}": class_ratios: no class {bad[0]} (classes are 0..{n - 1})')
     ds = dataset.load(split)
     if split == "train":
         ds = apply_class_ratios(ds, dataset.config)

@@ -107,3 +107,20 @@ def test_dataset_class_ratio_bounds(registry):
     with pytest.raises(advx.ConfigError) as exc:
         registry.dataset("digits", class_ratios={0: 1.5})
     assert "class_ratios" in one_line(exc)
+
+
+def test_class_ratio_of_a_missing_class(registry):
+    ds = registry.dataset("digits", class_ratios={12: 0.5})
+    with pytest.raises(advx.ConfigError) as exc:
+        advx.load_split(ds, "train")
+    assert "class_ratios: no class 12" in one_line(exc)
+
+
+def test_class_ratio_rounds_half_up(registry):
+    import torch
+
+    from advx.data import apply_class_ratios
+
+    ds = advx.as_tensor_dataset(torch.zeros(5, 1), torch.zeros(5))
+    cfg = registry.get("dataset", "digits").Config(class_ratios={0: 0.5})
+    assert len(apply_class_ratios(ds, cfg)) == 3
