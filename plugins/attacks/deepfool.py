@@ -65,13 +65,11 @@ class DeepFool(Attack):
         r = torch.zeros_like(x)  # accumulated (un-overshot) perturbation of the active rows
         x_a = x.clone()  # current iterate of the active rows
         cand = None  # (active, K): y then the K-1 other classes of highest clean logit
-        for it in range(c.steps + 1):
+        for _ in range(c.steps):
             leaf = x_a.requires_grad_(True)
             logits = model(leaf)
             pred = logits.detach().argmax(1)
             done = pred == y_a if targeted else pred != y_a
-            if it == c.steps:
-                break  # budget spent; the last iterate is in ``out`` already
             if cand is None and not targeted:
                 k = logits.shape[1] if c.candidates is None else min(c.candidates, logits.shape[1])
                 others = logits.detach().scatter(1, y_a[:, None], float("-inf")).topk(k - 1, dim=1).indices
