@@ -38,7 +38,15 @@ from .evaluate import AttackReport, PassCounter, check_budget, check_model, eval
 from .matrix import Cell, DefenseContext, Executor, InProcessExecutor, MatrixResult, plan, run_matrix
 from .results import ResultStore
 from .spec import MatrixOptions, MatrixSpec
-from .training import TrainConfig, TrainResult, accuracy, build_model, train_model
+from .training import (
+    TrainConfig,
+    TrainResult,
+    accuracy,
+    applies_normalization,
+    background_value,
+    build_model,
+    train_model,
+)
 
 __all__ = [
     "__version__",
@@ -79,6 +87,8 @@ __all__ = [
     "TrainResult",
     "accuracy",
     "build_model",
+    "applies_normalization",
+    "background_value",
     "train_model",
     "AttackReport",
     "PassCounter",

@@ -255,8 +255,8 @@ class Classifier(nn.Module):
     """Base of built-in networks: ``forward`` gives logits, ``hidden_states`` the FC activations.
 
     The default ``hidden_states`` records, through forward hooks, the output of every
-    fully connected layer but the last (the logits) and of the activation that follows
-    it; subclasses with another structure override it.
+    fully connected layer but the last (the logits), before its activation; subclasses
+    that want post-activation states (the built-in models do) override it.
     """
 
     def hidden_states(self, x: Tensor) -> dict[str, Tensor]:

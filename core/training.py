@@ -58,11 +58,31 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(base) / "advx"
 
 
+def applies_normalization(config: Any, info: DatasetInfo) -> bool:
+    """Whether ``build_model`` puts the dataset's normalisation in front of the network."""
+    return bool(getattr(config, "normalize", False)) and info.mean is not None and info.std is not None
+
+
+def background_value(config: Any, info: DatasetInfo) -> tuple[float, ...]:
+    """The dataset's lower bound (a black pixel) per channel, in the units the network sees.
+
+    Models that pad inside themselves (LeNet-5's 28 -> 32) pad with this, so the padding
+    is black whether or not normalisation comes first (a zero would be mid-grey after it).
+    """
+    c = info.input_shape[0]
+    low = info.bounds[0]
+    if applies_normalization(config, info):
+        mean = info.mean if len(info.mean) == c else info.mean * c  # type: ignore[operator, arg-type]
+        std = info.std if len(info.std) == c else info.std * c  # type: ignore[operator, arg-type]
+        return tuple((low - m) / s for m, s in zip(mean, std))
+    return (low,) * c
+
+
 def build_model(model: Model, info: DatasetInfo) -> nn.Module:
     """A fresh network for ``info``, behind the dataset's normalisation when configured."""
     net = model.build(info)
-    if getattr(model.config, "normalize", False) and info.mean is not None and info.std is not None:
-        return NormalizedModel(Normalize(info.mean, info.std), net)
+    if applies_normalization(model.config, info):
+        return NormalizedModel(Normalize(info.mean, info.std), net)  # type: ignore[arg-type]
     return net
 
 

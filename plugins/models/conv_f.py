@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import Classifier, ConfigError, DatasetInfo, Model, ModelConfig, hookimpl
+from advx import Classifier, ConfigError, DatasetInfo, Model, ModelConfig, background_value, hookimpl
 
 
 def tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -110,18 +110,7 @@ class ConvF(Model):
                 f'model "conv-f" needs inputs of at least {need}x{need} (third_conv={c.third_conv}), '
                 f"got {info.input_shape}; set pad_small = true to pad them inside the model"
             )
-        return ConvFNet(info.input_shape, info.num_classes, c.filters, c.third_conv, need, _background_fill(info, c.normalize))
-
-
-def _background_fill(info: DatasetInfo, normalize: bool) -> tuple[float, ...]:
-    """The dataset's lower bound per channel in the units the net receives (see ``lenet5``)."""
-    ch = info.input_shape[0]
-    low = info.bounds[0]
-    if normalize and info.mean is not None and info.std is not None:
-        mean = info.mean if len(info.mean) == ch else info.mean * ch
-        std = info.std if len(info.std) == ch else info.std * ch
-        return tuple((low - m) / s for m, s in zip(mean, std))
-    return (low,) * ch
+        return ConvFNet(info.input_shape, info.num_classes, c.filters, c.third_conv, need, background_value(c, info))
 
 
 @hookimpl

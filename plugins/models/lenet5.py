@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import Classifier, ConfigError, DatasetInfo, Model, ModelConfig, hookimpl
+from advx import Classifier, ConfigError, DatasetInfo, Model, ModelConfig, background_value, hookimpl
 
 # LeCun et al. 1998, Table I: for each of the 16 C3 maps, the S2 maps it reads.
 LECUN_C3_TABLE: tuple[tuple[int, ...], ...] = (
@@ -67,21 +67,6 @@ class PadTo(nn.Module):
         if not any(self.pad):
             return x
         return F.pad(x - self.fill, self.pad) + self.fill
-
-
-def background_fill(info: DatasetInfo, normalize: bool) -> tuple[float, ...]:
-    """The dataset's lower bound per channel, in the units the network receives.
-
-    Mirrors ``advx.build_model``: the net sees normalised inputs exactly when the config's
-    ``normalize`` is on and the dataset declares mean and std.
-    """
-    c = info.input_shape[0]
-    low = info.bounds[0]
-    if normalize and info.mean is not None and info.std is not None:
-        mean = info.mean if len(info.mean) == c else info.mean * c
-        std = info.std if len(info.std) == c else info.std * c
-        return tuple((low - m) / s for m, s in zip(mean, std))
-    return (low,) * c
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -165,7 +150,7 @@ class LeNet5(Model):
         c = self.config
         if len(info.input_shape) != 3:
             raise ConfigError(f'model "lenet5" needs image inputs (C, H, W), got shape {info.input_shape}')
-        fill = background_fill(info, c.normalize)
+        fill = background_value(c, info)
         return LeNet5Net(info.input_shape, info.num_classes, c.input_size, fill, c.activation, c.pooling, c.c3_connections)
 
 
