@@ -47,3 +47,14 @@ def test_readme_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     assert ".venv/bin/python -m pytest -q" in README and ".venv/bin/python -m pytest -q" in ci
     assert "torch==2.13.0 -e '.[test]'" in README and "torch==2.13.0 -e '.[test]'" in ci
+
+
+def test_every_experiment_spec_validates():
+    import advx
+
+    reg = advx.Registry.discover()
+    specs = sorted((ROOT / "experiments").glob("*.toml"))
+    assert len(specs) >= 6
+    for path in specs:
+        cells = advx.plan(advx.MatrixSpec.from_toml(path), reg)
+        assert cells, path
