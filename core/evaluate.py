@@ -281,6 +281,19 @@ def summarize(s: dict[str, Tensor]) -> dict[str, Any]:
     }
 
 
+def summarize_with_cost(s: dict[str, Tensor], crafted: Crafted) -> dict[str, Any]:
+    """``summarize`` plus what crafting cost: seconds, images per second, passes per sample."""
+    metrics = summarize(s)
+    n = len(s["label"])
+    metrics.update(
+        attack_seconds=crafted.seconds,
+        images_per_second=n / crafted.seconds if crafted.seconds > 0 else None,
+        forwards_per_sample=crafted.forwards / max(n, 1),
+        backwards_per_sample=crafted.backwards / max(n, 1),
+    )
+    return metrics
+
+
 def breakdown_by_class(s: dict[str, Tensor], num_classes: int) -> dict[str, dict[str, Any]]:
     """Every metric of ``summarize`` per true class (seed 000's imbalance analysis)."""
     out = {}
@@ -346,14 +359,7 @@ def run_attack(
             check_model(src, x[: min(len(x), batch_size)].to(device), num_classes)
         crafted = craft(src, attack, x, y, bounds, num_classes, device, batch_size, seed, on_batch)
     s = score(model, x, y, crafted, device, batch_size)
-    metrics = summarize(s)
-    n = max(len(x), 1)
-    metrics.update(
-        attack_seconds=crafted.seconds,
-        images_per_second=len(x) / crafted.seconds if crafted.seconds > 0 else None,
-        forwards_per_sample=crafted.forwards / n,
-        backwards_per_sample=crafted.backwards / n,
-    )
+    metrics = summarize_with_cost(s, crafted)
     return AttackReport(
         attack.name,
         attack.config.model_dump(mode="json"),

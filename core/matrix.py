@@ -46,7 +46,7 @@ from .evaluate import (
     check_model,
     craft,
     score,
-    summarize,
+    summarize_with_cost,
 )
 from .interfaces import Dataset, DatasetInfo, Defense, Model
 from .registry import Registry
@@ -363,15 +363,7 @@ def execute_cell(cell: Cell, env: Environment) -> tuple[dict[str, Any], dict[str
             check_model(source, probe, info.num_classes)
         crafted = env.crafted(cell, source, source_key, x, y, idx, info)
         s = score(target, x, y, crafted, env.device, cell.options.batch_size, idx)
-        metrics = summarize(s)
-        n = max(len(x), 1)
-        metrics.update(
-            attack_seconds=crafted.seconds,
-            images_per_second=len(x) / crafted.seconds if crafted.seconds > 0 else None,
-            forwards_per_sample=crafted.forwards / n,
-            backwards_per_sample=crafted.backwards / n,
-        )
-        row.update(metrics)
+        row.update(summarize_with_cost(s, crafted))
         row["metrics"] = {
             "per_class": breakdown_by_class(s, info.num_classes),
             "per_confidence": breakdown_by_confidence(s),
