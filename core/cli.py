@@ -17,7 +17,8 @@ from ._version import __version__
 from .errors import AdvxError
 
 DEFAULT_SPEC = """\
-# The default matrix of `advx run` with no spec: the embedded digits dataset, no download.
+# The default matrix of `advx run` with no spec: the embedded digits dataset, no download;
+# fast (FGSM) against iterative (BIM, PGD) L-inf attacks, and the minimal L2 perturbation (DeepFool).
 [matrix]
 name = "digits-default"
 samples = 500
@@ -44,6 +45,15 @@ name = "bim"
 eps = [0.1, 0.2]
 alpha = 0.025
 steps = 8
+
+[[attacks]]
+name = "pgd"
+eps = 0.2
+alpha = 0.02
+steps = 20
+
+[[attacks]]
+name = "deepfool"
 """
 
 
