@@ -66,8 +66,9 @@ CASES = {
     },
     "cifar": {
         "model": "cifar-cnn",
-        "dataset": "cifar10",
+        "dataset": "cifar-10",
         "data_dir": "cifar-10",
+        "dataset_params": {"train_batches": [1, 2]},  # the offline copy has batches 1-2 and test
         "batch": 128,
         "eps_linf": 8 / 255,
         "bim": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
@@ -273,7 +274,7 @@ def load_case(reg, case, device, batch):
     data_dir = SHARED_DATA / c["data_dir"]
     model_plugin = reg.model(c["model"])
     if data_dir.is_dir():
-        ds = reg.dataset(c["dataset"], data_dir=str(data_dir), download=False)
+        ds = reg.dataset(c["dataset"], data_dir=str(data_dir), download=False, **c.get("dataset_params", {}))
         info = ds.info()
         t0 = time.perf_counter()
         res = advx.train_model(ds, model_plugin, {"epochs": 1, "seed": 0}, device="cpu")
@@ -324,13 +325,18 @@ def measure_all(libs, model, x, y, device, repeats, l2_attack):
         finally:
             counter.remove()
     live = [lib for lib in libs if "error" not in res[lib]]
+    # The floor is timed on the batch the attack returned, not the clean one: on CPU the
+    # same model runs ~10% slower on perturbed MNIST digits than on clean ones (measured),
+    # and the attack's own steps run on perturbed inputs.
+    floor_inputs = {lib: outs[lib].detach().to(x.dtype) for lib in live}
     for rep in range(repeats):
         order = live[rep % len(live):] + live[: rep % len(live)] if live else []
         for lib in order:
             r = res[lib]
             passes = max(r["backwards_per_example"], 1.0)
             k = max(1, min(10, round(passes)))
-            fl, _ = timed(lambda: [floor_step(model, x, y) for _ in range(k)], device)
+            x_fl = floor_inputs[lib]
+            fl, _ = timed(lambda: [floor_step(model, x_fl, y) for _ in range(k)], device)
             t, outs[lib] = timed(lambda: libs[lib](x, y), device)
             r["times"].append(t)
             r["ratios"].append(t / (passes * fl / k))
@@ -392,6 +398,11 @@ def main(argv=None):
                         f"succ {r['success']:.3f}" + (f"  L2 {r['mean_l2_success']:.3f}" if r.get("mean_l2_success") else ""),
                         flush=True,
                     )
+        write(args, device, started, load_before, results)
+
+
+def write(args, device, started, load_before, results):
+    """Write the JSON and the md (after every case, so a failure later keeps what was measured)."""
     meta = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": started.isoformat(timespec="seconds"),
@@ -414,7 +425,7 @@ def main(argv=None):
     stem = f"attacks-{device.type}"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / f"{stem}.md").write_text(markdown(meta, results))
-    print(f"wrote {out / stem}.json and .md")
+    print(f"wrote {out / stem}.json and .md", flush=True)
 
 
 def cpu_name():
@@ -457,9 +468,26 @@ def markdown(meta, results):
         f"- peers: " + ", ".join(f"{k} {v}" for k, v in meta["peers"].items() if v) ,
         f"- timing: median of {meta['repeats']} calls ({meta['slow_repeats']} for deepfool and cw-l2) after one untimed call "
         "(warm-up, in which the passes per example are counted by hooks); libraries timed round-robin",
-        "- floor = one forward + summed cross-entropy + input-gradient backward on the same model and batch, timed as a loop of "
+        "- floor = one forward + summed cross-entropy + input-gradient backward on the same model, on the batch the attack "
+        "returned (the CPU speed of the model depends on pixel values: ~10% slower on perturbed than on clean digits), timed as a loop of "
         "min(passes, 10) such steps right before each timed call; ratio = time / (backward passes per example x floor), median over calls",
         *[f"- note: {n}" for n in meta["notes"]],
+        "",
+        "Reading the table:",
+        "",
+        "- one torch thread by default: on a shared 2-core machine two OpenMP threads that contend with other processes "
+        "run 5-10x slower and far less repeatably than one (measured while writing this benchmark); `--threads 2` on a quiet machine;",
+        "- a ratio below 1 is possible where an attack's passes are backward-only (DeepFool: one forward, then one backward per "
+        "candidate class on the same graph) or run on a shrinking active set;",
+        "- torchattacks' DeepFool loops over images one at a time and compounds the overshoot at every step (it does not "
+        "accumulate the perturbation as the paper does); torchattacks' CW has no binary search over c, so it runs "
+        "binary_search_steps x steps iterations at the initial c;",
+        "- adv-lib has no FGSM (its pgd_linf with one step returns only iterates it evaluated, i.e. the clean input), and its "
+        "DeepFool compounds the overshoot per step like torchattacks'; ART's CW-L2 is not timed (numpy, minutes per call here);",
+        "- Foolbox computes success (one extra forward) inside every call, as its API returns it; ART's time includes its "
+        "numpy conversions, which are its API;",
+        "- success = fraction of the batch misclassified after the attack (clean errors included); the CW settings are "
+        "deliberately short (time per iteration is what is compared), so its success is low.",
         "",
     ]
     by_case = {}
@@ -468,7 +496,7 @@ def markdown(meta, results):
     for case, rows in by_case.items():
         r0 = rows[0]
         lines += [
-            f"## {case}: {CASES[case]['model']}, batch {r0['batch']}, floor {r0['floor_seconds'] * 1e3:.2f} ms",
+            f"## {case}: {CASES[case]['model']}, batch {r0['batch']}, clean-batch floor at start {r0['floor_seconds'] * 1e3:.2f} ms",
             "",
             f"Model: {r0['model_source']}.",
             "",
