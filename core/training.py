@@ -159,6 +159,7 @@ def fit(
         history.append(stats)
         if on_epoch is not None:
             on_epoch(epoch + 1, stats)
+    opt.zero_grad(set_to_none=True)  # a trained model carries no stale gradients (memory)
     net.eval()
     return history
 
