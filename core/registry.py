@@ -202,11 +202,6 @@ class Registry:
         return self.create("defense", name, params)  # type: ignore[return-value]
 
 
-def default_registry() -> Registry:
-    """The registry of installed plugins (discovered afresh; cheap enough per command)."""
-    return Registry.discover()
-
-
 def iter_kinds(kind: str | None) -> Iterable[Kind]:
     if kind is None:
         return KINDS
