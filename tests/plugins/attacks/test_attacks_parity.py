@@ -21,14 +21,6 @@ REG = advx.Registry.discover()
 BOUNDS = (0.0, 1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(digits, digits_cnn):
     """100 correctly classified test digits (peers' DeepFool starts from the prediction)."""
