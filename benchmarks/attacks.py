@@ -465,7 +465,7 @@ def markdown(meta, results):
         f"- device: {meta['device']}; CPU: {meta['cpu']} ({meta['cpu_count']} cores visible, {meta['threads']} torch thread(s))",
         f"- load average (1/5/15 min) before: {', '.join(f'{v:.2f}' for v in meta['load_average_before'])}; "
         f"after: {', '.join(f'{v:.2f}' for v in meta['load_average_after'])}",
-        f"- peers: " + ", ".join(f"{k} {v}" for k, v in meta["peers"].items() if v) ,
+        "- peers: " + ", ".join(f"{k} {v}" for k, v in meta["peers"].items() if v) ,
         f"- timing: median of {meta['repeats']} calls ({meta['slow_repeats']} for deepfool and cw-l2) after one untimed call "
         "(warm-up, in which the passes per example are counted by hooks); libraries timed round-robin",
         "- floor = one forward + summed cross-entropy + input-gradient backward on the same model, on the batch the attack "

@@ -138,14 +138,14 @@ def fit(
     loss_fn: LossFn = cross_entropy_loss,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``net`` in place; returns per-epoch loss and training accuracy."""
+    """Train ``net`` in place; returns per-epoch mean loss and seconds."""
     net.to(device)
     opt = _make_optimizer(net.parameters(), cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
     for epoch in range(cfg.epochs):
         net.train()
-        total, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+        total, loss_sum, t0 = 0, 0.0, time.perf_counter()
         for xb, yb in iter_batches(train_data, cfg.batch_size, shuffle=True, generator=gen):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from pydantic import Field
 
 from advx import Attack, AttackConfig, hookimpl
