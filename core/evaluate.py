@@ -158,6 +158,8 @@ class Records:
     target: list[Tensor] = field(default_factory=list)
     linf: list[Tensor] = field(default_factory=list)
     l2: list[Tensor] = field(default_factory=list)
+    clean_score: list[Tensor] = field(default_factory=list)
+    adv_score: list[Tensor] = field(default_factory=list)
 
     def cat(self) -> dict[str, Tensor]:
         return {k: torch.cat(v) if v else torch.empty(0) for k, v in self.__dict__.items()}
@@ -251,7 +253,45 @@ def score(
         rec.target.append(crafted.target[sl])
         rec.linf.append(linf.cpu())
         rec.l2.append(l2.cpu())
+        rec.clean_score.append(detector_score(model, xb, len(yb)))
+        rec.adv_score.append(detector_score(model, xa, len(yb)))
     return rec.cat()
+
+
+def detector_score(model: nn.Module, x: Tensor, n: int) -> Tensor:
+    """The model's detector score per example (higher: more likely adversarial), NaN if none.
+
+    A defense that detects (rejects) inputs exposes ``detector_score(x)`` on the module it
+    returns; the kernel records it for clean and adversarial inputs, so detection metrics
+    (ROC AUC, operating points) come from the same per-example records as accuracy.
+    """
+    fn = getattr(model, "detector_score", None)
+    if fn is None:
+        return torch.full((n,), float("nan"))
+    return fn(x).detach().float().flatten().cpu()
+
+
+def roc_auc(negatives: Tensor, positives: Tensor) -> float | None:
+    """Area under the ROC curve of scores (positives should score higher); ties count half.
+
+    The Mann-Whitney form: the probability that a random positive outscores a random
+    negative. Equal to scikit-learn's ``roc_auc_score`` on the concatenated scores.
+    """
+    neg, pos = negatives[torch.isfinite(negatives)], positives[torch.isfinite(positives)]
+    if not len(neg) or not len(pos):
+        return None
+    scores = torch.cat([neg, pos]).double()
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    # average ranks over ties
+    uniq, inverse = torch.unique(scores, return_inverse=True)
+    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
+    ranks = (sums / counts)[inverse]
+    rank_pos = ranks[len(neg) :].sum()
+    u = rank_pos - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
 
 
 def _mean(t: Tensor) -> float | None:
@@ -278,6 +318,8 @@ def summarize(s: dict[str, Tensor]) -> dict[str, Any]:
         "max_linf": float(s["linf"].max()) if len(label) else None,
         "mean_l2": _mean(s["l2"]),
         "max_l2": float(s["l2"].max()) if len(label) else None,
+        # detection: adversarial inputs (positives) against their clean originals (negatives)
+        "detection_auc": roc_auc(s["clean_score"], s["adv_score"]) if "clean_score" in s else None,
     }
 
 

@@ -191,8 +191,14 @@ class Defense(Plugin):
     """Turns a trained model into a defended one.
 
     ``apply`` receives the trained base model and a ``DefenseContext`` through which it
-    can train further models (cached like every training run), and returns the module
-    that is evaluated. The default returns the model unchanged.
+    can train further models (cached like every training run, with a changed objective or
+    data: adversarial training, distillation, bagging) and apply other defenses (so that
+    defenses compose), and returns the module that is evaluated (preprocessing, an
+    ensemble, a wrapper). The default returns the model unchanged.
+
+    A defense that detects adversarial inputs gives the returned module a method
+    ``detector_score(x) -> Tensor`` of shape ``(N,)``, higher meaning more likely
+    adversarial; the kernel then records it per example and reports the detection ROC AUC.
     """
 
     kind: ClassVar[Kind] = "defense"

@@ -152,6 +152,12 @@ class DefenseContext:
         self.train_config = TrainConfig.model_validate(model.train or {})
         self.device = env.device
         self.cache_dir = env.cache_dir
+        self.registry = env.registry
+
+    def defense(self, name: str, model: nn.Module, **params: Any) -> nn.Module:
+        """Apply another registered defense to ``model`` (composition: bagging + adversarial training)."""
+        inner: Defense = self.registry.create("defense", name, params)  # type: ignore[assignment]
+        return inner.apply(model, self)
 
     def train(
         self,
@@ -381,6 +387,8 @@ def execute_cell(cell: Cell, env: Environment) -> tuple[dict[str, Any], dict[str
             "target": s["target"],
             "linf": s["linf"],
             "l2": s["l2"],
+            "clean_score": s["clean_score"],
+            "adv_score": s["adv_score"],
         }
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -37,6 +37,7 @@ METRIC_COLUMNS = (
     "max_linf",
     "mean_l2",
     "max_l2",
+    "detection_auc",
     "seconds",
     "attack_seconds",
     "images_per_second",
@@ -82,6 +83,8 @@ SAMPLE_COLUMNS = (
     "target",
     "linf",
     "l2",
+    "clean_score",
+    "adv_score",
 )
 
 _REAL = {c for c in METRIC_COLUMNS if c != "n"}
@@ -95,6 +98,7 @@ CREATE TABLE IF NOT EXISTS samples (
     cell_key TEXT NOT NULL REFERENCES cells(cell_key) ON DELETE CASCADE,
     idx INTEGER NOT NULL, label INTEGER, clean_pred INTEGER, clean_conf REAL,
     adv_pred INTEGER, adv_conf REAL, adv_top5 INTEGER, target INTEGER, linf REAL, l2 REAL,
+    clean_score REAL, adv_score REAL,
     PRIMARY KEY (cell_key, idx)
 );
 CREATE INDEX IF NOT EXISTS cells_spec ON cells(spec_name);
@@ -133,6 +137,7 @@ class ResultStore:
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=30)
             self.conn.execute("PRAGMA foreign_keys = ON")
+            self._check_columns()
             self.conn.executescript(SCHEMA)
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -140,6 +145,17 @@ class ResultStore:
             self.conn.commit()
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{str(self.path)!r} is not an advx results database ({exc})") from None
+
+    def _check_columns(self) -> None:
+        """A file written by an advx with another schema is refused, never half-updated."""
+        for table, wanted in (("cells", CELL_COLUMNS), ("samples", SAMPLE_COLUMNS)):
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in wanted if c not in have]
+            if have and missing:
+                raise DataError(
+                    f"{str(self.path)!r} was written by another advx version (table {table} lacks "
+                    f"{', '.join(missing)}); use a new --db file"
+                )
 
     def close(self) -> None:
         self.conn.close()
@@ -180,7 +196,11 @@ class ResultStore:
                 values,
             )
             if samples:
-                cols = [samples[c].tolist() for c in SAMPLE_COLUMNS]
+                # NaN (no detector) is stored as NULL
+                cols = [
+                    [None if isinstance(v, float) and v != v else v for v in samples[c].tolist()]
+                    for c in SAMPLE_COLUMNS
+                ]
                 conn.executemany(
                     f"INSERT INTO samples(cell_key, {', '.join(SAMPLE_COLUMNS)}) VALUES (?, {', '.join('?' * len(SAMPLE_COLUMNS))})",
                     ((row["cell_key"], *vals) for vals in zip(*cols)),
@@ -211,8 +231,10 @@ class ResultStore:
         rows = cur.fetchall()
         out = {}
         for i, c in enumerate(SAMPLE_COLUMNS):
-            dtype = torch.float32 if c in ("clean_conf", "adv_conf", "linf", "l2") else torch.int64
-            out[c] = torch.tensor([r[i] for r in rows], dtype=dtype)
+            if c in ("clean_conf", "adv_conf", "linf", "l2", "clean_score", "adv_score"):
+                out[c] = torch.tensor([float("nan") if r[i] is None else r[i] for r in rows], dtype=torch.float32)
+            else:
+                out[c] = torch.tensor([r[i] for r in rows], dtype=torch.int64)
         out["index"] = out["idx"]
         return out
 

@@ -316,3 +316,68 @@ def test_keyboard_interrupt_keeps_finished_cells(tmp_path, cache):
         assert {r["cell_key"] for r in store.cells(status="done")} == set(seen)
     res = advx.run_matrix(spec, store=db)
     assert (res.skipped, res.done) == (2, 2)
+
+
+def test_detector_scores_give_a_detection_auc(tmp_path, cache):
+    """A defense exposing detector_score: per-example scores stored, ROC AUC reported."""
+    from sklearn.metrics import roc_auc_score
+
+    from advx import Defense
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def detector_score(self, x):
+            # digits pixels are multiples of 1/16; perturbed ones mostly are not
+            return (x * 16 - (x * 16).round()).abs().flatten(1).mean(1)
+
+    class Extremes(Defense):
+        """Flags inputs off the digits' 1/16 pixel grid (a toy detector)."""
+
+        name: ClassVar[str] = "extremes"
+
+        def apply(self, model, ctx):
+            assert ctx.registry is not None
+            inner = ctx.defense("none", model)  # composition through the context
+            return Wrapped(inner).eval()
+
+    reg = advx.Registry.discover()
+    reg.add("defense", Extremes)
+    spec = small_spec(cache, [{"name": "fgsm", "eps": 0.3}], defenses=[{"name": "extremes"}, {"name": "none"}])
+    db = tmp_path / "r.db"
+    res = advx.run_matrix(spec, registry=reg, store=db)
+    rows = {r["defense"]: r for r in res.rows}
+    assert rows["none"]["detection_auc"] is None
+    auc = rows["extremes"]["detection_auc"]
+    with advx.ResultStore(db) as store:
+        s = store.samples(rows["extremes"]["cell_key"])
+        expected = roc_auc_score([0] * len(s["clean_score"]) + [1] * len(s["adv_score"]),
+                                 torch.cat([s["clean_score"], s["adv_score"]]).numpy())
+        assert auc == pytest.approx(expected, abs=1e-6)
+        assert auc > 0.95
+        assert torch.isnan(store.samples(rows["none"]["cell_key"])["clean_score"]).all()
+
+
+def test_roc_auc_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from advx.evaluate import roc_auc
+
+    neg = torch.tensor([0.1, 0.4, 0.4, 0.35, 0.8])
+    pos = torch.tensor([0.4, 0.9, 0.35, 0.8, 0.8, 0.2])
+    expected = roc_auc_score([0] * 5 + [1] * 6, torch.cat([neg, pos]).numpy())
+    assert roc_auc(neg, pos) == pytest.approx(expected)
+    assert roc_auc(torch.tensor([float("nan")]), pos) is None
+
+
+def test_old_results_file_is_a_clear_error(tmp_path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE cells (cell_key TEXT PRIMARY KEY, status TEXT)")
+    with pytest.raises(advx.DataError, match="another advx version"):
+        advx.ResultStore(db)
