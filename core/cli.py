@@ -252,10 +252,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
+    _print_flags(console, rows)
     console.print(
         f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
     )
     return 1 if result.failed else 0
+
+
+def _print_flags(console, rows: list[dict[str, Any]]) -> None:
+    from rich.markup import escape
+
+    from .checks import sanity_flags
+
+    flags = sanity_flags(rows)
+    if flags:
+        console.print(f"[yellow]{len(flags)} sanity flag(s)[/yellow] (places to look, see advx.checks):")
+        for f in flags:
+            console.print(f"  [yellow]{escape(f.check)}[/yellow]: {escape(f.message)}")
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -280,6 +293,7 @@ def cmd_results(args: argparse.Namespace) -> int:
                 console.print(table)
         if args.worst_case:
             console.print(_worst_case_table(store, rows))
+        _print_flags(console, rows)
     return 0
 
 

@@ -1,0 +1,64 @@
+"""Sanity flags: each check fires on results that break it, and only then."""
+
+from __future__ import annotations
+
+import advx
+from advx.checks import sanity_flags
+
+
+def row(attack, eps, acc, threat="white-box", n=500, **cfg):
+    return {
+        "status": "done",
+        "dataset": "digits",
+        "model": "mlp",
+        "defense": "none",
+        "threat": threat,
+        "attack": f"{attack}(eps={eps})",
+        "attack_config": {"name": attack, "eps": eps, "label_mode": "true", **cfg},
+        "robust_accuracy": acc,
+        "n": n,
+    }
+
+
+def checks(rows):
+    return sorted(f.check for f in sanity_flags(rows))
+
+
+def test_consistent_results_raise_no_flag():
+    rows = [row("fgsm", 0.1, 0.7), row("fgsm", 0.2, 0.3), row("bim", 0.2, 0.1, steps=8),
+            row("fgsm", 0.2, 0.6, threat="transfer<-mlp")]
+    assert checks(rows) == []
+
+
+def test_each_check_fires():
+    assert checks([row("fgsm", 0.1, 0.3), row("fgsm", 0.2, 0.5)]) == ["eps-not-monotone"]
+    assert checks([row("fgsm", 0.2, 0.3), row("pgd", 0.2, 0.6, steps=10)]) == ["iterative-weaker"]
+    assert checks([row("fgsm", 0.2, 0.5), row("fgsm", 0.2, 0.2, threat="undefended")]) == ["weaker-knowledge-stronger"]
+
+
+def test_differences_within_two_examples_are_ignored():
+    assert checks([row("fgsm", 0.1, 0.300), row("fgsm", 0.2, 0.302)]) == []
+
+
+def test_flags_on_a_real_matrix_from_the_store(tmp_path):
+    spec = {
+        "matrix": {"name": "flags", "samples": 200, "batch_size": 100, "cache_dir": str(tmp_path / "c")},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 5}}],
+        "attacks": [{"name": "fgsm", "eps": [0.05, 0.1, 0.2]}, {"name": "bim", "eps": 0.1, "alpha": 0.02, "steps": 10}],
+    }
+    advx.run_matrix(spec, store=tmp_path / "r.db")
+    with advx.ResultStore(tmp_path / "r.db") as store:
+        assert sanity_flags(store.cells()) == []  # an honest evaluation of an undefended model
+
+
+def test_results_command_prints_flags(tmp_path, capsys):
+    from advx.cli import main
+
+    db = tmp_path / "r.db"
+    with advx.ResultStore(db) as store:
+        for i, r in enumerate([row("fgsm", 0.1, 0.3), row("fgsm", 0.2, 0.5)]):
+            store.record({**r, "cell_key": f"k{i}", "spec_name": "s"})
+    assert main(["results", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "1 sanity flag(s)" in out and "eps-not-monotone" in out
