@@ -13,6 +13,7 @@ workers; install them as packages (entry points) to use them here.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,10 +25,10 @@ from .errors import AdvxError
 from .matrix import Cell, Environment, Executor, execute_cell
 
 
-def _worker(worker: int, device: str, cells: list[Cell], cache_dir: str | None, out: Any) -> None:
+def _worker(worker: int, device: str, cells: list[Cell], cache_dir: str | None, out: Any, threads: int) -> None:
     from .registry import Registry
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -79,9 +80,13 @@ class MultiDeviceExecutor(Executor):
         ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
         out = ctx.Queue()
         procs = []
+        # CPU workers split the cores between them instead of each claiming all of them
+        n_cpu_workers = sum(1 for d, s in zip(self.devices, shares) if s and d.startswith("cpu"))
+        cpu_threads = max(1, (os.cpu_count() or 1) // max(n_cpu_workers, 1))
         for i, (dev, share) in enumerate(zip(self.devices, shares)):
             if share:
-                p = ctx.Process(target=_worker, args=(i, dev, share, cache_dir, out), daemon=True)
+                threads = cpu_threads if dev.startswith("cpu") else torch.get_num_threads()
+                p = ctx.Process(target=_worker, args=(i, dev, share, cache_dir, out, threads), daemon=True)
                 p.start()
                 procs.append((i, dev, p))
         running = {i for i, _, _ in procs}
