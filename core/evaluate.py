@@ -110,6 +110,24 @@ def check_inputs(x: Tensor, bounds: tuple[float, float]) -> None:
         )
 
 
+def preflight(
+    x: Tensor,
+    bounds: tuple[float, float],
+    num_classes: int,
+    device: torch.device,
+    batch_size: int,
+    *models: nn.Module,
+) -> None:
+    """Every check before a cell runs: inputs in bounds, each distinct model usable (``check_model``)."""
+    check_inputs(x, bounds)
+    probe = x[: min(len(x), batch_size)].to(device)
+    seen: list[nn.Module] = []
+    for m in models:
+        if not any(m is s for s in seen):
+            check_model(m, probe, num_classes)
+            seen.append(m)
+
+
 def perturbation_norms(x: Tensor, x_adv: Tensor) -> tuple[Tensor, Tensor]:
     """Per-example L-inf and L2 norms of ``x_adv - x``."""
     d = (x_adv - x).flatten(1)
@@ -393,12 +411,9 @@ def run_attack(
 ) -> AttackReport:
     """Craft on ``source`` (default: ``model``, white-box) and score on ``model``."""
     device = torch.device(device)
-    check_inputs(x, bounds)
-    check_model(model, x[: min(len(x), batch_size)].to(device), num_classes)
+    src = model if source is None else source
+    preflight(x, bounds, num_classes, device, batch_size, model, src)
     if crafted is None:
-        src = model if source is None else source
-        if src is not model:
-            check_model(src, x[: min(len(x), batch_size)].to(device), num_classes)
         crafted = craft(src, attack, x, y, bounds, num_classes, device, batch_size, seed, on_batch)
     s = score(model, x, y, crafted, device, batch_size)
     metrics = summarize_with_cost(s, crafted)

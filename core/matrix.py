@@ -42,9 +42,8 @@ from .evaluate import (
     Crafted,
     breakdown_by_class,
     breakdown_by_confidence,
-    check_inputs,
-    check_model,
     craft,
+    preflight,
     score,
     summarize_with_cost,
 )
@@ -361,12 +360,11 @@ def execute_cell(cell: Cell, env: Environment) -> tuple[dict[str, Any], dict[str
         info = ds.info()
         target = env.defended_model(cell.dataset, cell.model, cell.defense, cell=cell)
         x, y, idx = env.eval_set(cell, target, info)
-        check_inputs(x, info.bounds)
-        probe = x[: min(len(x), cell.options.batch_size)].to(env.device)
-        check_model(target, probe, info.num_classes)
+        checks = (x, info.bounds, info.num_classes, env.device, cell.options.batch_size)
+        preflight(*checks, target)  # before a source model is trained for nothing
         source, source_key = env.source_model(cell, target)
         if source is not target:
-            check_model(source, probe, info.num_classes)
+            preflight(*checks, source)
         crafted = env.crafted(cell, source, source_key, x, y, idx, info)
         s = score(target, x, y, crafted, env.device, cell.options.batch_size, idx)
         row.update(summarize_with_cost(s, crafted))
