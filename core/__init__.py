@@ -35,7 +35,9 @@ from .interfaces import (
 from .labels import resolve_labels
 from .registry import LoadFailure, PluginEntry, Registry
 from .evaluate import AttackReport, PassCounter, check_budget, check_model, evaluate, run_attack
-from .matrix import Cell, DefenseContext, Executor, InProcessExecutor, MatrixResult, plan, run_matrix
+from .context import DefenseContext, TrainRecord
+from .protocols import Detector, Ensemble, InputTransform, bpda
+from .matrix import Cell, Executor, InProcessExecutor, MatrixResult, plan, run_matrix
 from .results import ResultStore
 from .spec import MatrixOptions, MatrixSpec
 from .training import (
@@ -98,6 +100,11 @@ __all__ = [
     "run_attack",
     "Cell",
     "DefenseContext",
+    "TrainRecord",
+    "Detector",
+    "Ensemble",
+    "InputTransform",
+    "bpda",
     "Executor",
     "InProcessExecutor",
     "MatrixResult",

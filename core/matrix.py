@@ -47,6 +47,7 @@ from .evaluate import (
     score,
     summarize_with_cost,
 )
+from .context import DefenseContext
 from .interfaces import Dataset, DatasetInfo, Defense, Model
 from .registry import Registry
 from .results import ResultStore
@@ -140,47 +141,6 @@ def plan(spec: MatrixSpec, registry: Registry) -> list[Cell]:
     ]
 
 
-class DefenseContext:
-    """What a defense may use in ``apply``: the data, the model plugin, cached training."""
-
-    def __init__(self, env: Environment, dataset: PluginRef, model: PluginRef) -> None:
-        self._env = env
-        self.dataset: Dataset = env.dataset(dataset)
-        self.info: DatasetInfo = self.dataset.info()
-        self.model: Model = env.registry.create("model", model.name, model.config)  # type: ignore[assignment]
-        self.train_config = TrainConfig.model_validate(model.train or {})
-        self.device = env.device
-        self.cache_dir = env.cache_dir
-        self.registry = env.registry
-
-    def defense(self, name: str, model: nn.Module, **params: Any) -> nn.Module:
-        """Apply another registered defense to ``model`` (composition: bagging + adversarial training)."""
-        inner: Defense = self.registry.create("defense", name, params)  # type: ignore[assignment]
-        return inner.apply(model, self)
-
-    def train(
-        self,
-        model: Model | None = None,
-        train: TrainConfig | dict[str, Any] | None = None,
-        loss_fn: Any = None,
-        extra_key: Any = None,
-        train_data: Any = None,
-    ) -> nn.Module:
-        """Train (or load from the cache) a model; ``extra_key`` must describe any change of objective/data."""
-        kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
-        res = train_model(
-            self.dataset,
-            model or self.model,
-            train if train is not None else self.train_config,
-            self.device,
-            cache=self.cache_dir,
-            extra_key=extra_key,
-            train_data=train_data,
-            **kwargs,
-        )
-        return res.model
-
-
 @dataclass
 class Environment:
     """Per-process state of a matrix run: plugins, loaded data, trained models, crafted examples."""
@@ -244,7 +204,15 @@ class Environment:
             if seed is not None:
                 train["seed"] = seed
             ref = PluginRef("model", model.name, model.config, train, model.label, model.params)
-            defended = plugin.apply(base, DefenseContext(self, ds, ref))
+            ctx = DefenseContext(
+                dataset=self.dataset(ds),
+                model=self.registry.create("model", ref.name, ref.config),  # type: ignore[arg-type]
+                train_config=TrainConfig.model_validate(ref.train or {}),
+                device=self.device,
+                registry=self.registry,
+                cache_dir=self.cache_dir,
+            )
+            defended = plugin.apply(base, ctx)
             if not isinstance(defended, nn.Module):
                 raise AdvxError(f'defense "{defense.name}" returned {type(defended).__name__}, not an nn.Module')
             self._models[k] = defended.to(self.device).eval()

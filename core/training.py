@@ -106,6 +106,31 @@ def training_key(
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
+def checkpoint_path(
+    dataset: Dataset,
+    model: Model,
+    train: TrainConfig,
+    device: torch.device | str,
+    cache: str | os.PathLike[str] | None = None,
+    extra: Any = None,
+) -> Path:
+    """Where the checkpoint of this training lives in the cache."""
+    return cache_dir(cache or None) / "models" / f"{model.name}-{training_key(dataset, model, train, device, extra)}.pt"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def cross_entropy_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(model(x), y)
 
@@ -201,16 +226,8 @@ def train_model(
     data = train_data if train_data is not None else load_split(dataset, "train")
     history = fit(net, data, cfg, device, loss_fn, on_epoch)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"state_dict": state, "history": history, "key": key}, tmp)
-            os.replace(tmp, path)  # atomic: a killed run never leaves half a checkpoint
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save({"state_dict": state, "history": history, "key": key}, path)
     net.eval()
     return TrainResult(net, key, False, time.perf_counter() - t0, history, path)
 

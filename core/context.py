@@ -1,0 +1,218 @@
+"""``DefenseContext``: everything a ``Defense.apply`` may use, and nothing else.
+
+A defense receives the trained base model and this context. Through it a defense reads
+the data (the dataset plugin, its ``DatasetInfo`` with the valid input ``bounds``, the
+training split), knows how the base model was made (the model plugin with its config, the
+training config), trains further models through the kernel's training cache (another
+loss, other data: adversarial training, distillation, bagging), fits and caches other
+state (a detector's statistics), creates other plugins (an attack to train against) and
+applies other defenses (composition: an ensemble of adversarially trained members).
+
+Everything trained or fitted through the context is cached on disk under a key that
+includes what the defense says changed (``extra_key``), and its time is recorded with the
+model it produced, never counted as the time of the cell that happened to need it first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import AdvxError, ConfigError, DataError
+from .interfaces import Dataset, DatasetInfo, Defense, Model, Plugin
+from .training import LossFn, TrainConfig, TrainResult, atomic_save, build_model, cache_dir, train_model
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+#: ``on_train(description, result)``: called after each training or fitting through the context.
+TrainHook = Callable[[str, "TrainRecord"], None]
+
+
+class TrainRecord:
+    """What one training or fitting run cost: its key, seconds, and whether it came from the cache."""
+
+    def __init__(self, kind: str, key: str, seconds: float, cached: bool, description: str) -> None:
+        self.kind = kind
+        self.key = key
+        self.seconds = seconds
+        self.cached = cached
+        self.description = description
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "seconds": self.seconds, "cached": self.cached, "description": self.description}
+
+
+class DefenseContext:
+    """What a defense may use in ``apply(model, ctx)``.
+
+    Attributes:
+        dataset: the dataset plugin of the cell (``ctx.dataset.config`` is its validated config).
+        info: the dataset's ``DatasetInfo``: input shape, number of classes, valid input
+            ``bounds`` (pixel units, what attacks and budgets use), mean/std, class names.
+        model: the model plugin of the cell; ``ctx.model.build(ctx.info)`` or
+            ``ctx.build_model()`` gives a fresh, untrained network of the same architecture.
+        train_config: the ``TrainConfig`` the base model was trained with (epochs, batch
+            size, optimiser, learning rate, seed); defenses train their models with it
+            unless they have a reason not to.
+        device: the ``torch.device`` the cell runs on.
+        registry: the plugin registry of the run (to create other plugins).
+        cache_dir: where trained checkpoints and fitted state are cached (``None``: the
+            default, ``$ADVX_CACHE_DIR`` or the user cache directory).
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: Dataset,
+        model: Model,
+        train_config: TrainConfig,
+        device: torch.device,
+        registry: Registry,
+        cache_dir: str | None = None,
+        train_split: Callable[[], torch.utils.data.Dataset] | None = None,
+        on_train: TrainHook | None = None,
+        on_epoch: Callable[[str, int, int, float], None] | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.info: DatasetInfo = dataset.info()
+        self.model = model
+        self.train_config = train_config
+        self.device = torch.device(device)
+        self.registry = registry
+        self.cache_dir = cache_dir
+        self._train_split = train_split
+        self._train_data: torch.utils.data.Dataset | None = None
+        self._on_train = on_train
+        self._on_epoch = on_epoch
+
+    # -- data ---------------------------------------------------------------------------------
+
+    @property
+    def train_data(self) -> torch.utils.data.Dataset:
+        """The dataset's training split (loaded once, shared with the kernel's own training)."""
+        if self._train_data is None:
+            if self._train_split is not None:
+                self._train_data = self._train_split()
+            else:
+                from .data import load_split
+
+                self._train_data = load_split(self.dataset, "train")
+        return self._train_data
+
+    # -- models -------------------------------------------------------------------------------
+
+    def build_model(self, model: Model | None = None) -> nn.Module:
+        """A fresh, untrained network of ``model`` (default: the cell's), normalisation included."""
+        return build_model(model or self.model, self.info)
+
+    def train(
+        self,
+        model: Model | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
+        loss_fn: LossFn | None = None,
+        extra_key: Any = None,
+        train_data: torch.utils.data.Dataset | None = None,
+        description: str | None = None,
+    ) -> nn.Module:
+        """Train a model through the cache and return it in eval mode on ``ctx.device``.
+
+        ``model`` defaults to the cell's model plugin, ``train`` to ``ctx.train_config``.
+        ``loss_fn(net, x, y) -> loss`` replaces cross-entropy and ``train_data`` the
+        training split; either change must be described by ``extra_key`` (any JSON-able
+        value), which enters the cache key, or two different trainings would share a
+        checkpoint.
+        """
+        if (loss_fn is not None or train_data is not None) and extra_key is None:
+            raise ConfigError("DefenseContext.train: a custom loss_fn or train_data needs an extra_key describing it")
+        plugin = model or self.model
+        cfg = train if isinstance(train, TrainConfig) else TrainConfig.model_validate(dict(train or self.train_config.model_dump()))
+        what = description or f"{plugin.name} for a defense"
+        kwargs: dict[str, Any] = {} if loss_fn is None else {"loss_fn": loss_fn}
+        res: TrainResult = train_model(
+            self.dataset,
+            plugin,
+            cfg,
+            self.device,
+            cache=self.cache_dir,
+            extra_key=extra_key,
+            train_data=train_data if train_data is not None else (self.train_data if not _is_cached(self, plugin, cfg, extra_key) else None),
+            on_epoch=None if self._on_epoch is None else (lambda e, s: self._on_epoch(what, e, cfg.epochs, s["loss"])),  # type: ignore[misc]
+            **kwargs,
+        )
+        self._record(TrainRecord("model", res.key, res.seconds, res.cached, what))
+        return res.model.to(self.device).eval()
+
+    def artifact(self, name: str, extra_key: Any, compute: Callable[[], Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """Fitted state (tensors) computed once and cached on disk, e.g. a detector's mixtures.
+
+        ``name`` and ``extra_key`` identify it together with the dataset, the model and
+        its training; ``compute()`` runs only when the cache has no entry. Stored with
+        ``torch.save`` and loaded with ``weights_only=True``: tensors only.
+        """
+        key = _digest(
+            {
+                "name": name,
+                "extra": extra_key,
+                "dataset": [self.dataset.name, self.dataset.config.model_dump(mode="json")],
+                "model": [self.model.name, self.model.config.model_dump(mode="json")],
+                "train": self.train_config.model_dump(mode="json"),
+                "device": self.device.type,
+            }
+        )
+        path = cache_dir(self.cache_dir) / "artifacts" / f"{name}-{key}.pt"
+        t0 = time.perf_counter()
+        if path.exists():
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - a damaged cache file must not stop the run
+                raise DataError(f"cached state {path} is unreadable ({type(exc).__name__}: {exc}); delete it to refit") from None
+            self._record(TrainRecord("artifact", key, time.perf_counter() - t0, True, name))
+            return dict(state)
+        state = {k: v.detach().cpu() for k, v in dict(compute()).items()}
+        if not all(isinstance(v, Tensor) for v in state.values()):
+            raise AdvxError(f"artifact {name!r}: compute() must return a mapping of tensors")
+        atomic_save(state, path)
+        self._record(TrainRecord("artifact", key, time.perf_counter() - t0, False, name))
+        return state
+
+    # -- other plugins ------------------------------------------------------------------------
+
+    def create(self, kind: str, name: str, params: Mapping[str, Any] | None = None) -> Plugin:
+        """A plugin of ``kind`` (attack, model, ...) with validated ``params`` (e.g. the attack adversarial training uses)."""
+        return self.registry.create(kind, name, dict(params or {}))  # type: ignore[arg-type]
+
+    def defense(self, name: str | Mapping[str, Any], model: nn.Module, **params: Any) -> nn.Module:
+        """Apply another defense to ``model`` (composition), given by name and params or as a table ``{name = ...}``."""
+        if isinstance(name, Mapping):
+            table = dict(name)
+            if "name" not in table:
+                raise ConfigError("a nested defense table needs a 'name'")
+            name = str(table.pop("name"))
+            params = {**table, **params}
+        inner: Defense = self.create("defense", name, params)  # type: ignore[assignment]
+        out = inner.apply(model, self)
+        if not isinstance(out, nn.Module):
+            raise AdvxError(f'defense "{name}" returned {type(out).__name__}, not an nn.Module')
+        return out
+
+    def _record(self, rec: TrainRecord) -> None:
+        if self._on_train is not None:
+            self._on_train(rec.description, rec)
+
+
+def _is_cached(ctx: DefenseContext, plugin: Model, cfg: TrainConfig, extra_key: Any) -> bool:
+    """Whether the checkpoint exists already (then the training split need not be loaded)."""
+    from .training import checkpoint_path
+
+    return checkpoint_path(ctx.dataset, plugin, cfg, ctx.device, ctx.cache_dir, extra_key).exists()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
