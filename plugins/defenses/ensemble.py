@@ -1,0 +1,313 @@
+"""``ensemble``: seed 002's defense, several classifiers whose softmax probabilities are averaged.
+
+Members differ by ``kind``:
+
+* ``random-init``: the cell's architecture, member i trained with the cell's training seed + i
+  (member 0 is therefore the undefended base model, loaded from the cache);
+* ``mixed-architectures``: member i uses ``architectures[i % len]``, each entry either
+  overrides of the cell's model config (default: the base network, one with more filters,
+  one with an extra conv layer, as in seed 002) or a whole model table ``{name = ...}``;
+* ``bagging``: member i is trained on its own bootstrap replicate (n draws with replacement
+  from the n training examples, seeded by ``seed`` and i);
+* ``gaussian-noise``: member i is trained on its own copy of the training images with
+  Gaussian noise of std ``noise_std`` added once (clipped to the valid range), so that the
+  members see "similar but different training sets", as the paper puts it.
+
+All kinds also vary the initialisation seed (the paper: "random initialization of the model
+parameters is used in all methods"). ``member_defense`` applies another defense to every
+member (seed 002 Table 4: bagging + adversarial training, bagging + distillation); each
+member's defense trains with that member's seed and data, and the member's data enters the
+cache key of everything the nested defense trains.
+
+The module predicts with the mean of the members' softmax probabilities and returns
+``log(mean probability)`` as its logits (computed as a logsumexp of log-softmaxes, which is
+stable), so argmax, cross-entropy and every attack see one classifier whose loss is exactly
+the ensemble's negative log-likelihood. Members of one architecture are stacked
+(``torch.func.stack_module_state``) and evaluated in one ``vmap`` call; the ensemble
+implements ``advx.Ensemble`` so that the ``member`` (Grad.1) and ``member-mean`` (Grad.2)
+threat models can reach the members.
+
+Members are trained one ``ctx.train`` at a time, each cached under its own key, so an
+interrupted ensemble resumes member by member.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from advx import ConfigError, Defense, DefenseConfig, DefenseContext, Ensemble, as_tensor_dataset, hookimpl, take
+
+# -- the module -------------------------------------------------------------------------------
+
+
+def _plain_attributes(module: nn.Module) -> tuple:
+    """Non-tensor settings of every submodule (a flag like ``relu_logits`` changes the forward
+    without changing any parameter shape, so shapes alone cannot decide what may be stacked)."""
+    out = []
+    for name, m in module.named_modules():
+        attrs = tuple(
+            sorted((k, v) for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple)))
+        )
+        out.append((name, type(m).__qualname__, attrs))
+    return tuple(out)
+
+
+def stack_signature(module: nn.Module) -> Any:
+    """What two modules must share to be evaluated as one vmapped call; ``None``: never stacked."""
+    if any(isinstance(m, Ensemble) for m in module.modules()):
+        return None  # a nested ensemble is called as it is
+    tensors = tuple((n, tuple(t.shape), t.dtype) for n, t in list(module.named_parameters()) + list(module.named_buffers()))
+    return (type(module), tensors, _plain_attributes(module))
+
+
+class _MemberGroup(nn.Module):
+    """Members of one architecture: their parameters stacked along a new first dimension.
+
+    A group of one keeps its module as it is. Otherwise the stacked tensors are registered
+    parameters and buffers of the group (so ``.to()``, ``state_dict()`` and ``eval()`` work
+    as for any module), and the forward runs one ``vmap`` of ``functional_call`` on a
+    parameterless template (on the meta device: every tensor is replaced at the call).
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.size = len(members)
+        self.single = members[0] if self.size == 1 else None
+        self._pnames: list[tuple[str, str]] = []
+        self._bnames: list[tuple[str, str]] = []
+        if self.single is not None:
+            return
+        template = copy.deepcopy(members[0]).to("meta")
+        object.__setattr__(self, "_template", template)  # not a submodule: it holds no real tensors
+        params, buffers = stack_module_state(members)
+        for i, (name, t) in enumerate(params.items()):
+            self.register_parameter(f"p{i}", nn.Parameter(t.detach().clone(), requires_grad=True))
+            self._pnames.append((name, f"p{i}"))
+        for i, (name, t) in enumerate(buffers.items()):
+            self.register_buffer(f"b{i}", t.detach().clone())
+            self._bnames.append((name, f"b{i}"))
+
+    def train(self, mode: bool = True) -> _MemberGroup:
+        super().train(mode)
+        if self.single is None:
+            self._template.train(mode)
+        return self
+
+    def _tensors(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {n: getattr(self, s) for n, s in self._pnames}, {n: getattr(self, s) for n, s in self._bnames}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of the group's members, shape ``(size, N, classes)``."""
+        if self.single is not None:
+            return self.single(x).unsqueeze(0)
+        params, buffers = self._tensors()
+        template = self._template
+
+        def call(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor) -> Tensor:
+            return functional_call(template, (p, b), (xb,))
+
+        # randomness="different": dropout in training mode draws a mask per member
+        return vmap(call, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+
+    def member(self, j: int) -> nn.Module:
+        """Member ``j`` as a module whose tensors are views of the stacked ones (no copy)."""
+        if self.single is not None:
+            return self.single
+        params, buffers = self._tensors()
+        device = next(iter(params.values())).device
+        m = copy.deepcopy(self._template).to_empty(device=device)
+        for name, t in list(params.items()) + list(buffers.items()):
+            owner, _, attr = name.rpartition(".")
+            sub = m.get_submodule(owner) if owner else m
+            if name in params:
+                setattr(sub, attr, nn.Parameter(t[j].detach(), requires_grad=t.requires_grad))
+            else:
+                setattr(sub, attr, t[j].detach())
+        return m.train(self.training)
+
+
+class StackedEnsemble(nn.Module, Ensemble):
+    """Classifiers whose softmax probabilities are averaged; ``forward`` returns log(mean p).
+
+    Members that share an architecture (same type, tensor shapes and settings) are grouped
+    and each group is evaluated in one vectorised call; ``member_logits`` returns
+    ``(members, N, classes)`` in member order.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 1:
+            raise ConfigError("an ensemble needs at least one member")
+        groups: list[list[int]] = []
+        signatures: list[Any] = []
+        for i, m in enumerate(members):
+            sig = stack_signature(m)
+            if sig is not None and sig in signatures:
+                groups[signatures.index(sig)].append(i)
+            else:
+                signatures.append(sig)
+                groups.append([i])
+        self.groups = nn.ModuleList(_MemberGroup([members[i] for i in g]) for g in groups)
+        flat = [i for g in groups for i in g]  # member index at each row of the concatenation
+        self._where = [(gi, j) for gi, g in enumerate(groups) for j in range(len(g))]
+        self._where = [self._where[flat.index(i)] for i in range(len(members))]
+        self._reorder = None if flat == list(range(len(members))) else [flat.index(i) for i in range(len(members))]
+        self._n = len(members)
+
+    @property
+    def num_members(self) -> int:
+        return self._n
+
+    def member(self, index: int) -> nn.Module:
+        if not 0 <= index < self._n:
+            raise IndexError(f"ensemble has {self._n} members, no member {index}")
+        g, j = self._where[index]
+        return self.groups[g].member(j)
+
+    def member_logits(self, x: Tensor) -> Tensor:
+        out = torch.cat([g(x) for g in self.groups]) if len(self.groups) > 1 else self.groups[0](x)
+        if self._reorder is not None:
+            out = out[torch.tensor(self._reorder, device=out.device)]
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        logp = torch.log_softmax(self.member_logits(x), dim=-1)
+        return torch.logsumexp(logp, dim=0) - math.log(self._n)
+
+
+# -- training the members ------------------------------------------------------------------
+
+
+class MemberContext(DefenseContext):
+    """The context a member (and a defense nested in it) trains through.
+
+    Its model, training config and training split are the member's; whatever it trains or
+    fits gets the member's data (bootstrap replicate, noisy copy) added to its cache key, so
+    that e.g. an adversarially trained member on replicate 3 never shares a checkpoint with
+    adversarial training on the full training set.
+    """
+
+    def __init__(self, parent: DefenseContext, model, train_config, data_key: Any, data: Callable[[], Any] | None) -> None:
+        super().__init__(
+            dataset=parent.dataset,
+            model=model,
+            train_config=train_config,
+            device=parent.device,
+            registry=parent.registry,
+            cache_dir=parent.cache_dir,
+            train_split=data or (lambda: parent.train_data),
+            # the kernel's hooks for recording training time (no public accessor yet)
+            on_train=getattr(parent, "_on_train", None),
+            on_epoch=getattr(parent, "_on_epoch", None),
+        )
+        self.data_key = data_key
+
+    def _key(self, extra: Any) -> Any:
+        return extra if self.data_key is None else {"member_data": self.data_key, "extra": extra}
+
+    def train(self, model=None, train=None, loss_fn=None, extra_key=None, train_data=None, description=None):
+        return super().train(model, train, loss_fn, self._key(extra_key), train_data, description)
+
+    def artifact(self, name, extra_key, compute):
+        return super().artifact(name, self._key(extra_key), compute)
+
+
+def bootstrap_replicate(data, seed: int):
+    """n examples drawn with replacement from the n of ``data`` (a ``TensorDataset``)."""
+    x, y = take(data, len(data))
+    idx = torch.randint(len(y), (len(y),), generator=torch.Generator().manual_seed(seed))
+    return as_tensor_dataset(x[idx], y[idx])
+
+
+def noisy_copy(data, std: float, bounds: tuple[float, float], seed: int):
+    """``data`` with Gaussian noise of ``std`` added once to every image, clipped to ``bounds``."""
+    x, y = take(data, len(data))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    return as_tensor_dataset((x + std * noise).clamp_(*bounds), y)
+
+
+def _member_seed(seed: int, index: int) -> int:
+    return seed * 1_000_003 + index
+
+
+class EnsembleDefense(Defense):
+    """Seed 002: members (random init, mixed architectures, bagging, Gaussian noise), mean softmax."""
+
+    name: ClassVar[str] = "ensemble"
+
+    class Config(DefenseConfig):
+        members: int = Field(10, ge=2, le=1000, description="number of members (seed 002: 10)")
+        kind: Literal["random-init", "mixed-architectures", "bagging", "gaussian-noise"] = Field(
+            "random-init", description="how members differ (all kinds also vary the initialisation seed)"
+        )
+        noise_std: float = Field(
+            0.1, gt=0, description="gaussian-noise: std of the noise added to each member's training images (input units)"
+        )
+        architectures: list[dict[str, Any]] = Field(
+            default_factory=lambda: [{}, {"filters": 64}, {"extra_conv": True}],
+            min_length=1,
+            description=(
+                "mixed-architectures: member i uses entry i mod len; an entry is overrides of the cell's model "
+                "config, or a model table {name = ..., ...}"
+            ),
+        )
+        member_defense: dict[str, Any] | None = Field(
+            None, description="a defense table applied to every member, e.g. {name = 'adversarial-training'}"
+        )
+        seed: int = Field(0, description="seed of the bootstrap replicates and of the training noise")
+
+        @field_validator("member_defense")
+        @classmethod
+        def _named(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+            if v is not None and not isinstance(v.get("name"), str):
+                raise ValueError("needs a 'name' (a defense plugin)")
+            return v
+
+    def member_model(self, ctx: DefenseContext, index: int):
+        """The model plugin of member ``index``."""
+        if self.config.kind != "mixed-architectures":
+            return ctx.model
+        entry = dict(self.config.architectures[index % len(self.config.architectures)])
+        if "name" in entry:
+            return ctx.create("model", str(entry.pop("name")), entry)
+        return ctx.create("model", ctx.model.name, {**ctx.model.config.model_dump(), **entry})
+
+    def member_context(self, ctx: DefenseContext, index: int) -> MemberContext:
+        """Member ``index``'s model, training config (seed + index) and training data."""
+        c = self.config
+        train = ctx.train_config.model_copy(update={"seed": ctx.train_config.seed + index})
+        seed = _member_seed(c.seed, index)
+        data_key: Any = None
+        data = None
+        if c.kind == "bagging":
+            data_key = {"bagging": {"replicate": index, "seed": c.seed}}
+            data = lambda: bootstrap_replicate(ctx.train_data, seed)  # noqa: E731
+        elif c.kind == "gaussian-noise":
+            data_key = {"gaussian-noise": {"member": index, "std": c.noise_std, "seed": c.seed}}
+            data = lambda: noisy_copy(ctx.train_data, c.noise_std, ctx.info.bounds, seed)  # noqa: E731
+        return MemberContext(ctx, self.member_model(ctx, index), train, data_key, data)
+
+    def apply(self, model, ctx):
+        c = self.config
+        members = []
+        for i in range(c.members):
+            mctx = self.member_context(ctx, i)
+            what = f"ensemble {c.kind} member {i + 1}/{c.members}"
+            net = mctx.train(description=what)
+            if c.member_defense is not None:
+                net = mctx.defense(c.member_defense, net)
+            members.append(net.to(ctx.device).eval())
+        return StackedEnsemble(members).to(ctx.device).eval()
+
+
+@hookimpl
+def advx_register_defenses():
+    return [EnsembleDefense]
