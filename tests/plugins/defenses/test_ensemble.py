@@ -12,6 +12,8 @@ from advx.plugins.defenses.ensemble import StackedEnsemble
 
 from .conftest import make_ctx
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def ensemble(registry, ctx, **params):
     return registry.create("defense", "ensemble", params).apply(None, ctx)
