@@ -34,11 +34,14 @@ from .interfaces import (
 )
 from .labels import resolve_labels
 from .registry import LoadFailure, PluginEntry, Registry
-from .evaluate import AttackReport, PassCounter, check_budget, check_model, evaluate, run_attack
 from .context import DefenseContext, TrainRecord
+from .crafting import PassCounter
+from .engine import Cell, Executor, InProcessExecutor, MatrixResult, MultiDeviceExecutor, plan, run_matrix
+from .evaluate import AttackReport, evaluate, run_attack
+from .guards import check_budget, check_model
 from .protocols import Detector, Ensemble, InputTransform, bpda
-from .matrix import Cell, Executor, InProcessExecutor, MatrixResult, plan, run_matrix
 from .results import ResultStore
+from .threats import THREATS, ThreatConfig, ThreatModel
 from .spec import MatrixOptions, MatrixSpec
 from .training import (
     TrainConfig,
@@ -107,6 +110,10 @@ __all__ = [
     "bpda",
     "Executor",
     "InProcessExecutor",
+    "MultiDeviceExecutor",
+    "THREATS",
+    "ThreatConfig",
+    "ThreatModel",
     "MatrixResult",
     "plan",
     "run_matrix",

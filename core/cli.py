@@ -124,54 +124,54 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _result_table(rows: list[dict[str, Any]], title: str):
+    """The result rows as a table; failed and not-applicable cells are listed below it (``_problems``)."""
     from rich.markup import escape
     from rich.table import Table
 
-    from .results import format_value
+    from .schema import PLACE_COLUMNS, TABLE_COLUMNS, format_value
 
-    cols = [
-        ("dataset", "dataset"),
-        ("model", "model"),
-        ("defense", "defense"),
-        ("threat", "threat"),
-        ("attack", "attack"),
-        ("n", "n"),
-        ("clean_accuracy", "clean acc"),
-        ("robust_accuracy", "robust acc"),
-        ("success_rate", "success"),
-        ("targeted_success_rate", "targeted"),
-        ("mean_linf", "mean Linf"),
-        ("mean_l2", "mean L2"),
-        ("images_per_second", "img/s"),
-        ("forwards_per_sample", "fwd/sample"),
-        ("backwards_per_sample", "bwd/sample"),
-    ]
-    # columns with one value across all rows go into the title, so the table stays narrow
+    cols = [(c.name, c.header or c.name) for c in TABLE_COLUMNS]
+    done = [r for r in rows if r.get("status") == "done"]
+    # metric columns no finished row has a value for (detection without a detector, targeted
+    # success without a targeted attack) are left out
+    cols = [(c, h) for c, h in cols if c in PLACE_COLUMNS or any(r.get(c) is not None for r in done)]
+    # place columns with one value across all rows go into the title, so the table stays narrow
     shared = []
-    for c, _head in cols[:5]:
+    for c in PLACE_COLUMNS:
         values = {str(r.get(c)) for r in rows}
-        if len(values) == 1 and rows:
+        if len(values) == 1 and len(rows) > 1:
             shared.append(f"{c} {values.pop()}")
-    if len(rows) > 1 or not rows:
-        cols = [(c, h) for c, h in cols if not any(x.startswith(c + " ") for x in shared)]
-    else:
-        shared = []
+            cols = [(k, h) for k, h in cols if k != c]
     if shared:
         title += "\n" + ", ".join(shared)
-    table = Table(title=title, title_justify="left")
-    for _, head in cols:
-        table.add_column(head, justify="right" if head not in ("dataset", "model", "defense", "threat", "attack") else "left")
-    for r in rows:
-        if r.get("status") == "failed":
-            labels = [c for c, _ in cols if c in ("dataset", "model", "defense", "threat", "attack")]
-            cells = [str(r.get(c) or "") for c in labels] + ["[red]failed[/red]"]
-            cells += [""] * (len(cols) - len(cells) - 1) + [escape(r.get("error") or "")]
-            table.add_row(*cells[: len(cols)])
-            if len(cells) > len(cols):
-                table.add_row(*([""] * (len(cols) - 1)), escape(r.get("error") or ""))
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column("#", justify="right")
+    for c, head in cols:
+        table.add_column(head, justify="left" if c in PLACE_COLUMNS else "right", overflow="fold")
+    for i, r in enumerate(rows, 1):
+        status = r.get("status")
+        if status != "done":
+            mark = "[red]failed[/red]" if status == "failed" else "[yellow]n/a[/yellow]"
+            cells = [escape(str(r.get(c) or "")) if c in PLACE_COLUMNS else "" for c, _ in cols]
+            first_metric = next((j for j, (c, _) in enumerate(cols) if c not in PLACE_COLUMNS), None)
+            if first_metric is not None:
+                cells[first_metric] = mark
+            table.add_row(str(i), *cells)
             continue
-        table.add_row(*[format_value(c, r.get(c)) for c, _ in cols])
+        table.add_row(str(i), *[escape(format_value(c, r.get(c))) for c, _ in cols])
     return table
+
+
+def _print_problems(console, rows: list[dict[str, Any]]) -> None:
+    """Each failed or not-applicable cell on its own line, with its error or reason."""
+    from rich.markup import escape
+
+    for i, r in enumerate(rows, 1):
+        where = " / ".join(str(r.get(c)) for c in ("dataset", "model", "defense", "threat", "attack"))
+        if r.get("status") == "failed":
+            console.print(f"[red]failed[/red] #{i} {escape(where)}: {escape(str(r.get('error')))}", soft_wrap=True)
+        elif r.get("status") == "not-applicable":
+            console.print(f"[yellow]not applicable[/yellow] #{i} {escape(where)}: {escape(str(r.get('reason')))}", soft_wrap=True)
 
 
 class _Progress:
@@ -230,7 +230,7 @@ class _Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .matrix import run_matrix
+    from .engine import run_matrix
     from .results import ResultStore
     from .spec import MatrixSpec
 
@@ -238,46 +238,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = MatrixSpec.from_toml(args.spec) if args.spec else MatrixSpec.from_toml_string(DEFAULT_SPEC, "default spec")
     if args.cache_dir:
         spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
-    store = ResultStore(args.db)
-    try:
-        with _Progress(console) as progress:
-            try:
-                result = run_matrix(spec, store=store, on_event=progress, device=args.device, rerun=args.rerun)
-            except KeyboardInterrupt:
-                progress.progress.stop()
-                kept = len(store.cells(spec.matrix.name, status="done"))
-                console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
-                return 130
+    with _Progress(console) as progress:
+        try:
+            result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
+        except KeyboardInterrupt:
+            progress.progress.stop()
+            kept = 0
+            if Path(args.db).exists():
+                with ResultStore(args.db, readonly=True) as store:
+                    kept = len(store.cells(spec.matrix.name, status="done"))
+            console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
+            return 130
+    with ResultStore(args.db, readonly=True) as store:
         rows = store.cells(spec.matrix.name)
-    finally:
-        store.close()
     console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
+    _print_problems(console, rows)
+    _print_trainings(console, result.trainings)
     _print_flags(console, rows)
     console.print(
         f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
+        + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
     )
     return 1 if result.failed else 0
+
+
+def _print_trainings(console, trainings: list[dict[str, Any]]) -> None:
+    """One line: what was trained or fitted in this run, and how long it took (not in cell times)."""
+    if not trainings:
+        return
+    trained = [t for t in trainings if not t["cached"]]
+    loaded = len(trainings) - len(trained)
+    secs = sum(t["seconds"] for t in trained)
+    console.print(
+        f"training: {len(trained)} trained or fitted in {secs:.1f}s, {loaded} loaded from the cache "
+        "(not counted in the cells' seconds)"
+    )
 
 
 def _print_flags(console, rows: list[dict[str, Any]]) -> None:
     from rich.markup import escape
 
-    from .checks import sanity_flags
+    from .flags import CHECKS, sanity_flags
 
     flags = sanity_flags(rows)
+    done = sum(1 for r in rows if r.get("status") == "done")
     if flags:
-        console.print(f"[yellow]{len(flags)} sanity flag(s)[/yellow] (places to look, see advx.checks):")
+        console.print(f"[yellow]{len(flags)} sanity flag(s)[/yellow] (places to look, see advx.flags):")
         for f in flags:
-            console.print(f"  [yellow]{escape(f.check)}[/yellow]: {escape(f.message)}")
+            console.print(f"  [yellow]{escape(f.check)}[/yellow]: {escape(f.message)}", soft_wrap=True)
+    else:
+        console.print(f"sanity checks ({', '.join(CHECKS)}) ran on {done} finished cells: none fired")
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .results import ResultStore
 
-    if not Path(args.db).exists():
-        raise ConfigError(f"results file {args.db!r} does not exist")
-    with ResultStore(args.db) as store:
+    with ResultStore(args.db, readonly=True) as store:
         if args.format:
             text = store.export(args.format, args.spec)
             if args.output:
@@ -288,6 +305,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         rows = store.cells(args.spec)
         console = _console()
         console.print(_result_table(rows, f"{args.db}: {len(rows)} cells"))
+        _print_problems(console, rows)
         if args.breakdown:
             for table in _breakdown_tables(rows, args.breakdown):
                 console.print(table)
@@ -302,7 +320,7 @@ def _breakdown_tables(rows: list[dict[str, Any]], kind: str):
 
     from rich.table import Table
 
-    from .results import format_value
+    from .schema import format_value
 
     key = "per_class" if kind == "class" else "per_confidence"
     cols = ["n", "clean_accuracy", "robust_accuracy", "success_rate", "top1_error", "top5_error"]

@@ -220,13 +220,50 @@ class Attack(Plugin):
 
     kind: ClassVar[Kind] = "attack"
     Config: ClassVar[type[PluginConfig]] = AttackConfig
+    #: the norm of the threat constraint, checked by the kernel on every returned batch
     norm: ClassVar[Literal["linf", "l2"]] = "linf"
+    #: what the attack needs of the module it attacks: ``"gradients"`` (input gradients
+    #: through the whole module; a cell whose module declares a non-differentiable part and
+    #: whose threat model does not allow BPDA fails with an error saying so), or nothing
+    #: (a black-box attack that only queries outputs)
     requires: ClassVar[frozenset[str]] = frozenset({"gradients"})
     supports_targeted: ClassVar[bool] = True
+    #: whether the attack takes several steps (the sanity flags expect an iterative attack
+    #: to be at least as strong as its single-step counterpart at the same budget)
+    iterative: ClassVar[bool] = False
+    #: name of the single-step attack this one iterates (``"fgsm"`` for BIM and PGD), if any
+    single_step: ClassVar[str | None] = None
 
     @property
     def eps(self) -> float | None:
         return getattr(self.config, "eps", None)
+
+    @classmethod
+    def traits(cls) -> dict[str, Any]:
+        """What the attack declares, as stored with every result row (flags read this, never names)."""
+        return {
+            "norm": cls.norm,
+            "requires": sorted(cls.requires),
+            "supports_targeted": cls.supports_targeted,
+            "iterative": cls.iterative,
+            "single_step": cls.single_step,
+        }
+
+    def begin_batch(self, seed: int) -> None:
+        """Called by the kernel before each batch with a seed derived from the cell's seed and the
+        batch's position, so random draws differ between batches yet do not depend on what ran
+        before in the process (a resumed run equals an uninterrupted one)."""
+        self._batch_seed = seed
+
+    def generator(self, device: torch.device | str, seed: int = 0) -> torch.Generator:
+        """A ``torch.Generator`` on ``device`` for this batch's random draws.
+
+        Seeded from ``seed`` (the attack's own seed config) mixed with the kernel's batch
+        seed (see ``begin_batch``); outside the kernel, from ``seed`` alone.
+        """
+        batch = getattr(self, "_batch_seed", None)
+        mixed = seed if batch is None else (seed * 1_000_003 + batch) % (2**63 - 1)
+        return torch.Generator(device=device).manual_seed(mixed)
 
     @abstractmethod
     def perturb(

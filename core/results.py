@@ -1,11 +1,17 @@
 """The results store: one SQLite file, one row per finished cell, one row per sample.
 
-Each cell is committed in its own transaction the moment it finishes, so a matrix killed
-at any point keeps every finished cell, and a rerun of the same spec skips them (cells
-are identified by a key hashed from everything that defines them). Per-sample outcomes
-(index, label, clean and adversarial prediction and confidence, top-5 hit, target,
-perturbation norms) are kept so that later analyses (worst case per example over attacks,
-per-class and per-confidence breakdowns) need no rerun.
+Tables and columns are derived from ``advx.schema``. Each cell is committed in its own
+transaction the moment it finishes, so a matrix killed at any point keeps every finished
+cell, and a rerun of the same spec skips them (cells are identified by a key hashed from
+everything that defines them). Cells are shared by content: a cell computed under one spec
+name serves every spec that contains it, and the ``members`` table records which specs
+contain which cells. Per-sample outcomes are kept so that later analyses (worst case per
+example over attacks, per-class and per-confidence breakdowns, detection curves) need no
+rerun; trainings (with their time) are kept apart from cells.
+
+A file that is not an advx results file (another application's SQLite database, any
+other file) is refused and left byte-for-byte unchanged; a read-only file or folder is
+read without writing (``ResultStore(path, readonly=True)``, what ``advx results`` uses).
 """
 
 from __future__ import annotations
@@ -13,148 +19,122 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ConfigError, DataError
-
-SCHEMA_VERSION = 1
-
-METRIC_COLUMNS = (
-    "n",
-    "clean_accuracy",
-    "robust_accuracy",
-    "success_rate",
-    "targeted_success_rate",
-    "top1_error",
-    "top5_error",
-    "mean_linf",
-    "max_linf",
-    "mean_l2",
-    "max_l2",
-    "detection_auc",
-    "seconds",
-    "attack_seconds",
-    "images_per_second",
-    "forwards_per_sample",
-    "backwards_per_sample",
+from .schema import (
+    CELL_COLUMN_NAMES,
+    CELL_COLUMNS,
+    JSON_COLUMNS,
+    SAMPLE_COLUMN_NAMES,
+    SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
+    TABLE_COLUMNS,
+    TRAINING_COLUMNS,
+    format_value,
 )
 
-CELL_COLUMNS = (
-    "cell_key",
-    "spec_name",
-    "spec_hash",
-    "status",
-    "dataset",
-    "model",
-    "defense",
-    "threat",
-    "attack",
-    "dataset_config",
-    "model_config",
-    "train_config",
-    "defense_config",
-    "threat_config",
-    "attack_config",
-    *METRIC_COLUMNS,
-    "metrics",
-    "error",
-    "advx_version",
-    "torch_version",
-    "device",
-    "seed",
-    "started",
-    "finished",
-)
+MARKER = "advx-results"
 
-SAMPLE_COLUMNS = (
-    "idx",
-    "label",
-    "clean_pred",
-    "clean_conf",
-    "adv_pred",
-    "adv_conf",
-    "adv_top5",
-    "target",
-    "linf",
-    "l2",
-    "clean_score",
-    "adv_score",
-)
 
-_REAL = {c for c in METRIC_COLUMNS if c != "n"}
-
-SCHEMA = f"""
+def _ddl() -> str:
+    cells = ", ".join(f"{c.name} {c.sql}" + (" PRIMARY KEY" if c.name == "cell_key" else "") for c in CELL_COLUMNS)
+    samples = ", ".join(f"{c.name} {c.sql}" for c in SAMPLE_COLUMNS)
+    trainings = ", ".join(f"{c.name} {c.sql}" + (" PRIMARY KEY" if c.name == "key" else "") for c in TRAINING_COLUMNS)
+    return f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS cells (
-    {", ".join(f"{c} {'REAL' if c in _REAL else 'INTEGER' if c in ('n', 'seed') else 'TEXT'}" + (" PRIMARY KEY" if c == "cell_key" else "") for c in CELL_COLUMNS)}
-);
+CREATE TABLE IF NOT EXISTS cells ({cells});
 CREATE TABLE IF NOT EXISTS samples (
-    cell_key TEXT NOT NULL REFERENCES cells(cell_key) ON DELETE CASCADE,
-    idx INTEGER NOT NULL, label INTEGER, clean_pred INTEGER, clean_conf REAL,
-    adv_pred INTEGER, adv_conf REAL, adv_top5 INTEGER, target INTEGER, linf REAL, l2 REAL,
-    clean_score REAL, adv_score REAL,
+    cell_key TEXT NOT NULL REFERENCES cells(cell_key) ON DELETE CASCADE, {samples},
     PRIMARY KEY (cell_key, idx)
 );
+CREATE TABLE IF NOT EXISTS members (spec_name TEXT NOT NULL, cell_key TEXT NOT NULL, PRIMARY KEY (spec_name, cell_key));
+CREATE TABLE IF NOT EXISTS trainings ({trainings});
 CREATE INDEX IF NOT EXISTS cells_spec ON cells(spec_name);
 """
 
-TABLE_COLUMNS = (
-    "dataset",
-    "model",
-    "defense",
-    "threat",
-    "attack",
-    "status",
-    "n",
-    "clean_accuracy",
-    "robust_accuracy",
-    "success_rate",
-    "targeted_success_rate",
-    "mean_linf",
-    "mean_l2",
-    "seconds",
-    "images_per_second",
-    "forwards_per_sample",
-    "backwards_per_sample",
-)
-
 
 class ResultStore:
-    """An SQLite results file (created on first use)."""
+    """An SQLite results file (created on first use unless ``readonly``)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        p = str(self.path)
         if self.path.is_dir():
-            raise ConfigError(f"results path {str(self.path)!r} is a directory, not a file")
-        if self.path.parent and not self.path.parent.exists():
-            raise ConfigError(f"results path {str(self.path)!r}: folder {str(self.path.parent)!r} does not exist")
+            raise ConfigError(f"results path {p!r} is a directory, not a file")
+        if readonly:
+            if not self.path.exists():
+                raise ConfigError(f"results file {p!r} does not exist")
+        else:
+            folder = self.path.parent if str(self.path.parent) else Path(".")
+            if not folder.exists():
+                raise ConfigError(f"results path {p!r}: folder {str(folder)!r} does not exist")
+            if self.path.exists() and not os.access(self.path, os.W_OK):
+                raise ConfigError(f"results file {p!r} is read-only: advx cannot write results there (use --db elsewhere)")
+            if not self.path.exists() and not os.access(folder, os.W_OK):
+                raise ConfigError(f"results path {p!r}: folder {str(folder)!r} is not writable (use --db elsewhere)")
+        self._check_file()
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30)
-            self.conn.execute("PRAGMA foreign_keys = ON")
-            self._check_columns()
-            self.conn.executescript(SCHEMA)
-            self.conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            self.conn.commit()
+            if readonly:
+                self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=30)
+            else:
+                self.conn = sqlite3.connect(p, timeout=30)
+                self.conn.execute("PRAGMA foreign_keys = ON")
+                self._check_columns()
+                self.conn.executescript(_ddl())
+                self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (MARKER,))
+                self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self.conn.commit()
+            if readonly:
+                self._check_columns()
         except sqlite3.DatabaseError as exc:
-            raise DataError(f"{str(self.path)!r} is not an advx results database ({exc})") from None
+            raise DataError(f"{p!r} is not an advx results file ({exc})") from None
+
+    def _check_file(self) -> None:
+        """Refuse, without writing a byte, any existing file that is not an advx results file."""
+        p = str(self.path)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            raise DataError(f"{p!r} is not an advx results file (not an SQLite database); use another --db path")
+        conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                return
+            if "cells" not in tables or "meta" not in tables:
+                raise DataError(f"{p!r} is an SQLite database of another application, not advx results; use another --db path")
+            version = dict(conn.execute("SELECT key, value FROM meta").fetchall()).get("schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{p!r} is not an advx results file ({exc})") from None
+        finally:
+            conn.close()
+        if version is not None and version != str(SCHEMA_VERSION):
+            raise DataError(
+                f"{p!r} was written by another advx version (results schema {version}, this advx reads {SCHEMA_VERSION}); "
+                "use a new --db file"
+            )
 
     def _check_columns(self) -> None:
         """A file written by an advx with another schema is refused, never half-updated."""
-        for table, wanted in (("cells", CELL_COLUMNS), ("samples", SAMPLE_COLUMNS)):
+        for table, wanted in (("cells", CELL_COLUMN_NAMES), ("samples", SAMPLE_COLUMN_NAMES)):
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
             missing = [c for c in wanted if c not in have]
             if have and missing:
                 raise DataError(
                     f"{str(self.path)!r} was written by another advx version (table {table} lacks "
-                    f"{', '.join(missing)}); use a new --db file"
+                    f"{', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); use a new --db file"
                 )
 
     def close(self) -> None:
@@ -178,41 +158,68 @@ class ResultStore:
     # -- writing ------------------------------------------------------------------------------
 
     def done_keys(self) -> set[str]:
-        """Keys of the cells that finished successfully (a rerun skips them)."""
-        return {r[0] for r in self.conn.execute("SELECT cell_key FROM cells WHERE status = 'done'")}
+        """Keys of the cells that are finished (done or not applicable): a rerun skips them."""
+        return {r[0] for r in self.conn.execute("SELECT cell_key FROM cells WHERE status IN ('done', 'not-applicable')")}
 
-    def record(self, row: dict[str, Any], samples: dict[str, torch.Tensor] | None = None) -> None:
-        """Write one cell (and its samples) in one transaction, replacing an earlier attempt."""
+    def add_members(self, spec_name: str, keys: Sequence[str]) -> None:
+        """Record that spec ``spec_name`` contains the cells ``keys``."""
+        with self._tx() as conn:
+            conn.executemany("INSERT OR IGNORE INTO members(spec_name, cell_key) VALUES (?, ?)", ((spec_name, k) for k in keys))
+
+    def record(
+        self,
+        row: dict[str, Any],
+        samples: dict[str, torch.Tensor] | None = None,
+        trainings: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Write one cell (its samples and trainings) in one transaction, replacing an earlier attempt."""
         values = []
         for c in CELL_COLUMNS:
-            v = row.get(c)
-            if isinstance(v, (dict, list)):
-                v = json.dumps(v, sort_keys=True)
+            v = row.get(c.name)
+            if c.json and v is not None:
+                v = json.dumps(v, sort_keys=True, default=str)
             values.append(v)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._tx() as conn:
             conn.execute("DELETE FROM samples WHERE cell_key = ?", (row["cell_key"],))
             conn.execute(
-                f"INSERT OR REPLACE INTO cells({', '.join(CELL_COLUMNS)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
+                f"INSERT OR REPLACE INTO cells({', '.join(CELL_COLUMN_NAMES)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
                 values,
             )
+            if row.get("spec_name"):
+                conn.execute("INSERT OR IGNORE INTO members(spec_name, cell_key) VALUES (?, ?)", (row["spec_name"], row["cell_key"]))
             if samples:
                 # NaN (no detector) is stored as NULL
                 cols = [
-                    [None if isinstance(v, float) and v != v else v for v in samples[c].tolist()]
-                    for c in SAMPLE_COLUMNS
+                    [None if isinstance(v, float) and v != v else v for v in samples[c].tolist()] for c in SAMPLE_COLUMN_NAMES
                 ]
                 conn.executemany(
-                    f"INSERT INTO samples(cell_key, {', '.join(SAMPLE_COLUMNS)}) VALUES (?, {', '.join('?' * len(SAMPLE_COLUMNS))})",
+                    f"INSERT INTO samples(cell_key, {', '.join(SAMPLE_COLUMN_NAMES)}) VALUES (?, {', '.join('?' * len(SAMPLE_COLUMNS))})",
                     ((row["cell_key"], *vals) for vals in zip(*cols)),
+                )
+            for t in trainings:
+                # the first record of a key is the one that trained (later ones loaded it)
+                conn.execute(
+                    "INSERT OR IGNORE INTO trainings(key, kind, description, seconds, cached, recorded) VALUES (?, ?, ?, ?, ?, ?)",
+                    (t["key"], t["kind"], t["description"], t["seconds"], int(bool(t["cached"])), now),
                 )
 
     # -- reading ------------------------------------------------------------------------------
 
-    def cells(self, spec_name: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        q, args = "SELECT * FROM cells", []
-        conds = []
+    def spec_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT spec_name FROM members ORDER BY spec_name")]
+
+    def cells(self, spec_name: str | None = None, status: str | None = None, decode: bool = False) -> list[dict[str, Any]]:
+        """Cell rows (of spec ``spec_name``: every cell it contains, whichever spec computed it).
+
+        ``decode`` returns the JSON columns as Python objects instead of text.
+        """
+        q, args, conds = "SELECT * FROM cells", [], []
         if spec_name:
-            conds.append("spec_name = ?")
+            if spec_name not in self.spec_names():
+                known = ", ".join(repr(n) for n in self.spec_names()) or "none"
+                raise ConfigError(f"no spec named {spec_name!r} in {str(self.path)!r}; the file holds: {known}")
+            conds.append("cell_key IN (SELECT cell_key FROM members WHERE spec_name = ?)")
             args.append(spec_name)
         if status:
             conds.append("status = ?")
@@ -222,20 +229,28 @@ class ResultStore:
         q += " ORDER BY started, rowid"
         cur = self.conn.execute(q, args)
         names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        if decode:
+            for r in rows:
+                for k in JSON_COLUMNS:
+                    if isinstance(r.get(k), str):
+                        r[k] = json.loads(r[k])
+        return rows
+
+    def trainings(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM trainings ORDER BY recorded, rowid")
+        names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def samples(self, cell_key: str) -> dict[str, torch.Tensor]:
-        cur = self.conn.execute(
-            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE cell_key = ? ORDER BY idx", (cell_key,)
-        )
+        cur = self.conn.execute(f"SELECT {', '.join(SAMPLE_COLUMN_NAMES)} FROM samples WHERE cell_key = ? ORDER BY idx", (cell_key,))
         rows = cur.fetchall()
         out = {}
         for i, c in enumerate(SAMPLE_COLUMNS):
-            if c in ("clean_conf", "adv_conf", "linf", "l2", "clean_score", "adv_score"):
-                out[c] = torch.tensor([float("nan") if r[i] is None else r[i] for r in rows], dtype=torch.float32)
+            if c.dtype.is_floating_point:
+                out[c.name] = torch.tensor([float("nan") if r[i] is None else r[i] for r in rows], dtype=c.dtype)
             else:
-                out[c] = torch.tensor([r[i] for r in rows], dtype=torch.int64)
-        out["index"] = out["idx"]
+                out[c.name] = torch.tensor([r[i] for r in rows], dtype=c.dtype)
         return out
 
     def worst_case(self, cells: Sequence[dict[str, Any]]) -> float | None:
@@ -253,39 +268,21 @@ class ResultStore:
         return sum(robust.values()) / len(robust) if robust else None
 
     def export(self, fmt: str, spec_name: str | None = None) -> str:
-        """The results table as ``csv``, ``json`` or ``markdown``."""
-        rows = self.cells(spec_name)
+        """The results as ``csv`` (every column), ``json`` (every column, JSON decoded) or ``markdown`` (the table columns)."""
         if fmt == "json":
-            for r in rows:
-                for k in ("dataset_config", "model_config", "train_config", "defense_config", "threat_config", "attack_config", "metrics"):
-                    if r.get(k):
-                        r[k] = json.loads(r[k])
-            return json.dumps(rows, indent=2)
+            return json.dumps(self.cells(spec_name, decode=True), indent=2)
+        rows = self.cells(spec_name)
         if fmt == "csv":
             buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(CELL_COLUMNS), extrasaction="ignore")
+            w = csv.DictWriter(buf, fieldnames=list(CELL_COLUMN_NAMES), extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
             return buf.getvalue()
         if fmt == "markdown":
-            head = "| " + " | ".join(TABLE_COLUMNS) + " |"
-            sep = "|" + "---|" * len(TABLE_COLUMNS)
-            lines = [head, sep]
+            names = [c.name for c in TABLE_COLUMNS]
+            cols = names[:5] + ["status"] + names[5:]  # the place, then its status and numbers
+            lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for r in rows:
-                lines.append("| " + " | ".join(format_value(c, r.get(c)) for c in TABLE_COLUMNS) + " |")
+                lines.append("| " + " | ".join(format_value(c, r.get(c)) for c in cols) + " |")
             return "\n".join(lines) + "\n"
         raise ConfigError(f"unknown format {fmt!r}; use csv, json or markdown")
-
-
-def format_value(column: str, v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if column in ("seconds",):
-            return f"{v:.2f}"
-        if column in ("images_per_second",):
-            return f"{v:.0f}"
-        if column in ("forwards_per_sample", "backwards_per_sample"):
-            return f"{v:.1f}"
-        return f"{v:.4f}"
-    return str(v)

@@ -15,13 +15,14 @@ import itertools
 import json
 import sys
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError, format_validation_error
+from .errors import AdvxError, ConfigError, format_validation_error
+from .interfaces import PluginConfig
 from .registry import Registry
 from .training import TrainConfig
 
@@ -29,9 +30,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-THREATS = ("white-box", "undefended", "transfer", "gray-box")
-
 
 class MatrixOptions(BaseModel):
     """The ``[matrix]`` table."""
@@ -89,22 +87,20 @@ class ModelTable(PluginTable):
 
 
 class ThreatTable(BaseModel):
-    """A ``[[threats]]`` table: how much the attacker knows of the evaluated model.
+    """A ``[[threats]]`` table: a threat model's name and its config (see ``advx.threats``).
 
-    * ``white-box``: the attack sees the whole defended model (default);
-    * ``undefended``: the attack sees the trained base model, not the defense;
-    * ``transfer``: crafted on ``source``, a substitute model trained independently
-      (seed 004: model E -> model F);
-    * ``gray-box``: crafted on an independently trained copy of the same architecture and
-      defense, trained with ``seed``.
+    ``white-box`` (default), ``undefended``, ``transfer`` (``source`` = a model table,
+    ``defended``), ``gray-box`` (``seed``), ``member`` (``index``), ``member-mean`` and
+    ``detector-aware`` (``alpha``); every one takes ``bpda``. List values sweep, as in
+    plugin tables.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
-    name: Literal["white-box", "undefended", "transfer", "gray-box"]
-    source: ModelTable | None = Field(None, description="substitute model of the transfer threat model")
-    seed: int | None = Field(None, description="training seed of the gray-box copy (default: the model's seed + 1)")
-    defended: bool = Field(False, description="transfer: apply the cell's defense to the substitute too")
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class MatrixSpec(BaseModel):
@@ -163,7 +159,7 @@ def _is_list_type(annotation: Any) -> bool:
     return annotation in (list, tuple)
 
 
-def sweep(params: dict[str, Any], config_cls: type[BaseModel]) -> list[dict[str, Any]]:
+def sweep(params: dict[str, Any], config_cls: type[BaseModel], where: str = "") -> list[dict[str, Any]]:
     """Expand list values into the cartesian product of configs."""
     keys, choices = [], []
     for k, v in params.items():
@@ -174,52 +170,97 @@ def sweep(params: dict[str, Any], config_cls: type[BaseModel]) -> list[dict[str,
         keys.append(k)
         choices.append(v if is_sweep else [v])
         if is_sweep and not v:
-            raise ConfigError(f"{k}: an empty list sweeps nothing")
+            raise ConfigError(f"{where + ': ' if where else ''}{k}: an empty list sweeps nothing")
     return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
 
 
 @dataclass(frozen=True)
 class PluginRef:
-    """A resolved plugin: kind, name and validated config (as JSON-able dict)."""
+    """A resolved plugin: kind, name and its validated config object (kept from planning to execution)."""
 
     kind: str
     name: str
-    config: dict[str, Any]
-    train: dict[str, Any] | None = None  # models only
+    config: PluginConfig
+    train: TrainConfig | None = None  # models only
     label: str | None = None
     params: tuple[tuple[str, Any], ...] = ()  # the values the spec set explicitly (for display)
 
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
     def key(self) -> Any:
-        return [self.name, self.config] + ([self.train] if self.train is not None else [])
+        return [self.name, self.config_dict()] + ([self.train.model_dump(mode="json")] if self.train is not None else [])
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"name": ..., **config}`` (and ``train`` for models), as stored with results."""
+        d: dict[str, Any] = {"name": self.name, **self.config_dict()}
+        if self.train is not None:
+            d["train"] = self.train.model_dump(mode="json")
+        return d
 
     def describe(self) -> str:
-        """Name plus the config values that differ from the defaults."""
+        """Name plus the config values that the spec set."""
         if not self.params:
             return self.name
         return self.name + "(" + ", ".join(f"{k}={v}" for k, v in self.params) + ")"
 
+    def with_seed(self, seed: int) -> PluginRef:
+        """This model trained with another seed (the gray-box attacker's copy)."""
+        assert self.train is not None
+        return replace(self, train=self.train.model_copy(update={"seed": seed}))
 
-def expand(
-    tables: list[PluginTable], kind: str, registry: Registry, where: str
-) -> list[PluginRef]:
+
+def validate_strict(config_cls: type[BaseModel], params: dict[str, Any], where: str) -> BaseModel:
+    """Validate spec values strictly (``eps = "0.1"`` is an error, not a silent conversion)."""
+    try:
+        return config_cls.model_validate_json(json.dumps(params, default=str), strict=True)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(where, exc)) from None
+
+
+def expand(tables: list[PluginTable], kind: str, registry: Registry, where: str, errors: list[AdvxError] | None = None) -> list[PluginRef]:
+    """Resolve tables into validated ``PluginRef``s, sweeping list values.
+
+    With ``errors`` given, every invalid table is recorded there and skipped, so that a
+    spec's errors are reported together; otherwise the first raises ``ConfigError``.
+    """
     out = []
     for i, table in enumerate(tables):
-        cls = registry.get(kind, table.name)  # type: ignore[arg-type]
-        for params in sweep(table.params(), cls.Config):
-            prefix = f'{where}[{i}] "{table.name}"'
+        prefix = f'{where}[{i}] "{table.name}"'
+        try:
+            cls = registry.get(kind, table.name)  # type: ignore[arg-type]
+            configs = sweep(table.params(), cls.Config, prefix)
+        except AdvxError as exc:
+            if errors is None:
+                raise
+            msg = str(exc) if str(exc).startswith(prefix) else f"{prefix}: {exc}"
+            errors.append(type(exc)(msg))
+            continue
+        train = None
+        if isinstance(table, ModelTable):
             try:
-                cfg = cls.Config.model_validate(params)
-            except ValidationError as exc:
-                raise ConfigError(format_validation_error(prefix, exc)) from None
+                train = validate_strict(TrainConfig, table.train, prefix + " train")
+            except ConfigError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+                continue
+        for params in configs:
+            try:
+                cfg = validate_strict(cls.Config, params, prefix)
+            except ConfigError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+                continue
+            if kind == "attack" and getattr(cfg, "targeted", False) and not getattr(cls, "supports_targeted", True):
+                msg = f"{prefix}: label_mode: {cfg.label_mode!r} is targeted, but this attack cannot target; use 'true' or 'predicted'"  # type: ignore[attr-defined]
+                if errors is None:
+                    raise ConfigError(msg)
+                errors.append(ConfigError(msg))
+                continue
             full = cfg.model_dump(mode="json")
             shown = tuple((k, full[k]) for k in params)
-            train = None
-            label = None
-            if isinstance(table, ModelTable):
-                try:
-                    train = TrainConfig.model_validate(table.train).model_dump(mode="json")
-                except ValidationError as exc:
-                    raise ConfigError(format_validation_error(prefix + " train", exc)) from None
-                label = table.label
-            out.append(PluginRef(kind, table.name, full, train, label, shown))
+            label = table.label if isinstance(table, ModelTable) else None
+            out.append(PluginRef(kind, table.name, cfg, train, label, shown))  # type: ignore[arg-type]
     return out

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .evaluate import PassCounter, check_budget
+from .crafting import PassCounter
+from .guards import check_budget
 from .interfaces import Attack, Classifier
 from .registry import NAME_RE
 

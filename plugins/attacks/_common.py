@@ -99,11 +99,6 @@ def uniform_l2_ball(x: Tensor, eps: float, generator: torch.Generator) -> Tensor
     return direction.mul_(per_example_view(radius.mul_(eps), x))
 
 
-def make_generator(device: torch.device, seed: int) -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed``: random starts independent of global RNG state."""
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def margin_to_other(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """``(logit of y, best logit of any other class)``, each of shape ``(N,)``."""
     true = logits.gather(1, y[:, None]).squeeze(1)

@@ -23,6 +23,8 @@ class BIM(Attack):
 
     name: ClassVar[str] = "bim"
     norm: ClassVar[str] = "linf"
+    iterative: ClassVar[bool] = True
+    single_step: ClassVar[str | None] = "fgsm"
 
     class Config(AttackConfig):
         eps: float = Field(0.2, gt=0, description="L-inf budget, in input units (MNIST 0.2, CIFAR-10 0.02)")

@@ -39,6 +39,7 @@ class CarliniWagnerL2(Attack):
 
     name: ClassVar[str] = "cw-l2"
     norm: ClassVar[str] = "l2"
+    iterative: ClassVar[bool] = True
 
     class Config(AttackConfig):
         eps: float | None = Field(

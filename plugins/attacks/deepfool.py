@@ -45,6 +45,7 @@ class DeepFool(Attack):
 
     name: ClassVar[str] = "deepfool"
     norm: ClassVar[str] = "l2"
+    iterative: ClassVar[bool] = True
 
     class Config(AttackConfig):
         eps: float | None = Field(

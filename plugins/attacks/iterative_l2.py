@@ -25,6 +25,7 @@ class IterativeL2(Attack):
 
     name: ClassVar[str] = "iterative-l2"
     norm: ClassVar[str] = "l2"
+    iterative: ClassVar[bool] = True
 
     class Config(AttackConfig):
         eps: float = Field(0.47, gt=0, description="L2 budget in input units (seed 004: 0.47 CIFAR-10, 12.5 ImageNet)")

@@ -12,10 +12,10 @@ class (``Attack.norm`` is a ClassVar) to check every returned batch: ``pgd`` is 
 ``pgd-l2`` is L2. Defaults follow Madry et al.'s MNIST evaluation (eps 0.3, step 0.01,
 40 steps; their CIFAR-10 setting is eps 8/255, step 2/255, 7-20 steps).
 
-The random start is drawn from a ``torch.Generator`` seeded with ``seed`` afresh in each
-``perturb`` call: the same batch gives the same result whatever ran before (a cell can
-be re-run or resumed alone), at the price that every batch of a run sees the same noise
-pattern at the same position — harmless, since the noise does not depend on the images.
+The random start is drawn from ``Attack.generator``: seeded from ``seed`` and, inside the
+kernel, from the batch's position in the cell, so every batch draws fresh noise while the
+same batch gives the same result whatever ran before (a cell can be re-run or resumed
+alone and equals an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from advx import Attack, AttackConfig, hookimpl
 
-from ._common import iterate_l2, iterate_linf, make_generator, per_example_view, uniform_l2_ball
+from ._common import iterate_l2, iterate_linf, per_example_view, uniform_l2_ball
 
 
 class _PGDConfig(AttackConfig):
@@ -56,7 +56,7 @@ class _PGDBase(Attack):
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        generator = make_generator(x.device, c.seed) if c.random_start else None
+        generator = self.generator(x.device, c.seed) if c.random_start else None
         best = best_score = None
         for _ in range(c.restarts):
             x_adv = self._start(x, generator).add_(x).clamp_(*bounds) if c.random_start else x.clone()
@@ -86,6 +86,8 @@ class PGD(_PGDBase):
 
     name: ClassVar[str] = "pgd"
     norm: ClassVar[str] = "linf"
+    iterative: ClassVar[bool] = True
+    single_step: ClassVar[str | None] = "fgsm"
 
     class Config(_PGDConfig):
         eps: float = Field(0.3, gt=0, description="L-inf budget in input units (Madry MNIST 0.3, CIFAR-10 8/255)")
@@ -105,6 +107,7 @@ class PGDL2(_PGDBase):
 
     name: ClassVar[str] = "pgd-l2"
     norm: ClassVar[str] = "l2"
+    iterative: ClassVar[bool] = True
 
     class Config(_PGDConfig):
         eps: float = Field(2.0, gt=0, description="L2 budget in input units (MNIST 2.0, CIFAR-10 0.5 are usual)")

@@ -106,4 +106,4 @@ def test_not_a_database(tmp_path):
     bad = tmp_path / "junk.db"
     bad.write_text("hello, I am not sqlite" * 100)
     out = run_cli("results", str(bad))
-    assert out.returncode == 1 and "[DataError]" in out.stderr and "not an advx results database" in out.stderr
+    assert out.returncode == 1 and "[DataError]" in out.stderr and "not an advx results file" in out.stderr

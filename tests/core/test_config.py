@@ -49,7 +49,7 @@ def test_issue_spec_plans_four_cells(registry):
         "bim(eps=0.2, alpha=0.025, steps=8)",
     ]
     assert len({c.key for c in cells}) == 4
-    assert cells[0].model.train["epochs"] == 5
+    assert cells[0].model.train.epochs == 5
 
 
 def test_spec_errors_name_table_plugin_and_field(registry):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import advx
-from advx.evaluate import PassCounter, check_budget, check_model
+from advx import PassCounter, check_budget, check_model
 
 
 def test_embedding_example_own_module_own_data():

@@ -132,7 +132,8 @@ def test_failed_cell_is_recorded_and_matrix_goes_on(tmp_path, cache):
         rows = {r["attack"]: r for r in store.cells()}
     assert rows["cheater"]["status"] == "failed"
     assert 'attack "cheater" exceeded its linf budget eps=0.1' in rows["cheater"]["error"]
-    assert rows["crasher"]["error"] == "RuntimeError: kaboom"
+    # an error a plugin raised names the plugin (the cell is the row's place columns)
+    assert rows["crasher"]["error"] == 'attack "crasher" raised RuntimeError: kaboom'
     assert rows["fgsm(eps=0.1)"]["status"] == "done"
     # a rerun retries failed cells only
     res2 = advx.run_matrix(spec, registry=reg, store=db)
@@ -324,7 +325,9 @@ def test_detector_scores_give_a_detection_auc(tmp_path, cache):
 
     from advx import Defense
 
-    class Wrapped(torch.nn.Module):
+    class Wrapped(torch.nn.Module, advx.Detector):
+        threshold = 0.1
+
         def __init__(self, net):
             super().__init__()
             self.net = net
@@ -366,7 +369,7 @@ def test_detector_scores_give_a_detection_auc(tmp_path, cache):
 def test_roc_auc_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from advx.evaluate import roc_auc
+    from advx.metrics import roc_auc
 
     neg = torch.tensor([0.1, 0.4, 0.4, 0.35, 0.8])
     pos = torch.tensor([0.4, 0.9, 0.35, 0.8, 0.8, 0.2])
@@ -377,7 +380,9 @@ def test_roc_auc_with_ties():
 
 def test_old_results_file_is_a_clear_error(tmp_path):
     db = tmp_path / "old.db"
-    with sqlite3.connect(db) as c:
+    with sqlite3.connect(db) as c:  # what advx 0.1 wrote: schema version 1
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        c.execute("INSERT INTO meta VALUES ('schema_version', '1')")
         c.execute("CREATE TABLE cells (cell_key TEXT PRIMARY KEY, status TEXT)")
     with pytest.raises(advx.DataError, match="another advx version"):
         advx.ResultStore(db)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import advx
-from advx.matrix import resolve_devices
-from advx.parallel import assign
+from advx.engine.devices import resolve_devices
+from advx.engine.executors import assign
 
 
 def spec(cache, device):

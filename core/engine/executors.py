@@ -1,13 +1,18 @@
-"""Running cells on several devices at once: one worker process per device.
+"""Executors: where cells run.
 
-Cells are self-describing, so a worker needs only the cell list: it discovers the
-installed plugins itself, keeps its own ``Environment`` (datasets, trained models,
-crafted examples), and sends each finished cell back to the parent, which commits it to
-the results store. Cells that share a trained model (same dataset, model and defense) go
-to the same worker, so each model is trained once; trained checkpoints are written
-atomically, so workers that do train the same model (a transfer source) cannot corrupt
-the cache. Plugins registered in-process with ``Registry.add`` are not visible to
-workers; install them as packages (entry points) to use them here.
+``Executor.map(cells, registry, device, cache_dir, on_event)`` yields ``(cell, outcome)``
+as each cell finishes, in any order; ``run_matrix`` commits each to the results store at
+once. Cells are self-describing, so an executor may run them anywhere:
+
+* ``InProcessExecutor`` (the default): every cell in this process, in order, sharing one
+  ``Workspace``;
+* ``MultiDeviceExecutor``: one worker process per device (``cuda:0,cuda:1``, ``cuda:all``,
+  or several ``cpu``). A worker discovers the installed plugins itself, keeps its own
+  workspace and sends each finished cell back. Cells that share a trained model go to the
+  same worker, so each model is trained once; checkpoints are written atomically, so
+  workers that do train the same model (a transfer source) cannot corrupt the cache.
+  Plugins registered in-process with ``Registry.add`` are not visible to workers: install
+  them as packages (entry points) to use them here.
 """
 
 from __future__ import annotations
@@ -15,19 +20,40 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from .errors import AdvxError
-from .matrix import Cell, Environment, Executor, execute_cell
+from ..errors import AdvxError
+from ..registry import Registry
+from .execute import CellOutcome, execute_cell
+from .plan import Cell
+from .workspace import Event, Workspace
+
+
+class Executor(ABC):
+    """Runs cells and yields ``(cell, outcome)`` as each finishes, in any order."""
+
+    @abstractmethod
+    def map(
+        self, cells: Sequence[Cell], registry: Registry, device: torch.device, cache_dir: str | None, on_event: Event | None
+    ) -> Iterator[tuple[Cell, CellOutcome]]: ...
+
+
+class InProcessExecutor(Executor):
+    """The default: every cell in this process, in order, sharing one ``Workspace``."""
+
+    def map(self, cells, registry, device, cache_dir, on_event):
+        ws = Workspace(registry, device, cache_dir, on_event)
+        for cell in cells:
+            ws.emit("cell_start", cell)
+            yield cell, execute_cell(cell, ws)
 
 
 def _worker(worker: int, device: str, cells: list[Cell], cache_dir: str | None, out: Any, threads: int) -> None:
-    from .registry import Registry
-
     torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -37,13 +63,13 @@ def _worker(worker: int, device: str, cells: list[Cell], cache_dir: str | None, 
         if event in ("batch", "train_start", "train_epoch", "train_done"):
             out.put(("event", event, cell.key if cell is not None else None, payload))
 
-    env = Environment(Registry.discover(), dev, cache_dir, on_event)
+    ws = Workspace(Registry.discover(), dev, cache_dir, on_event)
     for cell in cells:
         out.put(("start", cell.key))
-        row, samples = execute_cell(cell, env)
+        outcome = execute_cell(cell, ws)
         # numpy, not tensors: torch shares tensors through file descriptors that die with the worker
-        arrays = None if samples is None else {k: v.numpy() for k, v in samples.items()}
-        out.put(("result", cell.key, row, arrays))
+        arrays = None if outcome.samples is None else {k: v.numpy() for k, v in outcome.samples.items()}
+        out.put(("result", cell.key, outcome.row, arrays, outcome.trainings))
     out.put(("exit", worker))
 
 
@@ -51,7 +77,7 @@ def assign(cells: Sequence[Cell], n: int) -> list[list[Cell]]:
     """Split cells into ``n`` lists, keeping cells of one trained model together, balanced by count."""
     groups: dict[str, list[Cell]] = defaultdict(list)
     for c in cells:
-        groups[repr((c.dataset.key(), c.model.key(), c.defense.key()))].append(c)
+        groups[c.model_group()].append(c)
     shares: list[list[Cell]] = [[] for _ in range(n)]
     for group in sorted(groups.values(), key=len, reverse=True):
         min(shares, key=len).extend(group)
@@ -112,7 +138,7 @@ class MultiDeviceExecutor(Executor):
                         on_event(msg[1], by_key.get(msg[2]) if msg[2] else None, msg[3])
                 elif kind == "result":
                     samples = None if msg[3] is None else {k: torch.from_numpy(v) for k, v in msg[3].items()}
-                    yield by_key[msg[1]], msg[2], samples
+                    yield by_key[msg[1]], CellOutcome(msg[2], samples, msg[4])
         finally:
             for _, _, p in procs:
                 if p.is_alive():

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import advx
-from advx.checks import sanity_flags
+from advx.flags import sanity_flags
 
 
-def row(attack, eps, acc, threat="white-box", n=500, **cfg):
+REGISTRY = advx.Registry.discover()
+
+
+def row(attack, eps, acc, threat="white-box", n=500, traits=None, **cfg):
+    if traits is None:
+        traits = REGISTRY.get("attack", attack).traits() if attack in REGISTRY.names("attack") else {}
     return {
         "status": "done",
         "dataset": "digits",
@@ -15,6 +20,8 @@ def row(attack, eps, acc, threat="white-box", n=500, **cfg):
         "threat": threat,
         "attack": f"{attack}(eps={eps})",
         "attack_config": {"name": attack, "eps": eps, "label_mode": "true", **cfg},
+        "attack_traits": traits,
+        "threat_config": {"name": threat.split("<")[0].split("(")[0]},
         "robust_accuracy": acc,
         "n": n,
     }
@@ -34,6 +41,17 @@ def test_each_check_fires():
     assert checks([row("fgsm", 0.1, 0.3), row("fgsm", 0.2, 0.5)]) == ["eps-not-monotone"]
     assert checks([row("fgsm", 0.2, 0.3), row("pgd", 0.2, 0.6, steps=10)]) == ["iterative-weaker"]
     assert checks([row("fgsm", 0.2, 0.5), row("fgsm", 0.2, 0.2, threat="undefended")]) == ["weaker-knowledge-stronger"]
+
+
+def test_checks_read_declarations_not_names():
+    """A third-party attack declaring itself iterative over FGSM gets the same check as BIM/PGD;
+    an attack named "pgd" that declares nothing gets none."""
+    mine = {"norm": "linf", "iterative": True, "single_step": "fgsm"}
+    assert checks([row("fgsm", 0.2, 0.3), row("my-iterative", 0.2, 0.6, traits=mine)]) == ["iterative-weaker"]
+    assert checks([row("fgsm", 0.2, 0.3), row("pgd", 0.2, 0.6, traits={"iterative": False})]) == []
+    # threat models declare whether they know less than the white-box attacker
+    assert checks([row("fgsm", 0.2, 0.5), row("fgsm", 0.2, 0.2, threat="member(index=1)")]) == ["weaker-knowledge-stronger"]
+    assert checks([row("fgsm", 0.2, 0.5), row("fgsm", 0.2, 0.2, threat="member-mean")]) == []
 
 
 def test_differences_within_two_examples_are_ignored():

@@ -3,14 +3,20 @@
 Carlini et al. ("On Evaluating Adversarial Robustness", 2019) list sanity tests whose
 failure means the evaluation, not the model, is broken; three of them need nothing but
 the results of a matrix, so advx runs them after every ``advx run`` and on demand
-(``advx results DB --checks``):
+(``advx results DB``):
 
 * ``eps-not-monotone``: a larger budget of the same attack must not leave the model *more*
   accurate;
-* ``iterative-weaker``: an iterative L-inf attack (BIM, PGD) must be at least as strong as
-  the single step (FGSM) at the same eps;
-* ``weaker-knowledge-stronger``: an attacker who knows less (transfer, undefended,
-  gray-box) must not beat the white-box attacker, or the white-box gradients are masked.
+* ``iterative-weaker``: an iterative attack must be at least as strong as the single-step
+  attack it declares as its counterpart (``Attack.single_step``: FGSM for BIM and PGD) at
+  the same eps and label mode;
+* ``weaker-knowledge-stronger``: an attacker who knows less (a threat model declaring
+  ``less_knowledge``: transfer, undefended, gray-box, one ensemble member) must not beat
+  the white-box attacker, or the white-box gradients are masked.
+
+Flags read what attacks and threat models declare (stored with every row as
+``attack_traits`` and ``threat_config``), never plugin names, so a third-party attack gets
+the same checks as the built-ins.
 
 A flag is a place to look, not a verdict; each says which cells disagree and by how much.
 Differences smaller than two examples' worth of accuracy are ignored.
@@ -23,7 +29,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-ITERATIVE_LINF = ("bim", "pgd")
+from .threats import less_knowledge
+
+
+#: the checks ``sanity_flags`` runs, by the name its flags carry
+CHECKS = ("eps-not-monotone", "iterative-weaker", "weaker-knowledge-stronger")
 
 
 @dataclass(frozen=True)
@@ -73,26 +83,26 @@ def sanity_flags(rows: list[dict[str, Any]]) -> list[Flag]:
                     )
                 )
 
-    # 2. iterative at least as strong as single-step at equal eps
+    # 2. iterative at least as strong as its declared single-step counterpart at equal eps
     by_place: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in done:
         by_place[place(r)].append(r)
     for where, cells in by_place.items():
-        fgsm = {}
+        single = {}
         for r in cells:
             cfg = _cfg(r, "attack_config")
-            if cfg.get("name") == "fgsm":
-                fgsm[(cfg.get("eps"), cfg.get("label_mode"))] = r
+            single[(cfg.get("name"), cfg.get("eps"), cfg.get("label_mode"))] = r
         for r in cells:
-            cfg = _cfg(r, "attack_config")
-            ref = fgsm.get((cfg.get("eps"), cfg.get("label_mode")))
-            if cfg.get("name") in ITERATIVE_LINF and ref is not None:
+            cfg, traits = _cfg(r, "attack_config"), _cfg(r, "attack_traits")
+            counterpart = traits.get("single_step")
+            ref = single.get((counterpart, cfg.get("eps"), cfg.get("label_mode")))
+            if traits.get("iterative") and counterpart and ref is not None:
                 if r["robust_accuracy"] > ref["robust_accuracy"] + _tol(r, ref):
                     flags.append(
                         Flag(
                             "iterative-weaker",
                             f"{where}: {r['attack']} leaves accuracy {r['robust_accuracy']:.4f}, higher than "
-                            f"one FGSM step at the same eps ({ref['robust_accuracy']:.4f}): too few steps or masked gradients",
+                            f"its single step {ref['attack']} at the same eps ({ref['robust_accuracy']:.4f}): too few steps or masked gradients",
                         )
                     )
 
@@ -105,7 +115,8 @@ def sanity_flags(rows: list[dict[str, Any]]) -> list[Flag]:
         if wb is None:
             continue
         for name, r in threats.items():
-            if name != "white-box" and r["robust_accuracy"] < wb["robust_accuracy"] - _tol(r, wb):
+            weaker = less_knowledge(_cfg(r, "threat_config").get("name"))
+            if weaker and r["robust_accuracy"] < wb["robust_accuracy"] - _tol(r, wb):
                 flags.append(
                     Flag(
                         "weaker-knowledge-stronger",

@@ -1,0 +1,31 @@
+"""The matrix engine: datasets x models x defenses x threat models x attacks, cell by cell.
+
+One concern per module, imported in this order (no cycles):
+
+* ``plan``: a spec becomes ``Cell``s (every config validated, all errors reported together);
+* ``devices``: device strings become checked ``torch.device``s;
+* ``workspace``: per-process state shared by cells (plugins, data, trained and defended
+  models, crafted examples), and the training records;
+* ``execute``: one cell, from its models to its result row (never raises for cell errors);
+* ``executors``: where cells run (in this process, one process per device);
+* ``run``: ``run_matrix``, which plans, skips finished cells, executes and stores.
+"""
+
+from .execute import CellOutcome, execute_cell
+from .executors import Executor, InProcessExecutor, MultiDeviceExecutor
+from .plan import Cell, plan
+from .run import MatrixResult, run_matrix
+from .workspace import Workspace
+
+__all__ = [
+    "Cell",
+    "CellOutcome",
+    "Executor",
+    "InProcessExecutor",
+    "MatrixResult",
+    "MultiDeviceExecutor",
+    "Workspace",
+    "execute_cell",
+    "plan",
+    "run_matrix",
+]

@@ -1,0 +1,125 @@
+"""Executing one cell: from its models to its result row.
+
+The steps, each owned by one kernel module: the defended model (``workspace``), whether
+the threat model applies (``threats``), the evaluation examples, the guards
+(``guards.preflight``, ``guards.check_requires``), the attacker's view (``threats``),
+crafting (``crafting``, reused where another cell crafted the same examples), scoring
+(``scoring``) and the metrics (``metrics``). ``execute_cell`` never raises for a cell's
+own errors: a failing cell becomes a row with status ``failed`` and the error, naming
+the plugin that raised.
+
+Times: ``seconds`` covers crafting and scoring (and applying a defense); the training and
+fitting that happened while the cell ran are in ``train_seconds`` and ``trainings``, so
+the first cell of a run is comparable with the rest.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._version import __version__
+from ..errors import AdvxError
+from ..guards import check_requires, preflight
+from ..interfaces import Attack
+from ..metrics import breakdown_by_class, breakdown_by_confidence, roc_points, summarize
+from ..scoring import score
+from .plan import Cell
+from .workspace import Workspace
+
+
+@dataclass
+class CellOutcome:
+    """A finished cell: its result row, per-sample records and the trainings it triggered."""
+
+    row: dict[str, Any]
+    samples: dict[str, Tensor] | None = None
+    trainings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
+    """The columns of a row known before the cell runs."""
+    return {
+        "cell_key": cell.key,
+        "dataset": cell.dataset.describe(),
+        "model": cell.model.describe(),
+        "defense": cell.defense.describe(),
+        "threat": cell.threat.label(),
+        "attack": cell.attack.describe(),
+        "dataset_config": cell.dataset.as_dict(),
+        "model_config": {"name": cell.model.name, **cell.model.config_dict()},
+        "train_config": cell.model.train.model_dump(mode="json") if cell.model.train else None,
+        "defense_config": cell.defense.as_dict(),
+        "threat_config": cell.threat.as_dict(),
+        "attack_config": cell.attack.as_dict(),
+        "advx_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "seed": cell.options.seed,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
+    """Run one cell; return its row, records and trainings (never raises for cell errors)."""
+    t0 = time.perf_counter()
+    first_training = len(ws.trainings)
+    row = base_row(cell, ws.device)
+    samples: dict[str, Tensor] | None = None
+    stage = f'dataset "{cell.dataset.name}"'
+    try:
+        ds = ws.dataset(cell.dataset)
+        info = ds.info()
+        stage = f'defense "{cell.defense.name}" on model "{cell.model.name}"'
+        target = ws.defended_model(cell.dataset, cell.model, cell.defense, cell=cell)
+        attack: Attack = ws.plugin(cell.attack)  # type: ignore[assignment]
+        row["attack_traits"] = attack.traits()
+        reason = cell.threat.not_applicable(target)
+        if reason is not None:
+            row["status"] = "not-applicable"
+            row["reason"] = f"{cell.threat.name}: {reason}"
+        else:
+            stage = "the evaluation set"
+            x, y, idx = ws.eval_set(cell, target)
+            checks = (x, info.bounds, info.num_classes, ws.device, cell.options.batch_size)
+            preflight(*checks, target)  # before a source model is trained for nothing
+            stage = f'threat model "{cell.threat.name}"'
+            view = cell.threat.view(ws, cell, target)
+            if view.module is not target:
+                preflight(*checks, view.module)
+            check_requires(attack.name, attack.requires, view.module, cell.threat.config.bpda, f'defense "{cell.defense.name}"')
+            stage = f'attack "{cell.attack.name}"'
+            crafted, reused = ws.crafted(cell, attack, view, x, y, idx, info)
+            stage = f'scoring on defense "{cell.defense.name}"'
+            samples = score(target, x, y, crafted, ws.device, cell.options.batch_size, idx)
+            row.update(summarize(samples, None if reused else crafted.cost))
+            row["crafted_by"] = crafted.origin if reused else None
+            details: dict[str, Any] = {
+                "per_class": breakdown_by_class(samples, info.num_classes),
+                "per_confidence": breakdown_by_confidence(samples),
+                "crafted_on": cell.threat.label(),
+            }
+            if row.get("detection_auc") is not None:
+                details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
+            row["metrics"] = details
+            row["status"] = "done"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the matrix goes on
+        row["status"] = "failed"
+        row["error"] = str(exc) if isinstance(exc, AdvxError) else f"{stage} raised {type(exc).__name__}: {exc}"
+        row["metrics"] = {"traceback": traceback.format_exc(limit=8)}
+        samples = None
+    trainings = ws.trainings[first_training:]
+    train_seconds = sum(t.seconds for t in trainings)
+    row["seconds"] = max(time.perf_counter() - t0 - train_seconds, 0.0)
+    row["train_seconds"] = train_seconds
+    row["trainings"] = [t.as_dict() for t in trainings]
+    row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return CellOutcome(row, samples, [t.as_dict() for t in trainings])

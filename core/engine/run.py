@@ -1,0 +1,126 @@
+"""``run_matrix``: plan a spec, skip what the store holds, execute the rest, commit each cell.
+
+The spec is validated in full before anything else (a rejected spec creates no results
+file and trains nothing). Each finished cell is committed to the store the moment it comes
+back from the executor, with the trainings it triggered; a cell that raises is recorded
+as failed and the matrix goes on; an interrupt keeps every finished cell, and a rerun
+resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError, format_validation_error
+from ..registry import Registry
+from ..results import ResultStore
+from ..spec import MatrixOptions, MatrixSpec
+from .devices import resolve_devices
+from .executors import Executor, InProcessExecutor, MultiDeviceExecutor
+from .plan import plan
+from .workspace import Event
+
+
+@dataclass
+class MatrixResult:
+    """What ``run_matrix`` did.
+
+    Attributes:
+        spec_name: the ``[matrix] name`` of the spec (``"matrix"`` when the spec has none).
+        db: the results file, or ``None`` when no store was given.
+        rows: the result rows of the cells run now (columns: ``advx.schema.CELL_COLUMNS``).
+        skipped: cells already in the store (not run again).
+        failed: cells that failed now.
+        not_applicable: cells whose threat model does not apply (recorded with a reason).
+        trainings: every training and fitting done now (key, kind, description, seconds, cached).
+    """
+
+    spec_name: str
+    db: Path | None
+    rows: list[dict[str, Any]]
+    skipped: int
+    failed: int
+    not_applicable: int = 0
+    trainings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return sum(1 for r in self.rows if r.get("status") == "done")
+
+
+def load_spec(spec: MatrixSpec | dict[str, Any] | str | Path, device: str | None = None) -> MatrixSpec:
+    """A ``MatrixSpec`` from a spec, a dict of its shape or a TOML path; ``device`` overrides the spec's."""
+    if isinstance(spec, (str, Path)):
+        spec = MatrixSpec.from_toml(spec)
+    elif isinstance(spec, dict):
+        spec = MatrixSpec.from_dict(spec)
+    if device is not None:
+        try:
+            options = MatrixOptions.model_validate({**spec.matrix.model_dump(), "device": device})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error("--device", exc).replace("--device: device:", "matrix.device:")) from None
+        spec = spec.model_copy(update={"matrix": options})
+    return spec
+
+
+def run_matrix(
+    spec: MatrixSpec | dict[str, Any] | str | Path,
+    *,
+    registry: Registry | None = None,
+    store: ResultStore | str | Path | None = None,
+    executor: Executor | None = None,
+    on_event: Event | None = None,
+    device: str | None = None,
+    rerun: bool = False,
+) -> MatrixResult:
+    """Run every cell of ``spec`` not already in ``store``; commit each cell as it finishes.
+
+    ``spec`` is a ``MatrixSpec``, a dict of the same shape, or a TOML file path. ``store``
+    is a ``ResultStore`` or a path (default: none, results only returned). ``device``
+    overrides the spec's. ``rerun`` recomputes finished cells. ``on_event(event, cell,
+    payload)`` receives progress: ``plan``, ``cell_start``, ``train_start``,
+    ``train_epoch``, ``train_done``, ``batch``, ``cell_done``, ``cell_failed``,
+    ``cell_not_applicable``.
+    """
+    spec = load_spec(spec, device)
+    registry = registry or Registry.discover()
+    cells = plan(spec, registry)
+    devices = resolve_devices(spec.matrix.device)
+    own_store = False
+    if store is not None and not isinstance(store, ResultStore):
+        store = ResultStore(store)
+        own_store = True
+    try:
+        spec_hash = spec.spec_hash()
+        if store is not None:
+            store.add_members(spec.matrix.name, [c.key for c in cells])
+        done = store.done_keys() if (store is not None and not rerun) else set()
+        todo = [c for c in cells if c.key not in done]
+        skipped = len(cells) - len(todo)
+        if on_event is not None:
+            on_event("plan", None, {"cells": len(cells), "todo": len(todo), "skipped": skipped})
+        if executor is None:
+            executor = MultiDeviceExecutor(devices) if len(devices) > 1 else InProcessExecutor()
+        result = MatrixResult(spec.matrix.name, store.path if store is not None else None, [], skipped, 0)
+        for cell, outcome in executor.map(todo, registry, devices[0], spec.matrix.cache_dir, on_event):
+            row = outcome.row
+            row["spec_name"] = spec.matrix.name
+            row["spec_hash"] = spec_hash
+            if store is not None:
+                store.record(row, outcome.samples, outcome.trainings)
+            result.rows.append(row)
+            result.trainings.extend(outcome.trainings)
+            status = row["status"]
+            result.failed += status == "failed"
+            result.not_applicable += status == "not-applicable"
+            if on_event is not None:
+                event = {"done": "cell_done", "failed": "cell_failed"}.get(status, "cell_not_applicable")
+                on_event(event, cell, {"row": row})
+        return result
+    finally:
+        if own_store:
+            store.close()  # type: ignore[union-attr]

@@ -1,0 +1,271 @@
+"""Threat models as kernel objects: views, gradients, applicability, BPDA and ``requires``.
+
+The ensemble and the detector here are built inside the tests against the protocols
+(``advx.Ensemble``, ``advx.Detector``, ``advx.InputTransform``); the real defenses have
+their own tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import advx
+from advx import Defense
+from advx.threats import THREATS, DetectorAwareView, MemberMeanView, threat_class
+
+
+class TinyEnsemble(nn.Module, advx.Ensemble):
+    """Members in a ModuleList; prediction log(mean softmax)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def num_members(self):
+        return len(self.members)
+
+    def member(self, index):
+        return self.members[index]
+
+    def forward(self, x):
+        return torch.logsumexp(self.member_logits(x).log_softmax(-1), 0) - math.log(self.num_members)
+
+
+class EnergyDetector(nn.Module, advx.Detector):
+    """Flags inputs by their mean squared pixel distance from the data's 1/16 grid (digits)."""
+
+    threshold = 0.001
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def detector_score(self, x):
+        return (x * 16 - (x * 16).round()).pow(2).flatten(1).mean(1) / 256
+
+
+class Squash(advx.InputTransform):
+    """Rounds to 8 grey levels: no useful gradient."""
+
+    differentiable = False
+
+    def transform(self, x):
+        return (x * 7).round() / 7
+
+
+def _net(seed, classes=3, d=12):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, classes)).eval()
+
+
+@pytest.fixture
+def ensemble():
+    return TinyEnsemble([_net(0), _net(1)]).eval()
+
+
+def _grad(module, x, loss_fn):
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(module(x)), x)
+    return g
+
+
+def test_member_mean_is_the_mean_of_member_loss_gradients(ensemble):
+    """Seed 002 Grad.2, by hand: (1/n) sum_i grad_x J(theta_i, x, y), untargeted and targeted."""
+    x, y = torch.rand(6, 12), torch.tensor([0, 1, 2, 0, 1, 2])
+    view = MemberMeanView(ensemble).eval()
+    for loss in (
+        lambda z: F.cross_entropy(z, y, reduction="sum"),  # FGSM/BIM/PGD, untargeted
+        lambda z: -F.cross_entropy(z, (y + 1) % 3, reduction="sum"),  # targeted
+        lambda z: F.cross_entropy(z, y),  # mean reduction
+    ):
+        expected = sum(_grad(ensemble.member(i), x, loss) for i in range(2)) / 2
+        torch.testing.assert_close(_grad(view, x, loss), expected, atol=1e-6, rtol=1e-5)
+    # forward values are the ensemble's: the attack's own success checks see the real prediction
+    torch.testing.assert_close(view(x), ensemble(x))
+    # and it is not the gradient of the averaged prediction (plain white-box)
+    ce = lambda z: F.cross_entropy(z, y, reduction="sum")  # noqa: E731
+    assert not torch.allclose(_grad(view, x, ce), _grad(ensemble, x, ce), atol=1e-4)
+
+
+def test_member_mean_with_another_loss_follows_each_member(ensemble):
+    """A loss that is not cross-entropy: its gradient at the output, back through each member's log-softmax."""
+    x = torch.rand(4, 12)
+    view = MemberMeanView(ensemble).eval()
+    loss = lambda z: z[:, 0].sum()  # noqa: E731
+    expected = sum(_grad(ensemble.member(i), x, lambda z: z.log_softmax(1)[:, 0].sum()) for i in range(2)) / 2
+    torch.testing.assert_close(_grad(view, x, loss), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_member_view_is_one_member(ensemble):
+    x, y = torch.rand(5, 12), torch.tensor([0, 1, 2, 0, 1])
+    t = threat_class("member")(threat_class("member").Config(index=1))
+    assert t.not_applicable(ensemble) is None
+    ce = lambda z: F.cross_entropy(z, y, reduction="sum")  # noqa: E731
+    view = t.view(None, _FakeCell(), ensemble).module
+    torch.testing.assert_close(_grad(view, x, ce), _grad(ensemble.member(1), x, ce))
+    assert "out of range" in threat_class("member")(threat_class("member").Config(index=2)).not_applicable(ensemble)
+    assert "not an ensemble" in t.not_applicable(_net(0))
+
+
+def test_detector_aware_adds_alpha_times_the_evasion_term_on_the_gradient_path():
+    det = EnergyDetector(_net(0, classes=3, d=12)).eval()
+    x, y = torch.rand(5, 12), torch.tensor([0, 1, 2, 0, 1])
+    ce = lambda z: F.cross_entropy(z, y, reduction="sum")  # noqa: E731
+    for alpha in (0.0, 0.5):
+        view = DetectorAwareView(det, alpha).eval()
+        torch.testing.assert_close(view(x), det(x))  # forward values unchanged
+        xg = x.clone().requires_grad_(True)
+        z, e = det(xg), det.evasion_logits(xg)
+        g = (z.softmax(1) - F.one_hot(y, 3)).detach()  # d CE / d logits
+        (expected,) = torch.autograd.grad((g * (z + alpha * e)).sum(), xg)
+        torch.testing.assert_close(_grad(view, x, ce), expected, atol=1e-6, rtol=1e-5)
+    # alpha 0 is the white-box gradient
+    torch.testing.assert_close(_grad(DetectorAwareView(det, 0.0), x, ce), _grad(det, x, ce))
+    t = threat_class("detector-aware")
+    assert t(t.Config(alpha=0.1)).not_applicable(_net(0)) is not None
+    assert t(t.Config(alpha=0.1)).not_applicable(det) is None
+
+
+def test_threat_models_are_typed_objects_with_keys_and_labels():
+    assert set(THREATS) == {"white-box", "undefended", "transfer", "gray-box", "member", "member-mean", "detector-aware"}
+    da = threat_class("detector-aware")
+    a, b = da(da.Config(alpha=0.1)), da(da.Config(alpha=1.0))
+    assert a.key() != b.key() and a.label() == "detector-aware(alpha=0.1)"
+    assert threat_class("white-box")(threat_class("white-box").Config()).label() == "white-box"
+    with pytest.raises(advx.ConfigError, match="did you mean 'member'"):
+        threat_class("membr")
+    with pytest.raises(Exception, match="alpha"):
+        da.Config(alpha=-1)
+
+
+class _FakeCell:
+    class _Ref:
+        def key(self):
+            return ["x"]
+
+    dataset = model = defense = _Ref()
+
+
+# -- in a matrix ------------------------------------------------------------------------------------
+
+
+class TwoMembers(Defense):
+    """A 2-member ensemble: the base model and a twin trained with another seed."""
+
+    name: ClassVar[str] = "two-members"
+
+    def apply(self, model, ctx):
+        twin = ctx.train(train=ctx.train_config.model_copy(update={"seed": ctx.train_config.seed + 1}))
+        return TinyEnsemble([model, twin]).eval()
+
+
+class Grid(Defense):
+    """The energy detector around the model."""
+
+    name: ClassVar[str] = "grid-detector"
+
+    def apply(self, model, ctx):
+        return EnergyDetector(model).eval()
+
+
+class Squashed(Defense):
+    """A non-differentiable input transform in front of the model."""
+
+    name: ClassVar[str] = "squashed"
+
+    def apply(self, model, ctx):
+        return nn.Sequential(Squash(), model).eval()
+
+
+@pytest.fixture(scope="module")
+def reg():
+    r = advx.Registry.discover()
+    for cls in (TwoMembers, Grid, Squashed):
+        r.add("defense", cls, package="tests")
+    return r
+
+
+def spec(tmp_path, defenses, threats, attacks=None, samples=60):
+    return {
+        "matrix": {"name": "threats", "samples": samples, "batch_size": 30, "cache_dir": str(tmp_path / "cache")},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 3}}],
+        "defenses": defenses,
+        "threats": threats,
+        "attacks": attacks or [{"name": "fgsm", "eps": 0.2}],
+    }
+
+
+def test_ensemble_threats_in_a_matrix_and_not_applicable_cells(tmp_path, reg, capsys):
+    s = spec(
+        tmp_path,
+        [{"name": "none"}, {"name": "two-members"}],
+        [{"name": "white-box"}, {"name": "member", "index": [0, 1, 5]}, {"name": "member-mean"}],
+    )
+    db = tmp_path / "r.db"
+    res = advx.run_matrix(s, registry=reg, store=db)
+    rows = {(r["defense"], r["threat"]): r for r in res.rows}
+    assert len(rows) == 10
+    for t in ("member(index=0)", "member(index=1)", "member(index=5)", "member-mean"):
+        assert rows[("none", t)]["status"] == "not-applicable" and "not an ensemble" in rows[("none", t)]["reason"]
+    assert rows[("two-members", "member(index=5)")]["status"] == "not-applicable"
+    assert "out of range" in rows[("two-members", "member(index=5)")]["reason"]
+    for t in ("white-box", "member(index=0)", "member(index=1)", "member-mean"):
+        assert rows[("two-members", t)]["status"] == "done", rows[("two-members", t)]
+    assert (res.failed, res.not_applicable) == (0, 5)
+    # the CLI shows them as not applicable, with the reason, and a rerun does not retry them
+    from advx.cli import main
+
+    assert main(["results", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("not applicable") == 5 and "not an ensemble" in out
+    again = advx.run_matrix(s, registry=reg, store=db)
+    assert again.skipped == 10
+
+
+def test_detector_aware_cell_and_detection_metrics(tmp_path, reg):
+    s = spec(tmp_path, [{"name": "grid-detector"}, {"name": "none"}], [{"name": "white-box"}, {"name": "detector-aware", "alpha": 1.0}])
+    res = advx.run_matrix(s, registry=reg)
+    rows = {(r["defense"], r["threat"]): r for r in res.rows}
+    assert rows[("none", "detector-aware(alpha=1.0)")]["status"] == "not-applicable"
+    wb = rows[("grid-detector", "white-box")]
+    assert wb["status"] == "done" and rows[("grid-detector", "detector-aware(alpha=1.0)")]["status"] == "done"
+    for k in ("detection_auc", "detection_tpr", "detection_fpr", "accuracy_with_rejection"):
+        assert wb[k] is not None
+    assert rows[("none", "white-box")]["detection_auc"] is None
+    roc = wb["metrics"]["roc"]
+    assert roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]
+    assert wb["accuracy_with_rejection"] >= wb["robust_accuracy"]
+
+
+def test_requires_gradients_against_a_non_differentiable_defense(tmp_path, reg):
+    s = spec(tmp_path, [{"name": "squashed"}], [{"name": "white-box"}, {"name": "white-box", "bpda": False}])
+    s["attacks"] = [{"name": "bim", "eps": 0.2, "alpha": 0.05, "steps": 5}]
+    res = advx.run_matrix(s, registry=reg)
+    rows = {r["threat"]: r for r in res.rows}
+    bpda, plain = rows["white-box"], rows["white-box(bpda=False)"]
+    assert bpda["status"] == "done" and bpda["robust_accuracy"] < bpda["clean_accuracy"]
+    assert plain["status"] == "failed"
+    assert 'attack "bim" needs input gradients' in plain["error"] and "BPDA is off" in plain["error"]
+
+
+def test_bpda_gives_an_identity_backward_only_inside_the_block():
+    m = nn.Sequential(Squash(), _net(0)).eval()
+    x = torch.rand(3, 12, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x).sum(), x)
+    assert torch.count_nonzero(g) == 0  # round() has a zero gradient
+    with advx.bpda(m):
+        (g,) = torch.autograd.grad(m(x).sum(), x)
+        assert torch.count_nonzero(g) > 0
+        torch.testing.assert_close(m(x), nn.Sequential(Squash(), _net(0))(x))  # forward unchanged
+    assert not m[0].bpda
