@@ -1,1 +1,3 @@
+"""The package version (one place; pyproject reads its own copy)."""
+
 __version__ = "0.1.0"

@@ -175,9 +175,10 @@ class DefenseContext:
                 raise DataError(f"cached state {path} is unreadable ({type(exc).__name__}: {exc}); delete it to refit") from None
             self._record(TrainRecord("artifact", key, time.perf_counter() - t0, True, name))
             return dict(state)
-        state = {k: v.detach().cpu() for k, v in dict(compute()).items()}
+        state = dict(compute())
         if not all(isinstance(v, Tensor) for v in state.values()):
             raise AdvxError(f"artifact {name!r}: compute() must return a mapping of tensors")
+        state = {k: v.detach().cpu() for k, v in state.items()}
         atomic_save(state, path)
         self._record(TrainRecord("artifact", key, time.perf_counter() - t0, False, name))
         return state

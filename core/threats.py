@@ -195,6 +195,9 @@ class Member(ThreatModel):
     Config: ClassVar[type[ThreatConfig]] = MemberConfig
     less_knowledge: ClassVar[bool] = True
 
+    def params(self) -> dict[str, Any]:
+        return {"index": self.config.index, **super().params()}  # type: ignore[attr-defined]
+
     def not_applicable(self, target):
         if not isinstance(target, Ensemble):
             return "the defense is not an ensemble (its module does not implement advx.Ensemble)"
