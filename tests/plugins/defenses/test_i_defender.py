@@ -238,3 +238,40 @@ def test_detector_aware_attack_evades_more_than_the_plain_attack(registry, digit
         evaded_a = ((det(aware).argmax(1) != y) & ~det.rejects(aware)).double().mean().item()
     assert det_rate_a < det_rate_p - 0.05, (det_rate_p, det_rate_a)
     assert evaded_a > evaded_p, (evaded_p, evaded_a)
+
+
+def test_detector_aware_threat_of_the_kernel_lowers_detection_and_defended_accuracy(tmp_path):
+    """The same comparison through a matrix: the kernel's detector-aware view and detection metrics."""
+    spec = advx.MatrixSpec.from_toml_string(
+        f"""
+[matrix]
+name = "aware"
+samples = 200
+batch_size = 200
+seed = 0
+cache_dir = "{tmp_path}"
+[[datasets]]
+name = "digits"
+[[models]]
+name = "mnist-cnn"
+train = {{ epochs = 10 }}
+[[defenses]]
+name = "i-defender"
+n_components = 1
+covariance_type = "diag"
+[[threats]]
+name = "white-box"
+[[threats]]
+name = "detector-aware"
+alpha = 0.01
+[[attacks]]
+name = "fgsm"
+eps = 0.2
+"""
+    )
+    res = advx.run_matrix(spec)
+    rows = {r["threat_config"]["name"]: r for r in res.rows}
+    plain, aware = rows["white-box"], rows["detector-aware"]
+    assert plain["detection_auc"] is not None and aware["detection_auc"] < plain["detection_auc"]
+    assert aware["detection_tpr"] < plain["detection_tpr"]
+    assert aware["accuracy_with_rejection"] < plain["accuracy_with_rejection"]
