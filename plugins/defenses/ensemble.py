@@ -83,6 +83,7 @@ class _MemberGroup(nn.Module):
         self.single = members[0] if self.size == 1 else None
         self._pnames: list[tuple[str, str]] = []
         self._bnames: list[tuple[str, str]] = []
+        self._snames: list[tuple[str, str]] = []  # buffers shared by all members, stored once
         if self.single is not None:
             return
         template = copy.deepcopy(members[0]).to("meta")
@@ -92,8 +93,15 @@ class _MemberGroup(nn.Module):
             self.register_parameter(f"p{i}", nn.Parameter(t.detach().clone(), requires_grad=True))
             self._pnames.append((name, f"p{i}"))
         for i, (name, t) in enumerate(buffers.items()):
-            self.register_buffer(f"b{i}", t.detach().clone())
-            self._bnames.append((name, f"b{i}"))
+            if bool((t == t[:1]).all()):
+                # the same in every member (a Normalize layer's mean/std): kept once and not
+                # vmapped, so the input stays unbatched up to the first layer and the first
+                # conv runs as one wide convolution instead of a grouped one (much slower on CPU)
+                self.register_buffer(f"s{i}", t[0].detach().clone())
+                self._snames.append((name, f"s{i}"))
+            else:
+                self.register_buffer(f"b{i}", t.detach().clone())
+                self._bnames.append((name, f"b{i}"))
 
     def train(self, mode: bool = True) -> _MemberGroup:
         super().train(mode)
@@ -101,18 +109,20 @@ class _MemberGroup(nn.Module):
             self._template.train(mode)
         return self
 
-    def _tensors(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        return {n: getattr(self, s) for n, s in self._pnames}, {n: getattr(self, s) for n, s in self._bnames}
+    def _tensors(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """(stacked parameters, stacked buffers, shared buffers), by the members' own names."""
+        get = lambda names: {n: getattr(self, s) for n, s in names}  # noqa: E731
+        return get(self._pnames), get(self._bnames), get(self._snames)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of the group's members, shape ``(size, N, classes)``."""
         if self.single is not None:
             return self.single(x).unsqueeze(0)
-        params, buffers = self._tensors()
+        params, buffers, shared = self._tensors()
         template = self._template
 
         def call(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor) -> Tensor:
-            return functional_call(template, (p, b), (xb,))
+            return functional_call(template, (p, {**b, **shared}), (xb,))
 
         # randomness="different": dropout in training mode draws a mask per member
         return vmap(call, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
@@ -121,16 +131,16 @@ class _MemberGroup(nn.Module):
         """Member ``j`` as a module whose tensors are views of the stacked ones (no copy)."""
         if self.single is not None:
             return self.single
-        params, buffers = self._tensors()
+        params, buffers, shared = self._tensors()
         device = next(iter(params.values())).device
         m = copy.deepcopy(self._template).to_empty(device=device)
-        for name, t in list(params.items()) + list(buffers.items()):
+        for name, t in list(params.items()) + list(buffers.items()) + list(shared.items()):
             owner, _, attr = name.rpartition(".")
             sub = m.get_submodule(owner) if owner else m
             if name in params:
                 setattr(sub, attr, nn.Parameter(t[j].detach(), requires_grad=t.requires_grad))
             else:
-                setattr(sub, attr, t[j].detach())
+                setattr(sub, attr, (t if name in shared else t[j]).detach())
         return m.train(self.training)
 
 

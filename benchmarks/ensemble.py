@@ -1,0 +1,165 @@
+"""Benchmark: a vectorised ensemble (``ensemble`` defense) against a Python loop over members.
+
+For mnist-cnn (1x28x28) and cifar-cnn (3x32x32) with 2, 5 and 10 members, times
+
+* ``forward``: the ensemble's output (log of the mean softmax) on a batch, no gradient;
+* ``forward+backward``: the same plus the gradient of the summed cross-entropy with respect
+  to the input, which is what every step of FGSM/BIM/PGD costs;
+
+three ways: ``vectorised`` (``StackedEnsemble``: members stacked with
+``torch.func.stack_module_state``, one ``vmap`` call), ``loop`` (the same members called
+one after another, outputs stacked, the same reduction) and ``one member`` (a single
+network). It reports the vectorised/loop ratio and the ratio of the vectorised ensemble to
+one member; a vectorised M-member ensemble should cost at most about M members (no loop
+overhead on top). Members are freshly initialised networks in eval mode (timing does not
+depend on the weights). Timings are the median of ``--repeats`` runs, the three variants
+measured round-robin so that a change of machine load hits all of them alike.
+
+    python benchmarks/ensemble.py [--repeats 15] [--threads 2] [--device cpu]
+
+Writes ``benchmarks/results/ensemble-<device>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import advx
+from advx.plugins.defenses.ensemble import StackedEnsemble
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+MODELS = {
+    "mnist-cnn": (advx.DatasetInfo(name="mnist", input_shape=(1, 28, 28), num_classes=10, mean=(0.1307,), std=(0.3081,)), 128),
+    "cifar-cnn": (
+        advx.DatasetInfo(name="cifar-10", input_shape=(3, 32, 32), num_classes=10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26)),
+        32,
+    ),
+}
+
+
+class Loop(torch.nn.Module):
+    """The reference: members called in a Python loop, the same log-mean-probability output."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x):
+        logits = torch.stack([m(x) for m in self.members])
+        return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(self.members))
+
+
+def step(model, x, y, backward: bool, device) -> None:
+    if backward:
+        xr = x.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+    else:
+        with torch.no_grad():
+            model(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(models: dict, x, y, backward: bool, repeats: int, device) -> dict[str, float]:
+    for m in models.values():  # warm-up
+        step(m, x, y, backward, device)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            step(m, x, y, backward, device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--members", type=int, nargs="+", default=[2, 5, 10])
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    registry = advx.Registry.discover()
+    rows = []
+    for model_name, (info, batch) in MODELS.items():
+        plugin = registry.model(model_name)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand((batch, *info.input_shape), generator=gen).to(device)
+        y = torch.randint(10, (batch,), generator=gen).to(device)
+        for m in args.members:
+            nets = []
+            for i in range(m):
+                torch.manual_seed(i)
+                nets.append(advx.build_model(plugin, info).to(device).eval())
+            variants = {"vectorised": StackedEnsemble(nets).to(device).eval(), "loop": Loop(nets).eval(), "one member": nets[0]}
+            for backward in (False, True):
+                t = bench(variants, x, y, backward, args.repeats, device)
+                row = {
+                    "model": model_name,
+                    "members": m,
+                    "batch": batch,
+                    "pass": "forward+backward" if backward else "forward",
+                    "ms_vectorised": 1e3 * t["vectorised"],
+                    "ms_loop": 1e3 * t["loop"],
+                    "ms_one_member": 1e3 * t["one member"],
+                    "vectorised_over_loop": t["vectorised"] / t["loop"],
+                    "vectorised_over_one_member": t["vectorised"] / t["one member"],
+                    "loop_over_one_member": t["loop"] / t["one member"],
+                }
+                rows.append(row)
+                print(
+                    f"{model_name:10s} M={m:2d} {row['pass']:16s} vec {row['ms_vectorised']:8.2f} ms  loop {row['ms_loop']:8.2f} ms  "
+                    f"one {row['ms_one_member']:7.2f} ms  vec/loop {row['vectorised_over_loop']:.2f}  vec/one {row['vectorised_over_one_member']:.2f}",
+                    flush=True,
+                )
+    meta = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "advx": advx.__version__,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "repeats": args.repeats,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"ensemble-{device.type}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [
+        f"# Ensemble benchmark ({meta['device']})",
+        "",
+        f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
+        f"{meta['threads']} torch threads, median of {args.repeats} round-robin runs. Milliseconds per batch.",
+        "",
+        "| model | members | batch | pass | vectorised ms | loop ms | one member ms | vectorised / loop | vectorised / one member | loop / one member |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['members']} | {r['batch']} | {r['pass']} | {r['ms_vectorised']:.2f} | {r['ms_loop']:.2f} | "
+            f"{r['ms_one_member']:.2f} | {r['vectorised_over_loop']:.2f} | {r['vectorised_over_one_member']:.2f} | {r['loop_over_one_member']:.2f} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

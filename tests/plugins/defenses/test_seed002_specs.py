@@ -1,0 +1,41 @@
+"""The seed-002 experiment specs: every full spec has a reduced or quick variant, and the quick
+variants run end to end on real MNIST (2% of the training set, 1 epoch, 200 test images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import advx
+
+EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
+MINE = ["seed002-mnist-table2", "seed002-mnist-table4", "seed002-mnist-relu-logits", "seed002-mnist-distillation-cw"]
+
+
+def test_each_seed002_defense_spec_has_a_quick_variant_with_the_same_axes(registry):
+    for stem in MINE:
+        full = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}.toml"), registry)
+        quick = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}-quick.toml"), registry)
+        assert len(full) == len(quick), stem
+        assert [c.attack.key() for c in full] == [c.attack.key() for c in quick]
+        assert [c.threat.key() for c in full] == [c.threat.key() for c in quick]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", ["seed002-mnist-table2", "seed002-mnist-table4"])
+def test_quick_variant_runs_end_to_end(registry, shared_data, tmp_path, monkeypatch, stem):
+    import torch
+
+    monkeypatch.setenv("ADVX_CACHE_DIR", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = advx.run_matrix(EXPERIMENTS / f"{stem}-quick.toml", registry=registry, store=tmp_path / "quick.db")
+    finally:
+        torch.set_num_threads(threads)
+    assert res.failed == 0, [r.get("error") for r in res.rows if r.get("status") == "failed"]
+    done = [r for r in res.rows if r["status"] == "done"]
+    assert done and all(r["clean_accuracy"] > 0.5 for r in done)
+    threats = {r["threat"] for r in done if r["defense"].startswith("ensemble")}
+    assert {"white-box", "member-mean"} <= threats
