@@ -9,6 +9,8 @@ this module renders. Errors advx raises for bad input are printed as one line
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,10 +63,18 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal:
-        # piped or captured: print tables at their natural width instead of 80 columns
-        console = Console(stderr=stderr, highlight=False, width=220)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        # piped or captured without COLUMNS: tables at their natural width instead of 80 columns
+        console = Console(stderr=stderr, highlight=False, width=200)
     return console
+
+
+def _error_line(kind: str, message: str) -> None:
+    """One line on stderr, whatever the width: ``[Kind]: message``."""
+    from rich.markup import escape
+
+    first = " ".join(message.split())  # never more than one line
+    _console(stderr=True).print(f"[red][{kind}][/red]: {escape(first)}", soft_wrap=True)
 
 
 def _type_name(annotation: Any) -> str:
@@ -91,14 +101,42 @@ def _describe_field(name: str, field: Any) -> str:
     return text
 
 
+def _label_modes(cls: Any) -> str:
+    return "label modes: true, predicted" + (", least-likely, target=K, random-target" if cls.supports_targeted else " (cannot target)")
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
     from .registry import Registry, iter_kinds
+    from .threats import THREATS
 
-    kinds = list(iter_kinds(args.kind))
+    want_threats = args.kind in (None, "threat", "threats")
+    kinds = [] if args.kind in ("threat", "threats") else list(iter_kinds(args.kind))
     reg = Registry.discover()
+    if args.format == "json":
+        out = [
+            {
+                "kind": e.kind,
+                "name": e.name,
+                "package": e.package,
+                "version": _dist_version(e.package),
+                "summary": e.cls.summary(),
+                **({"traits": e.cls.traits()} if e.kind == "attack" else {}),  # type: ignore[attr-defined]
+                "config_schema": e.cls.Config.model_json_schema(),
+            }
+            for kind in kinds
+            for e in reg.entries(kind)
+        ]
+        if want_threats:
+            out += [
+                {"kind": "threat", "name": n, "package": "advx", "version": __version__, "summary": c.summary(), "config_schema": c.Config.model_json_schema()}
+                for n, c in THREATS.items()
+            ]
+        payload = {"plugins": out, "failures": [vars(f) for f in reg.failures], "conflicts": sorted(reg.conflicts.values())}
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+        return 0
     console = _console()
     for kind in kinds:
         table = Table(title=f"{kind} plugins", show_lines=True, title_justify="left")
@@ -109,18 +147,34 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for e in reg.entries(kind):
             extra = ""
             if kind == "attack":
-                extra = f"norm {e.cls.norm}; "  # type: ignore[attr-defined]
+                extra = f"norm {e.cls.norm}; {_label_modes(e.cls)}\n"  # type: ignore[attr-defined]
             fields = "\n".join(
-                _describe_field(n, f) for n, f in e.cls.Config.model_fields.items()
+                _describe_field(n, f) for n, f in e.cls.Config.model_fields.items() if not (n == "label_mode" and kind == "attack")
             )
-            table.add_row(e.name, e.package, extra + escape(e.cls.summary()), fields or "-")
+            table.add_row(e.name, e.package, escape(extra + e.cls.summary()), fields or "-")
+        console.print(table)
+    if want_threats:
+        table = Table(title="threat models ([[threats]] tables; built into the kernel)", show_lines=True, title_justify="left")
+        for c in ("name", "description", "config fields"):
+            table.add_column(c)
+        for n, c in THREATS.items():
+            table.add_row(n, escape(c.summary()), "\n".join(_describe_field(k, f) for k, f in c.Config.model_fields.items()))
         console.print(table)
     for (kind, name), msg in sorted(reg.conflicts.items()):
         if kind in kinds:
-            console.print(f"[red]conflict[/red]: {escape(msg)}")
+            console.print(f"[red]conflict[/red]: {escape(msg)}", soft_wrap=True)
     for f in reg.failures:
-        console.print(f"[red]failed[/red]: {escape(str(f))}")
+        console.print(f"[red]failed[/red]: {escape(str(f))}", soft_wrap=True)
     return 0
+
+
+def _dist_version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _result_table(rows: list[dict[str, Any]], title: str):
@@ -238,6 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = MatrixSpec.from_toml(args.spec) if args.spec else MatrixSpec.from_toml_string(DEFAULT_SPEC, "default spec")
     if args.cache_dir:
         spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
+    if args.dry_run:
+        return _print_dry_run(console, spec, args)
     with _Progress(console) as progress:
         try:
             result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
@@ -260,6 +316,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
     )
     return 1 if result.failed else 0
+
+
+def _print_dry_run(console, spec: Any, args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .engine import dry_run
+
+    plan = dry_run(spec, store=args.db, device=args.device, rerun=args.rerun)
+    console.print(f"dry run of {escape(plan.spec_name)}: {len(plan.todo) + len(plan.done)} cells, {len(plan.todo)} to run, {len(plan.done)} already done in {escape(args.db)}; nothing is run")
+    for c in plan.todo:
+        console.print(f"  run   {escape(c.title())}", soft_wrap=True)
+    for c in plan.done:
+        console.print(f"  done  {escape(c.title())}", soft_wrap=True)
+    for what, cached in plan.trainings:
+        console.print(f"  {'cached' if cached else 'train'} {escape(what)}", soft_wrap=True)
+    return 0
 
 
 def _print_trainings(console, trainings: list[dict[str, Any]]) -> None:
@@ -294,11 +366,20 @@ def cmd_results(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .results import ResultStore
 
+    fmt = args.format
+    if args.output and not fmt:
+        ext = Path(args.output).suffix.lower()
+        fmt = {".csv": "csv", ".json": "json", ".md": "markdown", ".markdown": "markdown"}.get(ext)
+        if fmt is None:
+            raise ConfigError(f"-o {args.output}: cannot tell the format from {ext or 'no extension'!r}; add --format csv|json|markdown or use .csv, .json or .md")
     with ResultStore(args.db, readonly=True) as store:
-        if args.format:
-            text = store.export(args.format, args.spec)
+        if fmt:
+            text = store.export(fmt, args.spec)
             if args.output:
-                Path(args.output).write_text(text)
+                try:
+                    Path(args.output).write_text(text)
+                except OSError as exc:
+                    raise ConfigError(f"-o {args.output}: cannot write there ({exc.strerror})") from None
             else:
                 sys.stdout.write(text)
             return 0
@@ -342,21 +423,34 @@ def _breakdown_tables(rows: list[dict[str, Any]], kind: str):
         yield table
 
 
+def _constraint(r: dict[str, Any]) -> str:
+    """The threat constraint of a row: its norm and eps, or unbounded (minimum-norm attacks)."""
+    cfg = json.loads(r["attack_config"]) if isinstance(r.get("attack_config"), str) else (r.get("attack_config") or {})
+    traits = json.loads(r["attack_traits"]) if isinstance(r.get("attack_traits"), str) else (r.get("attack_traits") or {})
+    norm = traits.get("norm", "?")
+    return f"{norm} eps={cfg['eps']:g}" if cfg.get("eps") is not None else f"{norm} unbounded"
+
+
 def _worst_case_table(store, rows: list[dict[str, Any]]):
-    """Per-example worst case over every attack of the same (dataset, model, defense, threat)."""
+    """Per-example worst case over the attacks of one (dataset, model, defense, threat) and one threat constraint.
+
+    Attacks are grouped by norm and eps, so a worst case never mixes budgets; unbounded
+    (minimum-norm) attacks form their own group, labelled as such.
+    """
+    from rich.markup import escape
     from rich.table import Table
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("status") == "done":
-            groups.setdefault((r["dataset"], r["model"], r["defense"], r["threat"]), []).append(r)
-    table = Table(title="worst case per example over attacks (mean of min)", title_justify="left")
-    for c in ("dataset", "model", "defense", "threat", "attacks", "best single attack", "worst case"):
+            groups.setdefault((r["dataset"], r["model"], r["defense"], r["threat"], _constraint(r)), []).append(r)
+    table = Table(title="worst case per example over attacks of one threat constraint (mean of min)", title_justify="left")
+    for c in ("dataset", "model", "defense", "threat", "constraint", "attacks", "best single attack", "worst case"):
         table.add_column(c, justify="right" if c in ("attacks", "best single attack", "worst case") else "left")
-    for (d, m, df, t), cells in groups.items():
+    for (d, m, df, t, constraint), cells in groups.items():
         worst = store.worst_case(cells)
         best_single = min(c["robust_accuracy"] for c in cells)
-        table.add_row(d, m, df, t, str(len(cells)), f"{best_single:.4f}", f"{worst:.4f}" if worst is not None else "-")
+        table.add_row(*map(escape, (d, m, df, t, constraint)), str(len(cells)), f"{best_single:.4f}", f"{worst:.4f}" if worst is not None else "-")
     return table
 
 
@@ -367,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list installed plugins with their config fields")
-    p.add_argument("kind", nargs="?", help="attacks, defenses, models or datasets (default: all)")
+    p.add_argument("kind", nargs="?", help="attacks, defenses, models, datasets or threats (default: all)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="json: every plugin with kind, package, version and config JSON schema")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("run", help="run a matrix spec (default: a small matrix on the embedded digits)")
@@ -376,13 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N, a comma-separated list (cuda:0,cuda:1) or cuda:all: one worker per device (overrides the spec)")
     p.add_argument("--cache-dir", help="where trained models are cached")
     p.add_argument("--rerun", action="store_true", help="recompute cells already in the results")
+    p.add_argument("--dry-run", action="store_true", help="list the cells that would run, those already done and what would be trained; run nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("results", help="show or export a results file")
     p.add_argument("db", help="SQLite results file")
     p.add_argument("--format", choices=["csv", "json", "markdown"], help="export instead of showing a table")
-    p.add_argument("--spec", help="only the cells of this matrix name")
-    p.add_argument("--output", "-o", help="write the export to this file")
+    p.add_argument("--spec", help="only the cells of this spec (matrix name), wherever they were computed")
+    p.add_argument("--output", "-o", help="write the export to this file (format from --format or the extension: .csv, .json, .md)")
     p.add_argument("--breakdown", choices=["class", "confidence"], help="also show each cell per class or per confidence bucket")
     p.add_argument("--worst-case", action="store_true", help="also show the per-example worst case over attacks")
     p.set_defaults(func=cmd_results)
@@ -400,9 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     except AdvxError as exc:
         if args.verbose:
             raise
-        from rich.markup import escape
-
-        _console(stderr=True).print(f"[red][{type(exc).__name__}][/red]: {escape(str(exc))}")
+        _error_line(type(exc).__name__, str(exc))
         return 1
     except KeyboardInterrupt:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")
@@ -410,10 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is still one line
         if args.verbose:
             raise
-        from rich.markup import escape
-
         first = (str(exc).splitlines() or [""])[0]
-        _console(stderr=True).print(f"[red][{type(exc).__name__}][/red]: {escape(first)} (add -v for the traceback)")
+        _error_line(type(exc).__name__, f"{first} (add -v for the traceback)")
         return 1
 
 

@@ -171,6 +171,16 @@ class Dataset(Plugin):
     def load(self, split: Literal["train", "test"]) -> torch.utils.data.Dataset:
         """The examples of ``split``."""
 
+    def fingerprint(self) -> Any:
+        """What identifies the training data beyond the config (JSON-able), or ``None``.
+
+        It enters the key of every model trained on this dataset, so changed files retrain
+        instead of reusing a model trained on other data. File datasets return checksums
+        of the files they read; a user folder, its file list with sizes and modification
+        times; datasets fully determined by their config (generated, bundled) return None.
+        """
+        return None
+
 
 class Model(Plugin):
     """A classifier architecture: builds a fresh ``nn.Module`` sized from the dataset.

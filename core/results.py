@@ -62,6 +62,11 @@ CREATE INDEX IF NOT EXISTS cells_spec ON cells(spec_name);
 """
 
 
+def _writable(path: Path) -> bool:
+    """Writable for this user, and not marked read-only (root ignores permissions; we do not)."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
 class ResultStore:
     """An SQLite results file (created on first use unless ``readonly``)."""
 
@@ -78,9 +83,9 @@ class ResultStore:
             folder = self.path.parent if str(self.path.parent) else Path(".")
             if not folder.exists():
                 raise ConfigError(f"results path {p!r}: folder {str(folder)!r} does not exist")
-            if self.path.exists() and not os.access(self.path, os.W_OK):
+            if self.path.exists() and not _writable(self.path):
                 raise ConfigError(f"results file {p!r} is read-only: advx cannot write results there (use --db elsewhere)")
-            if not self.path.exists() and not os.access(folder, os.W_OK):
+            if not self.path.exists() and not _writable(folder):
                 raise ConfigError(f"results path {p!r}: folder {str(folder)!r} is not writable (use --db elsewhere)")
         self._check_file()
         try:

@@ -1,7 +1,7 @@
 """Training with a cache: a model plugin trained on a dataset plugin, stored by a key.
 
-The key is a hash of everything that changes the weights: dataset name and config (class
-ratios included), model name and config, the training config (seed included), the
+The key is a hash of everything that changes the weights: dataset name, config (class
+ratios included) and fingerprint (checksums of its files), model name and config, the training config (seed included), the
 device type, any extra key a defense adds (its training transform), and a format
 version. A second run with the same key loads the checkpoint (``weights_only=True``)
 instead of training. Same seed and same device give the same weights: the model is
@@ -30,7 +30,7 @@ from .data import iter_batches, load_split
 from .errors import DataError
 from .interfaces import Dataset, DatasetInfo, Model, Normalize, NormalizedModel, PluginConfig
 
-TRAIN_FORMAT = 1  # bump when the training loop changes what a key produces
+TRAIN_FORMAT = 2  # bump when the training loop changes what a key produces
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -96,7 +96,7 @@ def training_key(
     """Hash of every input that affects the trained weights."""
     payload = {
         "format": TRAIN_FORMAT,
-        "dataset": [dataset.name, dataset.config.model_dump(mode="json")],
+        "dataset": [dataset.name, dataset.config.model_dump(mode="json"), dataset.fingerprint()],
         "model": [model.name, model.config.model_dump(mode="json")],
         "train": train.model_dump(mode="json"),
         "device": torch.device(device).type,

@@ -14,17 +14,19 @@ One concern per module, imported in this order (no cycles):
 from .execute import CellOutcome, execute_cell
 from .executors import Executor, InProcessExecutor, MultiDeviceExecutor
 from .plan import Cell, plan
-from .run import MatrixResult, run_matrix
+from .run import DryRun, MatrixResult, dry_run, run_matrix
 from .workspace import Workspace
 
 __all__ = [
     "Cell",
     "CellOutcome",
+    "DryRun",
     "Executor",
     "InProcessExecutor",
     "MatrixResult",
     "MultiDeviceExecutor",
     "Workspace",
+    "dry_run",
     "execute_cell",
     "plan",
     "run_matrix",

@@ -124,3 +124,60 @@ def run_matrix(
     finally:
         if own_store:
             store.close()  # type: ignore[union-attr]
+
+
+@dataclass
+class DryRun:
+    """What ``run_matrix`` would do: cells to run, cells already done, models it would train."""
+
+    spec_name: str
+    todo: list[Any]
+    done: list[Any]
+    trainings: list[tuple[str, bool]]  # (description, already in the training cache)
+
+
+def dry_run(
+    spec: MatrixSpec | dict[str, Any] | str | Path,
+    *,
+    registry: Registry | None = None,
+    store: str | Path | None = None,
+    device: str | None = None,
+    rerun: bool = False,
+) -> DryRun:
+    """Plan ``spec`` and report what a run would do, without training or attacking anything.
+
+    The results file is only read (and need not exist). Trainings listed are the base
+    models of the cells to run and the models their threat models craft on; a defense may
+    train more when it is applied (ensemble members, adversarially trained twins).
+    """
+    from ..threats import GrayBox, Transfer
+    from ..training import checkpoint_path
+
+    spec = load_spec(spec, device)
+    registry = registry or Registry.discover()
+    cells = plan(spec, registry)
+    dev = resolve_devices(spec.matrix.device)[0]
+    finished: set[str] = set()
+    if store is not None and Path(store).exists() and not rerun:
+        with ResultStore(store, readonly=True) as s:
+            finished = s.done_keys()
+    todo = [c for c in cells if c.key not in finished]
+    trainings: dict[str, bool] = {}
+
+    def need(ds: Any, model: Any, what: str) -> None:
+        dataset = registry.create("dataset", ds.name, ds.config_dict())
+        plugin = registry.create("model", model.name, model.config_dict())
+        path = checkpoint_path(dataset, plugin, model.train, dev, spec.matrix.cache_dir)  # type: ignore[arg-type]
+        trainings.setdefault(f"{what} on {ds.describe()}", path.exists())
+
+    for c in todo:
+        need(c.dataset, c.model, c.model.describe())
+        if isinstance(c.threat, Transfer) and c.threat.source is not None:
+            need(c.dataset, c.threat.source, c.threat.source.describe() + " (transfer source)")
+        if isinstance(c.threat, GrayBox):
+            seed = c.threat.config.seed  # type: ignore[attr-defined]
+            copy = c.model.with_seed(seed if seed is not None else (c.model.train.seed + 1 if c.model.train else 1))
+            need(c.dataset, copy, f"{c.model.describe()} seed {copy.train.seed} (gray-box copy)")  # type: ignore[union-attr]
+        if c.defense.name != "none":
+            trainings.setdefault(f"defense {c.defense.describe()} on {c.model.describe()} (may train further models when applied)", False)
+    return DryRun(spec.matrix.name, todo, [c for c in cells if c.key in finished], list(trainings.items()))

@@ -21,6 +21,7 @@ Imports only advx's public API (plus numpy/pydantic/stdlib), like any third-part
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -131,6 +132,16 @@ def find_file(candidates: Sequence[str], dirs: Sequence[Path]) -> Path | None:
             if p.is_file():
                 return p
     return None
+
+
+def files_fingerprint(paths: Sequence[Path]) -> list[str]:
+    """MD5 of each file (cached per path, size and modification time): a dataset's fingerprint."""
+    return [_md5_cached(*_file_key(Path(p))) for p in paths]
+
+
+@functools.lru_cache(maxsize=64)
+def _md5_cached(path: str, mtime_ns: int, size: int) -> str:
+    return md5sum(Path(path))
 
 
 def md5sum(path: Path) -> str:

@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 
 from advx import Dataset, DatasetInfo, as_tensor_dataset, hookimpl
 
-from ._files import Archive, FileDatasetConfig, Remote, load_cifar_batch, locate_or_download
+from ._files import Archive, FileDatasetConfig, Remote, files_fingerprint, load_cifar_batch, locate_or_download
 
 TARBALL = Remote(
     "cifar-10-python.tar.gz",
@@ -121,6 +121,10 @@ class Cifar10(Dataset):
             hint=hint,
         )
         return [found[k] for k in keys]
+
+    def fingerprint(self) -> list[str]:
+        """MD5 of the training files: a model trained on other files is another model."""
+        return files_fingerprint(list(self.files("train")))
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, 3, 32, 32) and int64 labels (N,) of ``split``; batches cached per process."""

@@ -22,6 +22,7 @@ tensors (3, H, W) in [0, 1]. Needs Pillow; without it, loading fails with a one-
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import ClassVar
 
@@ -208,6 +209,19 @@ class ImagenetFolder(Dataset):
         if not out:
             raise DataError(f"{split_dir}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in its class folders")
         return out
+
+    def fingerprint(self) -> str:
+        """A hash of the training folder's file list with sizes and modification times.
+
+        Hashing every image would cost a full read of the folder; a changed, added or
+        removed file changes its size, time or the list, and so the training key.
+        """
+        root = self.root()
+        h = hashlib.sha256()
+        for path, label in self.samples("train"):
+            st = path.stat()
+            h.update(f"{path.relative_to(root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
     def load(self, split):
         _pil()  # fail now, with the install hint, rather than at the first batch

@@ -23,7 +23,7 @@ import numpy as np
 
 from advx import Dataset, DatasetInfo, as_tensor_dataset, hookimpl
 
-from ._files import FileDatasetConfig, Remote, load_idx_pair, locate_or_download
+from ._files import FileDatasetConfig, Remote, files_fingerprint, load_idx_pair, locate_or_download
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -66,6 +66,10 @@ class _IdxDataset(Dataset):
             self.name, files, self.config, official_md5=self.MD5, remotes=remotes
         )
         return found[keys[0]], found[keys[1]]
+
+    def fingerprint(self) -> list[str]:
+        """MD5 of the training files: a model trained on other files is another model."""
+        return files_fingerprint(list(self.files("train")))
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, 28, 28) and labels (N,) of ``split``, read-only and cached."""

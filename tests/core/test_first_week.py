@@ -1,0 +1,289 @@
+"""A newcomer's first week (issue #9): every message, command and page does what it says."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import advx
+from advx.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "experiments" / "digits-demo.toml"
+
+
+def tiny(tmp_path, name="tiny", attacks=None, **matrix):
+    return {
+        "matrix": {"name": name, "samples": 40, "batch_size": 40, "cache_dir": str(tmp_path / "cache"), **matrix},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 1}}],
+        "attacks": attacks or [{"name": "fgsm", "eps": 0.1}],
+    }
+
+
+class Crasher(advx.Attack):
+    """Raises inside perturb."""
+
+    name = "crasher"
+
+    class Config(advx.AttackConfig):
+        eps: float = 0.1
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        raise RuntimeError("kaboom")
+
+
+# -- results and the store --------------------------------------------------------------------------
+
+
+def test_spec_membership_is_recorded_per_spec(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    advx.run_matrix(tiny(tmp_path, "first"), store=db)
+    second = tiny(tmp_path, "second", attacks=[{"name": "fgsm", "eps": [0.1, 0.2]}])
+    res = advx.run_matrix(second, store=db)
+    assert (res.done, res.skipped) == (1, 1)  # the shared cell was not recomputed...
+    with advx.ResultStore(db) as store:
+        assert len(store.cells("second")) == 2  # ...yet belongs to "second" too
+        assert len(store.cells("first")) == 1
+        with pytest.raises(advx.ConfigError, match="no spec named 'thrid'.*'first', 'second'"):
+            store.cells("thrid")
+    assert main(["results", str(db), "--spec", "second"]) == 0
+    assert "2 cells" in capsys.readouterr().out
+
+
+def test_read_only_results(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    advx.run_matrix(tiny(tmp_path), store=db)
+    before = db.read_bytes()
+    db.chmod(stat.S_IRUSR | stat.S_IRGRP)
+    try:
+        assert main(["results", str(db)]) == 0  # reads it
+        assert main(["run", str(DEMO), "--db", str(db)]) == 1
+        err = capsys.readouterr().err
+        assert "read-only" in err and "cannot write" in err and "not an advx results" not in err
+    finally:
+        db.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    assert db.read_bytes() == before
+
+
+def test_rejected_spec_creates_no_results_file(tmp_path):
+    db = tmp_path / "r.db"
+    bad = tiny(tmp_path, attacks=[{"name": "fgsm", "eps": -1}])
+    with pytest.raises(advx.ConfigError):
+        advx.run_matrix(bad, store=db)
+    assert not db.exists()
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[[datasets]]\nname = "digits"\n[[models]]\nname = "mlp"\n[[attacks]]\nname = "fgsm"\neps = "0.1"\n')
+    assert main(["run", str(spec), "--db", str(db)]) == 1
+    assert not db.exists()
+
+
+def test_foreign_sqlite_file_is_refused_unchanged(tmp_path):
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+        c.execute("INSERT INTO users VALUES (1, 'ada')")
+    before = db.read_bytes()
+    with pytest.raises(advx.DataError, match="another application"):
+        advx.ResultStore(db)
+    with pytest.raises(advx.DataError, match="another application"):
+        advx.run_matrix(tiny(tmp_path), store=db)
+    assert db.read_bytes() == before
+
+
+def test_output_format_from_extension(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    advx.run_matrix(tiny(tmp_path), store=db)
+    assert main(["results", str(db), "-o", str(tmp_path / "r.csv")]) == 0
+    assert (tmp_path / "r.csv").read_text().startswith("cell_key,")
+    assert main(["results", str(db), "-o", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())[0]["status"] == "done"
+    assert main(["results", str(db), "-o", str(tmp_path / "r.md")]) == 0
+    assert (tmp_path / "r.md").read_text().startswith("| dataset")
+    assert main(["results", str(db), "-o", str(tmp_path / "r.txt")]) == 1
+    assert "cannot tell the format" in capsys.readouterr().err
+    assert not (tmp_path / "r.txt").exists()
+
+
+def test_changed_training_data_changes_the_training_key(tmp_path, registry):
+    from advx.training import training_key
+
+    root = tmp_path / "folder"  # the fingerprint lists files; it never decodes them
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            (root / split / c / "0.png").write_bytes(b"not decoded")
+    ds = registry.dataset("imagenet-folder", data_dir=str(root), image_size=8, resize_size=8)
+    model = registry.model("mlp")
+    cfg = advx.TrainConfig()
+    k1 = training_key(ds, model, cfg, "cpu")
+    assert training_key(ds, model, cfg, "cpu") == k1
+    (root / "train" / "a" / "1.png").write_bytes(b"a new image")
+    k2 = training_key(ds, model, cfg, "cpu")
+    assert k2 != k1
+    os.utime(root / "train" / "a" / "0.png", ns=(1, 1))  # a changed file
+    assert training_key(ds, model, cfg, "cpu") not in (k1, k2)
+
+
+def test_file_dataset_fingerprint_is_the_files_checksums(shared_data, registry):
+    ds = registry.dataset("mnist", data_dir=str(shared_data / "mnist"))
+    fp = ds.fingerprint()
+    assert len(fp) == 2 and all(len(h) == 32 for h in fp)
+
+
+# -- validation before any work ---------------------------------------------------------------------
+
+
+class Untargeted(Crasher):
+    """Cannot target."""
+
+    name = "untargeted"
+    supports_targeted = False
+
+
+def test_every_error_of_a_spec_is_reported_together():
+    registry = advx.Registry.discover()
+    registry.add("attack", Untargeted, package="tests")
+    spec = advx.MatrixSpec.from_dict(
+        {
+            "datasets": [{"name": "digits"}],
+            "models": [{"name": "mlp", "train": {"epochs": "3"}}],
+            "threats": [{"name": "transfer"}],
+            "attacks": [{"name": "fgsm", "eps": [0.1, -0.2, "0.3"]}, {"name": "untargeted", "label_mode": "least-likely"}],
+        }
+    )
+    with pytest.raises(advx.ConfigError) as exc:
+        advx.plan(spec, registry)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for part in (
+        'models[0] "mlp" train: epochs: Input should be a valid integer',
+        'threats[0] "transfer": source: a substitute model table is required',
+        'attacks[0] "fgsm": eps: Input should be greater than 0',
+        'attacks[0] "fgsm": eps: Input should be a valid number',
+        "attacks[1] \"untargeted\": label_mode: 'least-likely' is targeted, but this attack cannot target",
+    ):
+        assert part in msg, part
+
+
+def test_plugins_lists_only_supported_label_modes(capsys):
+    assert main(["plugins", "attacks"]) == 0
+    out = capsys.readouterr().out
+    assert "label modes: true, predicted, least-likely" in out
+
+
+def test_dry_run_runs_nothing(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    advx.run_matrix(tiny(tmp_path, "dry"), store=db)
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'[matrix]\nname = "dry"\nsamples = 40\nbatch_size = 40\ncache_dir = "{tmp_path / "cache"}"\n'
+        '[[datasets]]\nname = "digits"\n[[models]]\nname = "mlp"\ntrain = { epochs = 1 }\n'
+        '[[threats]]\nname = "white-box"\n[[threats]]\nname = "gray-box"\n[[attacks]]\nname = "fgsm"\neps = 0.1\n'
+    )
+    before = db.read_bytes()
+    assert main(["run", str(spec), "--db", str(db), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells, 1 to run, 1 already done" in out
+    assert "cached mlp on digits" in out and "train mlp seed 1 (gray-box copy)" in out
+    assert db.read_bytes() == before
+
+
+# -- messages and the CLI ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", ["40", "300"])
+def test_errors_are_one_line_at_any_width(tmp_path, columns):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[[datasets]]\nname = "digits"\n[[models]]\nname = "mlp"\n[[attacks]]\nname = "fgsm"\neps = "0.1"\n')
+    env = {**os.environ, "COLUMNS": columns}
+    out = subprocess.run([sys.executable, "-m", "advx", "run", str(spec), "--db", str(tmp_path / "r.db")], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("[ConfigError]: ")
+    assert 'attacks[0] "fgsm": eps: Input should be a valid number' in out.stderr
+
+
+def test_tables_respect_columns_and_errors_have_their_own_line(tmp_path):
+    db = tmp_path / "r.db"
+    reg = advx.Registry.discover()
+    reg.add("attack", Crasher, package="tests")
+    advx.run_matrix(tiny(tmp_path, attacks=[{"name": "fgsm", "eps": 0.1}, {"name": "crasher"}]), registry=reg, store=db)
+    env = {**os.environ, "COLUMNS": "100"}
+    out = subprocess.run([sys.executable, "-m", "advx", "results", str(db)], capture_output=True, text=True, env=env, timeout=120)
+    lines = out.stdout.splitlines()
+    table = [ln for ln in lines if ln.startswith(("┃", "│", "┏", "┡", "└"))]
+    assert table and max(len(ln) for ln in table) <= 100
+    assert any(ln.startswith('failed #2') and 'attack "crasher" raised RuntimeError: kaboom' in ln for ln in lines)
+
+
+def test_version_and_help_do_not_import_torch():
+    code = "import sys, advx.cli; advx.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "advx", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == f"advx {advx.__version__}"
+    assert time.perf_counter() - t0 < 5  # generous: measured ~0.1 s; a torch import alone takes ~1 s
+
+
+def test_run_says_which_sanity_checks_ran(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'[matrix]\nname = "checks"\nsamples = 40\nbatch_size = 40\ncache_dir = "{tmp_path / "c"}"\n'
+        '[[datasets]]\nname = "digits"\n[[models]]\nname = "mlp"\ntrain = { epochs = 1 }\n[[attacks]]\nname = "fgsm"\neps = 0.1\n'
+    )
+    assert main(["run", str(spec), "--db", str(tmp_path / "r.db")]) == 0
+    out = capsys.readouterr().out
+    assert "sanity checks (eps-not-monotone, iterative-weaker, weaker-knowledge-stronger) ran on 1 finished cells: none fired" in out
+    assert "training: 1 trained or fitted in" in out
+
+
+def test_worst_case_groups_by_threat_constraint(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    attacks = [{"name": "fgsm", "eps": [0.1, 0.2]}, {"name": "bim", "eps": 0.1, "alpha": 0.02, "steps": 3}, {"name": "deepfool", "steps": 5}]
+    advx.run_matrix(tiny(tmp_path, attacks=attacks), store=db)
+    assert main(["results", str(db), "--worst-case"]) == 0
+    out = capsys.readouterr().out
+    assert "linf eps=0.1" in out and "linf eps=0.2" in out and "l2 unbounded" in out
+
+
+def test_print_report_shows_targeted_success(digits_cnn, digits):
+    _, info, x, y = digits
+    (plain, targeted) = advx.evaluate(digits_cnn, (x[:32], y[:32]), ["fgsm", ("fgsm", {"label_mode": "target=3"})], bounds=info.bounds)
+    assert "targeted success" not in str(plain) and " success " in str(plain)
+    assert "targeted success" in str(targeted)
+
+
+def test_plugins_json_for_tools(capsys):
+    assert main(["plugins", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    by = {(p["kind"], p["name"]): p for p in data["plugins"]}
+    fgsm = by[("attack", "fgsm")]
+    assert fgsm["package"] == "advx" and fgsm["version"] == advx.__version__
+    assert fgsm["config_schema"]["properties"]["eps"]["type"] == "number"
+    assert fgsm["traits"]["norm"] == "linf"
+    assert ("threat", "member-mean") in by and ("dataset", "digits") in by
+
+
+# -- documentation ----------------------------------------------------------------------------------
+
+
+def test_embedding_works_next_to_a_clone_named_advx(tmp_path):
+    """A clone named ``advx`` in the working directory used to shadow the installed package."""
+    clone = tmp_path / "advx"
+    (clone / "core").mkdir(parents=True)
+    (clone / "__init__.py").write_text((ROOT / "__init__.py").read_text())
+    code = "import advx, torch; m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval(); " \
+           "print(advx.evaluate(m, (torch.rand(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)), ['fgsm'])[0].attack)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "fgsm"
