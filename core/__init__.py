@@ -43,10 +43,10 @@ _EXPORTS: dict[str, str] = {
     "PluginConflictError": ".errors",
     "PluginLoadError": ".errors",
     "PluginNotFoundError": ".errors",
-    # evaluate
-    "AttackReport": ".evaluate",
-    "evaluate": ".evaluate",
-    "run_attack": ".evaluate",
+    # embedding
+    "AttackReport": ".embedding",
+    "evaluate": ".embedding",
+    "run_attack": ".embedding",
     # guards
     "check_budget": ".guards",
     "check_model": ".guards",
@@ -87,7 +87,6 @@ _EXPORTS: dict[str, str] = {
     # threats
     "ThreatConfig": ".threats",
     "ThreatModel": ".threats",
-    "THREATS": ".threats",
     # training
     "accuracy": ".training",
     "applies_normalization": ".training",
@@ -101,7 +100,7 @@ _EXPORTS: dict[str, str] = {
 #: submodules reachable as attributes (``advx.metrics.METRICS``) without an explicit import
 _SUBMODULES = frozenset(
     {
-        "cli", "context", "crafting", "data", "engine", "errors", "evaluate", "flags", "guards", "hookspecs",
+        "cli", "context", "crafting", "data", "embedding", "engine", "errors", "flags", "guards", "hookspecs",
         "interfaces", "labels", "metrics", "protocols", "registry", "results", "schema", "scoring", "spec",
         "testing", "threats", "training",
     }
@@ -131,7 +130,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .data import as_tensor_dataset, dataset_labels, iter_batches, load_split, take
     from .engine import Cell, Executor, InProcessExecutor, MatrixResult, MultiDeviceExecutor, plan, run_matrix
     from .errors import AdvxError, BudgetViolationError, ConfigError, DataError, ModelCheckError, PluginConflictError, PluginLoadError, PluginNotFoundError
-    from .evaluate import AttackReport, evaluate, run_attack
+    from .embedding import AttackReport, evaluate, run_attack
     from .guards import check_budget, check_model
     from .hookspecs import hookimpl, hookspec
     from .interfaces import Attack, AttackConfig, Classifier, Dataset, DatasetConfig, DatasetInfo, Defense, DefenseConfig, Model, ModelConfig, Normalize, NormalizedModel, Plugin, PluginConfig
@@ -140,5 +139,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .registry import LoadFailure, PluginEntry, Registry
     from .results import ResultStore
     from .spec import MatrixOptions, MatrixSpec
-    from .threats import THREATS, ThreatConfig, ThreatModel
+    from .threats import ThreatConfig, ThreatModel
     from .training import TrainConfig, TrainResult, accuracy, applies_normalization, background_value, build_model, train_model

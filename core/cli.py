@@ -245,17 +245,24 @@ class _Progress:
         self.tasks: dict[str, int] = {}
         self.train_task: int | None = None
 
+        self.started = False
+
     def __enter__(self):
-        self.progress.__enter__()
+        # the live display starts with the first cell, so an error while the spec is read
+        # leaves nothing but its one line
         return self
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.__exit__(*exc)
 
     def __call__(self, event: str, cell: Any, payload: dict[str, Any]) -> None:
         from rich.markup import escape
 
         p = self.progress
+        if event != "plan" and not self.started:
+            self.progress.__enter__()
+            self.started = True
         if event == "plan":
             skipped = payload["skipped"]
             msg = f"{payload['cells']} cells, {payload['todo']} to run"
@@ -298,7 +305,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
         except KeyboardInterrupt:
-            progress.progress.stop()
+            if progress.started:
+                progress.progress.stop()
             kept = 0
             if Path(args.db).exists():
                 with ResultStore(args.db, readonly=True) as store:

@@ -58,3 +58,15 @@ def test_every_experiment_spec_validates():
     for path in specs:
         cells = advx.plan(advx.MatrixSpec.from_toml(path), reg)
         assert cells, path
+
+
+def test_every_public_name_has_a_docstring_and_is_documented():
+    import advx
+
+    page = (ROOT / "docs" / "plugins.md").read_text()
+    for name in advx.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(advx, name)
+        assert (getattr(obj, "__doc__", None) or "").strip(), f"advx.{name} has no docstring"
+        assert f"`{name}" in page or f"{name}(" in page or f" {name} " in page, f"advx.{name} is not in docs/plugins.md"

@@ -208,7 +208,7 @@ def test_errors_are_one_line_at_any_width(tmp_path, columns):
     env = {**os.environ, "COLUMNS": columns}
     out = subprocess.run([sys.executable, "-m", "advx", "run", str(spec), "--db", str(tmp_path / "r.db")], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 1
-    assert out.stderr.count("\n") == 1 and out.stderr.startswith("[ConfigError]: ")
+    assert out.stdout == "" and out.stderr.count("\n") == 1 and out.stderr.startswith("[ConfigError]: ")
     assert 'attacks[0] "fgsm": eps: Input should be a valid number' in out.stderr
 
 
