@@ -12,6 +12,7 @@ from torch import nn
 from .crafting import PassCounter
 from .guards import check_budget
 from .interfaces import Attack, Classifier
+from .protocols import Detector
 from .registry import NAME_RE
 
 
@@ -28,6 +29,26 @@ class TinyNet(Classifier):
         h = torch.relu(self.conv(x))
         h = nn.functional.adaptive_avg_pool2d(h, 4).flatten(1)
         return self.fc2(torch.relu(self.fc1(h)))
+
+
+class GridDetector(nn.Module, Detector):
+    """A toy detector around ``net``: the mean absolute distance of the pixels from a grid of
+    ``1/levels`` (the digits dataset's pixels lie on the 1/16 grid; perturbed ones mostly do
+    not). Differentiable almost everywhere; for tests of detection metrics and the
+    detector-aware threat model, not a defense."""
+
+    def __init__(self, net: nn.Module, levels: int = 16, threshold: float = 0.1) -> None:
+        super().__init__()
+        self.net = net
+        self.levels = levels
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def detector_score(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = x * self.levels
+        return (scaled - scaled.round()).abs().flatten(1).mean(1)
 
 
 def check_attack(

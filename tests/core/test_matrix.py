@@ -324,20 +324,7 @@ def test_detector_scores_give_a_detection_auc(tmp_path, cache):
     from sklearn.metrics import roc_auc_score
 
     from advx import Defense
-
-    class Wrapped(torch.nn.Module, advx.Detector):
-        threshold = 0.1
-
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x)
-
-        def detector_score(self, x):
-            # digits pixels are multiples of 1/16; perturbed ones mostly are not
-            return (x * 16 - (x * 16).round()).abs().flatten(1).mean(1)
+    from advx.testing import GridDetector
 
     class Extremes(Defense):
         """Flags inputs off the digits' 1/16 pixel grid (a toy detector)."""
@@ -347,7 +334,7 @@ def test_detector_scores_give_a_detection_auc(tmp_path, cache):
         def apply(self, model, ctx):
             assert ctx.registry is not None
             inner = ctx.defense("none", model)  # composition through the context
-            return Wrapped(inner).eval()
+            return GridDetector(inner).eval()
 
     reg = advx.Registry.discover()
     reg.add("defense", Extremes)

@@ -17,6 +17,7 @@ from torch import nn
 
 import advx
 from advx import Defense
+from advx.testing import GridDetector
 from advx.threats import THREATS, DetectorAwareView, MemberMeanView, threat_class
 
 
@@ -36,22 +37,6 @@ class TinyEnsemble(nn.Module, advx.Ensemble):
 
     def forward(self, x):
         return torch.logsumexp(self.member_logits(x).log_softmax(-1), 0) - math.log(self.num_members)
-
-
-class EnergyDetector(nn.Module, advx.Detector):
-    """Flags inputs by their mean squared pixel distance from the data's 1/16 grid (digits)."""
-
-    threshold = 0.001
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x)
-
-    def detector_score(self, x):
-        return (x * 16 - (x * 16).round()).pow(2).flatten(1).mean(1) / 256
 
 
 class Squash(advx.InputTransform):
@@ -118,7 +103,7 @@ def test_member_view_is_one_member(ensemble):
 
 
 def test_detector_aware_adds_alpha_times_the_evasion_term_on_the_gradient_path():
-    det = EnergyDetector(_net(0, classes=3, d=12)).eval()
+    det = GridDetector(_net(0, classes=3, d=12), threshold=0.001).eval()
     x, y = torch.rand(5, 12), torch.tensor([0, 1, 2, 0, 1])
     ce = lambda z: F.cross_entropy(z, y, reduction="sum")  # noqa: E731
     for alpha in (0.0, 0.5):
@@ -170,12 +155,12 @@ class TwoMembers(Defense):
 
 
 class Grid(Defense):
-    """The energy detector around the model."""
+    """The toy grid detector around the model."""
 
     name: ClassVar[str] = "grid-detector"
 
     def apply(self, model, ctx):
-        return EnergyDetector(model).eval()
+        return GridDetector(model, threshold=0.01).eval()
 
 
 class Squashed(Defense):
