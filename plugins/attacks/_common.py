@@ -153,3 +153,30 @@ def iterate_l2(
         x_adv.detach_().add_(l2_normalize_(grad), alpha=alpha)
         clip_to_bounds_l2_(x_adv, x, eps, bounds)
     return x_adv
+
+
+def dlr_loss(logits: Tensor, y: Tensor, targeted: bool = False, true: Tensor | None = None) -> Tensor:
+    """Per-example difference-of-logits-ratio loss (Croce and Hein 2020), to be *maximised*.
+
+    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)`` with ``z_pi`` the sorted
+    logits; shift- and scale-invariant, so it keeps a useful gradient where the model's
+    logits are rescaled (the failure of cross-entropy that APGD-DLR answers). Targeted
+    towards ``y``: ``-(z_true - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2)``; the paper's
+    ``z_true`` is the ground-truth logit, which the kernel does not hand a targeted attack,
+    so when ``true`` is ``None`` the best non-target logit stands in for it (equal to the
+    ground truth's as long as the model classifies the input correctly). Needs at least
+    3 (untargeted) or 4 (targeted) classes.
+    """
+    top = logits.topk(4 if targeted else 3, dim=1).values
+    if not targeted:
+        z_y, other = margin_to_other(logits, y)
+        return (other - z_y) / (top[:, 0] - top[:, 2] + 1e-12)
+    z_t = logits.gather(1, y[:, None]).squeeze(1)
+    z_true = margin_to_other(logits, y)[1] if true is None else logits.gather(1, true[:, None]).squeeze(1)
+    return (z_t - z_true) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def is_success(logits: Tensor, y: Tensor, targeted: bool) -> Tensor:
+    """Per-example success of the prediction of ``logits``: ``!= y`` untargeted, ``== y`` targeted."""
+    pred = logits.argmax(1)
+    return pred == y if targeted else pred != y

@@ -1,0 +1,247 @@
+"""``apgd-ce``, ``apgd-dlr`` (L-inf) and ``apgd-ce-l2``, ``apgd-dlr-l2``: Auto-PGD (Croce and
+Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020).
+
+PGD without a step size to tune: the step starts at 2 eps and is halved, per example, at
+checkpoints (after 22% of the iterations, then at intervals shrinking by 3% of the budget
+down to 6%) when the loss went up in fewer than ``rho`` of the steps since the last
+checkpoint, or when the best loss has not moved since a checkpoint that did not halve;
+after a halving the example restarts from its best point. Each step mixes the gradient
+step with the previous move (momentum 0.75: x_{k+1} = x_k + 0.75 (z - x_k) + 0.25
+(x_k - x_{k-1}), both projected). The loss is cross-entropy (``apgd-ce``) or the
+difference of logits ratio (``apgd-dlr``: shift- and scale-invariant, for models whose
+logits are rescaled; targeted label modes use the targeted DLR of the paper, see
+``_common.dlr_loss``). Random start at a random point of the sphere of radius eps
+(AutoAttack's); ``restarts`` reruns the examples not yet broken from new starts.
+
+Every iterate is scored on the logits of the forward pass that also gives its gradient:
+an example is returned at the last iterate that was adversarial (AutoAttack's choice),
+else at the point of highest loss, so a success seen during the iterations is never lost.
+The checkpoint logic runs on the device (per-example tensors, no host synchronisation in
+the loop); restarts synchronise once each, to select the unbroken examples.
+
+Cost: ``steps + 1`` forward and backward passes per example per restart (AutoAttack's
+count: one at the start, one per step). Defaults: 100 steps, 1 restart, rho 0.75 (the
+paper's); eps 0.3 / 2.0 as ``pgd`` / ``pgd-l2`` (AutoAttack's CIFAR-10: 8/255 and 0.5).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from advx import Attack, AttackConfig, hookimpl
+
+from ._common import (
+    clip_to_bounds_l2_,
+    dlr_loss,
+    is_success,
+    l2_norm,
+    l2_normalize_,
+    linf_box,
+    per_example_view,
+    project_l2_,
+)
+
+Loss = Literal["ce", "dlr"]
+
+
+def random_sphere_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
+    """A perturbation on the eps sphere (L-inf: uniform noise scaled to max |.| = eps; L2: a
+    Gaussian direction scaled to norm eps), as AutoAttack starts; not yet clipped to bounds."""
+    if norm == "linf":
+        t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+        scale = per_example_view(t.flatten(1).abs().amax(1), x)
+        return t.mul_(eps).div_(scale)
+    t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return project_l2_(t.mul_(eps).div_(l2_norm(t).add_(1e-12)), eps)
+
+
+def apgd_run(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    *,
+    loss: Loss,
+    targeted: bool,
+    norm: str,
+    eps: float,
+    steps: int,
+    bounds: tuple[float, float],
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    true: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One APGD run from ``x_adv`` (inside the ball; taken over). Returns ``(x_out, found, best_loss)``:
+    per example the last adversarial iterate where one was seen (``found``), else the iterate of
+    highest loss. With ``true``, the loss is towards target ``y`` but success means leaving
+    ``true`` (APGD-T: a targeted loss for an untargeted attack)."""
+    n = len(x)
+    k = max(int(0.22 * steps), 1)
+    k_min, k_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    if norm == "linf":
+        lower, upper = linf_box(x, eps, bounds)
+
+        def project_(z):
+            return z.clamp_(lower, upper)
+    else:
+
+        def project_(z):
+            return clip_to_bounds_l2_(z, x, eps, bounds)
+
+    def loss_of(logits):
+        if loss == "ce":
+            ce = F.cross_entropy(logits, y, reduction="none")
+            return -ce if targeted else ce
+        return dlr_loss(logits, y, targeted, true)
+
+    def success_of(logits):
+        return is_success(logits, true, False) if true is not None else is_success(logits, y, targeted)
+
+    def grad_at(z):
+        z.requires_grad_(True)
+        logits = model(z)
+        per = loss_of(logits)
+        (g,) = torch.autograd.grad(per.sum(), z)
+        z.detach_()
+        return g, per.detach(), success_of(logits.detach())
+
+    grad, cur, found = grad_at(x_adv)
+    x_found = x_adv.clone()
+    best_loss, x_best, grad_best = cur.clone(), x_adv.clone(), grad.clone()
+    loss_steps = torch.zeros(steps, n, device=x.device, dtype=cur.dtype)
+    step = per_example_view(torch.full((n,), 2.0 * eps, device=x.device, dtype=x.dtype), x)
+    x_old = x_adv.clone()
+    best_at_check = best_loss.clone()
+    reduced_at_check = torch.ones(n, dtype=torch.bool, device=x.device)
+    since_check = 0
+    for i in range(steps):
+        a = momentum if i > 0 else 1.0
+        with torch.no_grad():
+            if norm == "linf":
+                z = project_(torch.addcmul(x_adv, step, grad.sign_()))
+            else:
+                z = project_(torch.addcmul(x_adv, step, l2_normalize_(grad)))
+            # z <- x + a (z - x) + (1 - a) (x - x_old), reusing buffers: x_old becomes x_adv.
+            z.sub_(x_adv).mul_(a).add_(x_adv.sub(x_old), alpha=1.0 - a).add_(x_adv)
+            x_old = x_adv
+            x_adv = project_(z)
+        grad, cur, succ = grad_at(x_adv)
+        x_found = torch.where(per_example_view(succ, x), x_adv, x_found)
+        found |= succ
+        loss_steps[i] = cur
+        better = cur > best_loss
+        bv = per_example_view(better, x)
+        x_best = torch.where(bv, x_adv, x_best)
+        grad_best = torch.where(bv, grad, grad_best)
+        best_loss = torch.where(better, cur, best_loss)
+        since_check += 1
+        if since_check == k:
+            # Share of the last k steps that increased the loss (AutoAttack's index arithmetic,
+            # wrapping to the zero-initialised last row on the first checkpoint).
+            idx = torch.arange(i - k + 1, i + 1, device=x.device)
+            ups = (loss_steps[idx % steps] > loss_steps[(idx - 1) % steps]).sum(0)
+            halve = (ups <= k * rho) | (~reduced_at_check & (best_at_check >= best_loss))
+            reduced_at_check, best_at_check = halve, best_loss.clone()
+            hv = per_example_view(halve, x)
+            step = torch.where(hv, step / 2, step)
+            x_adv = torch.where(hv, x_best, x_adv)
+            grad = torch.where(hv, grad_best, grad)
+            since_check = 0
+            k = max(k - k_decr, k_min)
+    return torch.where(per_example_view(found, x), x_found, x_best), found, best_loss
+
+
+class _APGDConfig(AttackConfig):
+    steps: int = Field(100, ge=1, le=100000, description="iterations per restart (paper: 100)")
+    restarts: int = Field(1, ge=1, le=1000, description="random restarts; each reruns the examples not yet broken")
+    rho: float = Field(0.75, gt=0, le=1, description="checkpoint rule: halve the step unless the loss rose in this share of steps (paper 0.75)")
+    momentum: float = Field(0.75, gt=0, le=1, description="weight of the new step against the previous move (paper 0.75; 1 = no momentum)")
+    seed: int = Field(0, ge=0, description="seed of the random starts")
+
+
+class _APGDBase(Attack):
+    """Restart logic shared by the four plugins; subclasses set the loss and the norm."""
+
+    loss: ClassVar[Loss] = "ce"
+    iterative: ClassVar[bool] = True
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        c = self.config
+        x = x.detach()
+        generator = self.generator(x.device, c.seed)
+        out, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        best = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
+        for r in range(c.restarts):
+            # Restarts run on the unbroken examples only: one host synchronisation each.
+            idx = None if r == 0 else (~found).nonzero().squeeze(1)
+            if idx is not None and idx.numel() == 0:
+                break
+            xs, ys = (x, y) if idx is None else (x[idx], y[idx])
+            start = random_sphere_start(xs, c.eps, self.norm, generator).add_(xs).clamp_(*bounds)
+            adv, ok, score = apgd_run(
+                model, xs, ys, start, loss=self.loss, targeted=targeted, norm=self.norm, eps=c.eps,
+                steps=c.steps, bounds=bounds, rho=c.rho, momentum=c.momentum,
+            )
+            if idx is None:
+                out, found, best = adv, ok, score
+            else:
+                keep = ok | (score > best[idx])
+                out[idx] = torch.where(per_example_view(keep, xs), adv, out[idx])
+                best[idx] = torch.where(keep, score, best[idx])
+                found[idx] = ok
+        return out
+
+
+class APGDCE(_APGDBase):
+    """APGD on cross-entropy, L-inf."""
+
+    name: ClassVar[str] = "apgd-ce"
+    norm: ClassVar[str] = "linf"
+    single_step: ClassVar[str | None] = "fgsm"
+
+    class Config(_APGDConfig):
+        eps: float = Field(0.3, gt=0, description="L-inf budget in input units (MNIST 0.3, CIFAR-10 8/255)")
+
+
+class APGDCEL2(_APGDBase):
+    """APGD on cross-entropy, L2."""
+
+    name: ClassVar[str] = "apgd-ce-l2"
+    norm: ClassVar[str] = "l2"
+
+    class Config(_APGDConfig):
+        eps: float = Field(2.0, gt=0, description="L2 budget in input units (MNIST 2.0, CIFAR-10 0.5)")
+
+
+class APGDDLR(_APGDBase):
+    """APGD on the difference of logits ratio, L-inf (targeted modes: targeted DLR)."""
+
+    name: ClassVar[str] = "apgd-dlr"
+    norm: ClassVar[str] = "linf"
+    single_step: ClassVar[str | None] = "fgsm"
+    loss: ClassVar[Loss] = "dlr"
+
+    class Config(_APGDConfig):
+        eps: float = Field(0.3, gt=0, description="L-inf budget in input units (MNIST 0.3, CIFAR-10 8/255)")
+
+
+class APGDDLRL2(_APGDBase):
+    """APGD on the difference of logits ratio, L2 (targeted modes: targeted DLR)."""
+
+    name: ClassVar[str] = "apgd-dlr-l2"
+    norm: ClassVar[str] = "l2"
+    loss: ClassVar[Loss] = "dlr"
+
+    class Config(_APGDConfig):
+        eps: float = Field(2.0, gt=0, description="L2 budget in input units (MNIST 2.0, CIFAR-10 0.5)")
+
+
+@hookimpl
+def advx_register_attacks():
+    return [APGDCE, APGDCEL2, APGDDLR, APGDDLRL2]

@@ -1,0 +1,151 @@
+"""``suite`` (L-inf) and ``suite-l2``: a list of attacks run one after the other per example,
+keeping the first success, as the standard version of AutoAttack (Croce and Hein,
+"Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020): APGD-CE, APGD-T, FAB-T, Square.
+
+Each member runs only on the examples that every earlier member (and the clean input)
+left unbroken, so the suite costs little more than its strongest member where that one
+succeeds, and its robust accuracy is the per-example worst case over the members.
+
+Members (``attacks``, in order):
+
+* ``apgd-ce``: APGD on cross-entropy (``apgd.py``), ``steps`` iterations, one start;
+* ``apgd-t``: APGD on the targeted DLR loss towards each of the ``target_classes``
+  classes of highest clean logit after the top one, in turn (AutoAttack's APGD-T: a
+  targeted loss, untargeted success); with a targeted label mode, one run towards the
+  given target;
+* ``apgd-dlr``: APGD on the untargeted DLR loss. It stands in for FAB-T in the default
+  list: FAB is not implemented here, and in AutoAttack's published runs FAB-T rarely
+  breaks an example APGD-T left; APGD-DLR is the scale-invariant second loss that
+  AutoAttack's other versions use;
+* ``square``: the gradient-free Square Attack (``square.py``), ``queries`` queries.
+
+**Which member broke each example:** after every call, ``self.broken_by`` is a long
+tensor of shape ``(N,)`` on the batch's device: the index in ``attacks`` of the member
+whose output is returned for that example, ``-1`` where none succeeded, ``-2`` where
+the clean input already succeeded (not attacked). ``member_names`` gives the names. The
+kernel does not store it yet (it keeps no per-example column of an attack's own).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from advx import Attack, AttackConfig, hookimpl
+
+from ._common import is_success
+from .apgd import apgd_run, random_sphere_start
+from .square import Square, SquareL2
+
+Member = Literal["apgd-ce", "apgd-t", "apgd-dlr", "square"]
+STANDARD: list[str] = ["apgd-ce", "apgd-t", "apgd-dlr", "square"]
+
+
+class _SuiteConfig(AttackConfig):
+    attacks: list[Member] = Field(
+        default_factory=lambda: list(STANDARD), min_length=1,
+        description="members in order; each runs on what the earlier left unbroken (AutoAttack standard, FAB-T -> apgd-dlr)",
+    )
+    steps: int = Field(100, ge=1, le=100000, description="iterations of each APGD run (AutoAttack: 100)")
+    target_classes: int = Field(9, ge=1, le=1000, description="apgd-t: targets tried, by clean logit rank (AutoAttack: 9)")
+    queries: int = Field(5000, ge=1, le=1000000, description="square: query budget per example (AutoAttack: 5000)")
+    seed: int = Field(0, ge=0, description="seed of the random starts and of Square's search")
+
+
+class _SuiteBase(Attack):
+    iterative: ClassVar[bool] = True
+    square_cls: ClassVar[type[Attack]] = Square
+
+    @property
+    def member_names(self) -> list[str]:
+        return list(self.config.attacks)
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        c = self.config
+        x = x.detach()
+        n = len(x)
+        generator = self.generator(x.device, c.seed)
+        out = x.clone()
+        with torch.no_grad():
+            clean_logits = model(x)
+        done = is_success(clean_logits, y, targeted)
+        broken_by = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        broken_by[done] = -2
+        for m, member in enumerate(c.attacks):
+            idx = (~done).nonzero().squeeze(1)  # one host synchronisation per member
+            if idx.numel() == 0:
+                break
+            adv = self._run(member, model, x[idx], y[idx], clean_logits[idx], bounds, targeted, generator)
+            with torch.no_grad():
+                ok = is_success(model(adv), y[idx], targeted)
+            hit = idx[ok]
+            out[hit] = adv[ok]
+            done[hit] = True
+            broken_by[hit] = m
+        self.broken_by = broken_by
+        return out
+
+    def _apgd(self, model, x, y, bounds, generator, loss, targeted, true=None):
+        c = self.config
+        start = random_sphere_start(x, c.eps, self.norm, generator).add_(x).clamp_(*bounds)
+        adv, _, _ = apgd_run(
+            model, x, y, start, loss=loss, targeted=targeted, norm=self.norm, eps=c.eps, steps=c.steps,
+            bounds=bounds, true=true,
+        )
+        return adv
+
+    def _run(self, member, model, x, y, clean_logits, bounds, targeted, generator):
+        c = self.config
+        if member == "apgd-ce":
+            return self._apgd(model, x, y, bounds, generator, "ce", targeted)
+        if member == "apgd-dlr":
+            return self._apgd(model, x, y, bounds, generator, "dlr", targeted)
+        if member == "apgd-t":
+            if targeted:
+                return self._apgd(model, x, y, bounds, generator, "dlr", True)
+            k = min(c.target_classes, clean_logits.shape[1] - 1)
+            ranked = clean_logits.argsort(dim=1, descending=True)
+            out, left = x.clone(), torch.arange(len(x), device=x.device)
+            for t in range(k):
+                target = ranked[left, t + 1]
+                adv = self._apgd(model, x[left], target, bounds, generator, "dlr", True, true=y[left])
+                out[left] = adv
+                with torch.no_grad():
+                    ok = is_success(model(adv), y[left], False)
+                left = left[~ok]
+                if left.numel() == 0:
+                    break
+            return out
+        square = self.square_cls(self.square_cls.validate_config({"eps": c.eps, "queries": c.queries, "seed": c.seed}))
+        square._batch_seed = getattr(self, "_batch_seed", None)
+        return square.perturb(model, x, y, bounds, targeted)
+
+
+class Suite(_SuiteBase):
+    """AutoAttack-style suite, L-inf: apgd-ce, apgd-t, apgd-dlr (for FAB-T), square; first success kept."""
+
+    name: ClassVar[str] = "suite"
+    norm: ClassVar[str] = "linf"
+    single_step: ClassVar[str | None] = "fgsm"
+
+    class Config(_SuiteConfig):
+        eps: float = Field(0.3, gt=0, description="L-inf budget in input units (MNIST 0.3, CIFAR-10 8/255)")
+
+
+class SuiteL2(_SuiteBase):
+    """AutoAttack-style suite, L2: the same members with L2 APGD and square-l2."""
+
+    name: ClassVar[str] = "suite-l2"
+    norm: ClassVar[str] = "l2"
+    square_cls: ClassVar[type[Attack]] = SquareL2
+
+    class Config(_SuiteConfig):
+        eps: float = Field(2.0, gt=0, description="L2 budget in input units (MNIST 2.0, CIFAR-10 0.5)")
+
+
+@hookimpl
+def advx_register_attacks():
+    return [Suite, SuiteL2]
