@@ -301,6 +301,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
     if args.dry_run:
         return _print_dry_run(console, spec, args)
+    if args.report and args.report is not True and Path(args.report).suffix.lower() not in (".html", ".htm"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"--report {args.report}: the report of a run is HTML; name it .html (or use advx report --format md)")
     with _Progress(console) as progress:
         try:
             result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
@@ -313,6 +317,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     kept = len(store.cells(spec.matrix.name, status="done"))
             console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
             return 130
+    if result.db is not None:
+        _record_spec_file(args.db, spec.matrix.name, args.spec)
     with ResultStore(args.db, readonly=True) as store:
         rows = store.cells(spec.matrix.name)
     console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
@@ -323,7 +329,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
         + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
     )
+    if args.report:
+        from .report import write_report
+
+        out = _report_path(args.db, None if args.report is True else args.report, "html")
+        write_report(args.db, out, spec_name=spec.matrix.name)
+        console.print(f"report: {out}", soft_wrap=True)
     return 1 if result.failed else 0
+
+
+def _record_spec_file(db: str, spec_name: str, spec_path: str | None) -> None:
+    """Remember in the results file where the spec came from (its path and git commit), for reports."""
+    from .report import spec_provenance
+    from .results import ResultStore
+
+    info = spec_provenance(spec_path) if spec_path else {"path": "built-in default spec of advx run", "git_commit": None}
+    with ResultStore(db) as store:
+        store.set_meta(f"spec:{spec_name}", json.dumps(info))
+
+
+def _report_path(db: str, output: str | None, fmt: str) -> Path:
+    """``-o`` or, by default, the results file's name with ``.html`` / ``.md``."""
+    if output:
+        return Path(output)
+    return Path(db).with_suffix(".html" if fmt == "html" else ".md")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .report import INSTALL_HINT, have_matplotlib, write_report
+
+    fmt = args.format
+    if fmt is None and args.output:
+        fmt = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}.get(Path(args.output).suffix.lower())
+        if fmt is None:
+            raise ConfigError(f"-o {args.output}: cannot tell the format from its extension; add --format html|md or use .html or .md")
+    fmt = fmt or "html"
+    if not Path(args.db).exists():
+        raise ConfigError(f"results file {args.db!r} does not exist")
+    out = _report_path(args.db, args.output, fmt)
+    write_report(args.db, out, spec_name=args.spec, fmt=fmt, rotation=args.rotation or (), tables_only=args.tables_only)
+    console = _console()
+    note = "" if (have_matplotlib() or args.tables_only) else f" (tables only: {INSTALL_HINT} for the plots)"
+    extra = f", images in {out.stem}-images/" if fmt == "md" and not args.tables_only and (out.parent / f"{out.stem}-images").exists() else ""
+    console.print(f"report: {out}{extra}{note}", soft_wrap=True)
+    return 0
 
 
 def _print_dry_run(console, spec: Any, args: argparse.Namespace) -> int:
@@ -380,6 +430,13 @@ def cmd_results(args: argparse.Namespace) -> int:
         fmt = {".csv": "csv", ".json": "json", ".md": "markdown", ".markdown": "markdown"}.get(ext)
         if fmt is None:
             raise ConfigError(f"-o {args.output}: cannot tell the format from {ext or 'no extension'!r}; add --format csv|json|markdown or use .csv, .json or .md")
+    if args.examples:
+        from .report import export_examples
+
+        cells, examples = export_examples(args.db, args.examples, args.spec)
+        _console().print(f"{examples} examples of {cells} cells written to {args.examples} (index: {Path(args.examples) / 'examples.csv'})", soft_wrap=True)
+        if not fmt:
+            return 0
     with ResultStore(args.db, readonly=True) as store:
         if fmt:
             text = store.export(fmt, args.spec)
@@ -480,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where trained models are cached")
     p.add_argument("--rerun", action="store_true", help="recompute cells already in the results")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run, those already done and what would be trained; run nothing")
+    p.add_argument("--report", nargs="?", const=True, metavar="FILE.html", help="write the HTML report at the end (default: the results file's name with .html)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("results", help="show or export a results file")
@@ -489,7 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write the export to this file (format from --format or the extension: .csv, .json, .md)")
     p.add_argument("--breakdown", choices=["class", "confidence"], help="also show each cell per class or per confidence bucket")
     p.add_argument("--worst-case", action="store_true", help="also show the per-example worst case over attacks")
+    p.add_argument("--examples", metavar="DIR", help="write the kept examples as PNG files (clean, adversarial, perturbation) under DIR, with DIR/examples.csv")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("report", help="write a self-contained HTML (or Markdown) report of a results file")
+    p.add_argument("db", help="SQLite results file")
+    p.add_argument("--spec", help="only the cells of this spec (matrix name)")
+    p.add_argument("--output", "-o", help="the report file (default: the results file's name with .html or .md)")
+    p.add_argument("--format", choices=["html", "md"], help="html: one self-contained file (default); md: Markdown with PNG images in <name>-images/ beside it")
+    p.add_argument("--rotation", action="append", metavar="JSON", help="a rotation study's JSON (experiments/seed003-rotation.py --out) to plot; *rotation*.json beside the results file are read anyway")
+    p.add_argument("--tables-only", action="store_true", help="tables and text only: no plots, no images (for documents that quote the numbers)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -34,6 +35,8 @@ from .schema import (
     CELL_COLUMN_NAMES,
     CELL_COLUMNS,
     JSON_COLUMNS,
+    EXAMPLE_COLUMNS,
+    EXAMPLE_KEYS,
     SAMPLE_COLUMN_NAMES,
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
@@ -49,11 +52,16 @@ def _ddl() -> str:
     cells = ", ".join(f"{c.name} {c.sql}" + (" PRIMARY KEY" if c.name == "cell_key" else "") for c in CELL_COLUMNS)
     samples = ", ".join(f"{c.name} {c.sql}" for c in SAMPLE_COLUMNS)
     trainings = ", ".join(f"{c.name} {c.sql}" + (" PRIMARY KEY" if c.name == "key" else "") for c in TRAINING_COLUMNS)
+    examples = ", ".join(f"{c.name} {c.sql}" for c in EXAMPLE_COLUMNS)
     return f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS cells ({cells});
 CREATE TABLE IF NOT EXISTS samples (
     cell_key TEXT NOT NULL REFERENCES cells(cell_key) ON DELETE CASCADE, {samples},
+    PRIMARY KEY (cell_key, idx)
+);
+CREATE TABLE IF NOT EXISTS examples (
+    cell_key TEXT NOT NULL REFERENCES cells(cell_key) ON DELETE CASCADE, {examples},
     PRIMARY KEY (cell_key, idx)
 );
 CREATE TABLE IF NOT EXISTS members (spec_name TEXT NOT NULL, cell_key TEXT NOT NULL, PRIMARY KEY (spec_name, cell_key));
@@ -65,6 +73,16 @@ CREATE INDEX IF NOT EXISTS cells_spec ON cells(spec_name);
 def _writable(path: Path) -> bool:
     """Writable for this user, and not marked read-only (root ignores permissions; we do not)."""
     return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def _pack(t: torch.Tensor) -> bytes:
+    return zlib.compress(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes(), 6)
+
+
+def _unpack(b: bytes, shape: list[int]) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.frombuffer(zlib.decompress(b), dtype=np.float16).copy()).float().reshape(shape)
 
 
 class ResultStore:
@@ -177,7 +195,11 @@ class ResultStore:
         samples: dict[str, torch.Tensor] | None = None,
         trainings: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """Write one cell (its samples and trainings) in one transaction, replacing an earlier attempt."""
+        """Write one cell (its samples and trainings) in one transaction, replacing an earlier attempt.
+
+        Kept examples come in ``samples`` under ``advx.schema.EXAMPLE_KEYS`` (the first K
+        clean and adversarial inputs) and go to the examples table.
+        """
         values = []
         for c in CELL_COLUMNS:
             v = row.get(c.name)
@@ -187,6 +209,7 @@ class ResultStore:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._tx() as conn:
             conn.execute("DELETE FROM samples WHERE cell_key = ?", (row["cell_key"],))
+            conn.execute("DELETE FROM examples WHERE cell_key = ?", (row["cell_key"],))
             conn.execute(
                 f"INSERT OR REPLACE INTO cells({', '.join(CELL_COLUMN_NAMES)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
                 values,
@@ -201,6 +224,15 @@ class ResultStore:
                 conn.executemany(
                     f"INSERT INTO samples(cell_key, {', '.join(SAMPLE_COLUMN_NAMES)}) VALUES (?, {', '.join('?' * len(SAMPLE_COLUMNS))})",
                     ((row["cell_key"], *vals) for vals in zip(*cols)),
+                )
+            if samples and all(k in samples for k in EXAMPLE_KEYS):
+                xs, advs = (samples[k] for k in EXAMPLE_KEYS)
+                conn.executemany(
+                    "INSERT INTO examples(cell_key, idx, shape, x, x_adv) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        (row["cell_key"], int(i), json.dumps(list(x.shape)), _pack(x), _pack(a))
+                        for i, x, a in zip(samples["idx"].tolist(), xs, advs)
+                    ),
                 )
             for t in trainings:
                 # the first record of a key is the one that trained (later ones loaded it)
@@ -257,6 +289,45 @@ class ResultStore:
             else:
                 out[c.name] = torch.tensor([r[i] for r in rows], dtype=c.dtype)
         return out
+
+    def examples(self, cell_key: str) -> dict[str, torch.Tensor] | None:
+        """The kept examples of a cell: ``idx``, ``x``, ``x_adv`` (float32, (K, *shape)) and the
+        per-sample columns of those examples; ``None`` when none were kept."""
+        if not self._has_table("examples"):
+            return None
+        rows = self.conn.execute("SELECT idx, shape, x, x_adv FROM examples WHERE cell_key = ? ORDER BY idx", (cell_key,)).fetchall()
+        if not rows:
+            return None
+        out: dict[str, torch.Tensor] = {
+            "idx": torch.tensor([r[0] for r in rows], dtype=torch.int64),
+            "x": torch.stack([_unpack(r[2], json.loads(r[1])) for r in rows]),
+            "x_adv": torch.stack([_unpack(r[3], json.loads(r[1])) for r in rows]),
+        }
+        samples = self.samples(cell_key)
+        if len(samples["idx"]):
+            pos = {int(i): n for n, i in enumerate(samples["idx"].tolist())}
+            at = torch.tensor([pos.get(int(i), -1) for i in out["idx"]])
+            if bool((at >= 0).all()):
+                out.update({k: v[at] for k, v in samples.items() if k != "idx"})
+        return out
+
+    def cells_with_examples(self) -> set[str]:
+        """Keys of the cells that have kept examples."""
+        if not self._has_table("examples"):
+            return set()
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT cell_key FROM examples")}
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+    def meta(self) -> dict[str, str]:
+        """The file's meta table (format, schema version, and e.g. ``spec:NAME`` provenance as JSON)."""
+        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set one meta entry (``advx run`` records where each spec came from: ``spec:NAME``)."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def worst_case(self, cells: Sequence[dict[str, Any]]) -> float | None:
         """Robust accuracy against the union of ``cells``' attacks, per example (mean of min).

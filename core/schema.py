@@ -110,6 +110,20 @@ SAMPLE_COLUMNS: tuple[SampleColumn, ...] = (
 )
 SAMPLE_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in SAMPLE_COLUMNS)
 
+#: the examples table: the first ``[matrix] keep_examples`` clean and adversarial inputs of
+#: each cell (for galleries: ``advx report``, ``advx results --examples``); joined with the
+#: samples table on (cell_key, idx) for labels, predictions and confidences. Tensors are
+#: stored as zlib-compressed float16 bytes of ``shape``.
+EXAMPLE_COLUMNS: tuple[Column, ...] = (
+    Column("idx", "INTEGER", description="index of the example in the test split"),
+    Column("shape", description="shape of one example, as JSON"),
+    Column("x", "BLOB", description="the clean input (zlib-compressed float16)"),
+    Column("x_adv", "BLOB", description="the adversarial input (zlib-compressed float16)"),
+)
+#: keys under which ``execute_cell`` hands the kept examples to ``ResultStore.record`` in the
+#: samples dict (tensors of shape (K, *input_shape); not per-sample columns)
+EXAMPLE_KEYS = ("example_x", "example_x_adv")
+
 #: the trainings table: one row per trained model or fitted artifact
 TRAINING_COLUMNS: tuple[Column, ...] = (
     Column("key", description="training key (the checkpoint's name in the cache)"),

@@ -56,6 +56,15 @@ class MatrixOptions(BaseModel):
         ),
     )
     cache_dir: str | None = Field(None, description="where trained checkpoints are cached (default: user cache)")
+    keep_examples: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description=(
+            "keep the first K clean and adversarial inputs of each cell in the results file, for the report's "
+            "gallery and `advx results --examples` (0: none; not part of the cell key)"
+        ),
+    )
 
     @field_validator("device")
     @classmethod

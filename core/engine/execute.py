@@ -28,6 +28,7 @@ from .._version import __version__
 from ..errors import AdvxError
 from ..guards import check_requires, preflight
 from ..interfaces import Attack
+from ..schema import EXAMPLE_KEYS
 from ..metrics import breakdown_by_class, breakdown_by_confidence, roc_points, summarize
 from ..scoring import score
 from .plan import Cell
@@ -109,6 +110,12 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
                 details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
             row["metrics"] = details
             row["status"] = "done"
+            k = cell.options.keep_examples
+            if k:
+                # the first K inputs, for galleries (ResultStore.record puts them in the examples table)
+                clean_key, adv_key = EXAMPLE_KEYS
+                samples[clean_key] = x[:k].detach().to("cpu", torch.float16)
+                samples[adv_key] = crafted.x_adv[:k].detach().to("cpu", torch.float16)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the matrix goes on
