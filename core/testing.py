@@ -51,6 +51,89 @@ class GridDetector(nn.Module, Detector):
         return (scaled - scaled.round()).abs().flatten(1).mean(1)
 
 
+class BreakableModel(nn.Module):
+    """The model ``breakable_model`` returns (see there); ``adversarial`` holds the guaranteed
+    adversarial example of every prototype, ``labels`` its clean class."""
+
+    def __init__(self, prototypes, directions, labels, adv_classes, eps, num_classes, scale=4.0):
+        super().__init__()
+        self.register_buffer("prototypes", prototypes)
+        self.register_buffer("directions", directions)
+        self.register_buffer("labels", labels)
+        self.register_buffer("adv_classes", adv_classes)
+        self.eps, self.num_classes, self.scale = eps, num_classes, scale
+
+    @property
+    def adversarial(self) -> torch.Tensor:
+        """x_i + 0.75 eps d_i per prototype: inside the ball and the bounds, classified ``adv_classes``."""
+        return self.prototypes + 0.75 * self.eps * self.directions
+
+    def progress(self, x):
+        """``(j, t)``: the input whose region each row of ``x`` is in, and the progress along its
+        planted direction (0 at x_j, 1 at the ball's edge x_j + eps d_j)."""
+        flat = x.flatten(1)
+        j = torch.cdist(flat.detach(), self.prototypes.flatten(1)).argmin(1)
+        d = self.directions[j].flatten(1)
+        return j, ((flat - self.prototypes[j].flatten(1)) * d).sum(1) / (self.eps * d.square().sum(1))
+
+    def forward(self, x):
+        j, t = self.progress(x)
+        # every other class trails a_i by ``scale``, so no loss (CE, DLR, margins) is flat in t
+        rise = (2 * self.scale * t)[:, None]
+        logits = (rise - self.scale).expand(len(x), self.num_classes)
+        logits = logits.scatter(1, self.labels[j, None], self.scale)
+        return logits.scatter(1, self.adv_classes[j, None], rise)
+
+
+def breakable_model(
+    x: torch.Tensor,
+    eps: float,
+    norm: str = "linf",
+    bounds: tuple[float, float] = (0.0, 1.0),
+    num_classes: int = 10,
+    y: torch.Tensor | None = None,
+) -> BreakableModel:
+    """A model with a planted adversarial example inside the eps-ball of every input of ``x``
+    (the attack unit test of Zimmermann, Brendel, Tramer and Carlini, "Increasing Confidence
+    in Adversarial Robustness Evaluations", NeurIPS 2022): an attack that fails on it is
+    broken, whatever the attack's own reasons.
+
+    Input i is classified ``y[i]`` (default ``i % num_classes``). Around it the model is
+    linear in one direction d_i (L-inf: the sign vector pointing into the valid range;
+    L2: the same, unit length): with t = <x' - x_i, d_i> / (eps <d_i, d_i>), the logit of
+    class a_i != y[i] is 8t, those of the other classes 8t - 4 (so that no loss is flat in
+    t) and that of y[i] is 4, so x' is misclassified iff t > 0.5,
+    and x_i + 0.75 eps d_i (``model.adversarial``) is inside the ball and the bounds. Which
+    input's region a point is in is decided by the nearest input (L2), so the model can be
+    queried on any subset of ``x`` in any order (attacks that shrink their active set);
+    ``ValueError`` if two inputs are too close for their eps-balls to stay apart. Logits,
+    eval mode, gradients everywhere (piecewise linear): every kind of attack applies.
+    Untargeted only (only a_i is reachable).
+    """
+    lo, hi = bounds
+    x = x.detach()
+    step = 0.75 * eps / (1.0 if norm == "linf" else x[0].numel() ** 0.5)  # per coordinate
+    if step > (hi - lo) / 2:
+        raise ValueError(f"eps={eps} is too large for bounds {bounds}: the planted example would leave them")
+    n = len(x)
+    y = torch.arange(n, device=x.device) % num_classes if y is None else y.to(x.device)
+    a = (y + 1 + torch.arange(n, device=x.device) % (num_classes - 1)) % num_classes
+    d = torch.where(x < (lo + hi) / 2, 1.0, -1.0).to(x.dtype)
+    if norm == "l2":
+        d = d / d.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    flat = x.flatten(1)
+    diff = flat[:, None, :] - flat[None, :, :]
+    sq = diff.square().sum(-1)
+    reach = eps * diff.abs().sum(-1) if norm == "linf" else eps * sq.sqrt()
+    # The eps-balls stay in their own Voronoi cells iff |x_i - x_j|^2 / 2 > max over the ball
+    # of <delta, x_j - x_i>, i.e. eps |x_i - x_j|_1 (L-inf) or eps |x_i - x_j|_2 (L2).
+    clash = (sq / 2 <= reach) & ~torch.eye(n, dtype=torch.bool, device=x.device)
+    if bool(clash.any()):
+        raise ValueError(f"{int(clash.any(1).sum())} inputs are too close to another for eps={eps} ({norm})")
+    model = BreakableModel(x.clone(), d, y, a, eps, num_classes)
+    return model.eval()
+
+
 def check_attack(
     attack_cls: type[Attack],
     params: dict | None = None,
@@ -58,6 +141,7 @@ def check_attack(
     x: torch.Tensor | None = None,
     y: torch.Tensor | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
+    breakable: float | None = None,
 ) -> torch.Tensor:
     """Assert the attack contract; return the adversarial batch.
 
@@ -65,6 +149,10 @@ def check_attack(
     input's shape, dtype and device inside the declared eps-ball and bounds, an input
     left unmodified, and (for gradient attacks) at least one backward pass. Targeted mode
     is exercised when the attack supports it.
+
+    ``breakable=eps``: also run the attack (untargeted) on ``breakable_model(x, eps)`` for
+    the attack's norm and assert that it breaks every input (the attack's own ``eps``, if
+    it has one, must be at least ``eps``; unbounded attacks are checked as they are).
     """
     assert NAME_RE.match(attack_cls.name), f"invalid plugin name {attack_cls.name!r}"
     assert attack_cls.norm in ("linf", "l2"), f"norm must be 'linf' or 'l2', got {attack_cls.norm!r}"
@@ -89,4 +177,16 @@ def check_attack(
         check_budget(attack_cls.name, x, out, attack_cls.norm, attack.eps, bounds)
         if "gradients" in attack_cls.requires:
             assert counter.backwards > 0, f"{attack_cls.name} declares it needs gradients but ran no backward pass"
+    if breakable is not None:
+        assert attack.eps is None or attack.eps >= breakable, "the attack's eps must cover the planted examples"
+        target = breakable_model(x, breakable, attack_cls.norm, bounds)
+        with torch.enable_grad():
+            adv = attack.perturb(target, x, target.labels, bounds, targeted=False)
+        check_budget(attack_cls.name, x, adv, attack_cls.norm, attack.eps, bounds)
+        with torch.no_grad():
+            missed = target(adv).argmax(1) == target.labels
+        assert not bool(missed.any()), (
+            f"{attack_cls.name} missed the planted adversarial example of {int(missed.sum())} of {len(x)} "
+            f"inputs of breakable_model(eps={breakable}, norm={attack_cls.norm})"
+        )
     return out

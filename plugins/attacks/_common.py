@@ -106,6 +106,36 @@ def margin_to_other(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return true, other
 
 
+class _KeepAdversarial:
+    """No silent success for fixed-step loops: remembers, per example, the last iterate whose
+    forward pass (the one that also gave its gradient) showed it adversarial.
+
+    ``result(final)`` returns that iterate where one was seen, else ``final``. The final
+    iterate itself is never evaluated (that would cost one more forward per call), so an
+    example that was adversarial during the loop comes back at a verified adversarial
+    point rather than at a final one that may have crossed back; examples never seen
+    adversarial come back at the final iterate, as before. One ``torch.where`` and one
+    ``argmax`` per step, no host synchronisation.
+    """
+
+    def __init__(self) -> None:
+        self.found: Tensor | None = None
+        self.x: Tensor | None = None
+
+    def see(self, x_adv: Tensor, logits: Tensor, y: Tensor, targeted: bool) -> None:
+        succ = is_success(logits.detach(), y, targeted)
+        if self.found is None:
+            self.found, self.x = succ, x_adv.clone()
+        else:
+            self.x = torch.where(per_example_view(succ, x_adv), x_adv, self.x)
+            self.found = self.found | succ
+
+    def result(self, final: Tensor) -> Tensor:
+        if self.found is None:
+            return final
+        return torch.where(per_example_view(self.found, final), self.x, final)
+
+
 def iterate_linf(
     model: nn.Module,
     x: Tensor,
@@ -121,15 +151,18 @@ def iterate_linf(
 
     The loop body is one forward, one input-gradient backward and three in-place
     elementwise passes (sign, add, clamp to the precomputed box); ``x_adv`` is updated
-    in place (the caller hands over a buffer it owns) and is the leaf of every step, so
-    no tensor of the size of the batch is allocated per step besides the gradient.
+    in place (the caller hands over a buffer it owns) and is the leaf of every step.
+    Every evaluated iterate that is adversarial is remembered (``_KeepAdversarial``: one
+    more elementwise pass per step), so a success seen during the loop is returned.
     """
     lower, upper = linf_box(x, eps, bounds)
+    keep = _KeepAdversarial()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        grad, _ = loss_grad(model, x_adv, y, targeted)
-        x_adv.detach_().add_(grad.sign_(), alpha=alpha).clamp_(lower, upper)
-    return x_adv
+        grad, logits = loss_grad(model, x_adv, y, targeted)
+        keep.see(x_adv.detach_(), logits, y, targeted)
+        x_adv.add_(grad.sign_(), alpha=alpha).clamp_(lower, upper)
+    return keep.result(x_adv)
 
 
 def iterate_l2(
@@ -147,12 +180,14 @@ def iterate_l2(
 
     Same in-place discipline as ``iterate_linf``; a zero gradient gives a zero step.
     """
+    keep = _KeepAdversarial()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        grad, _ = loss_grad(model, x_adv, y, targeted)
-        x_adv.detach_().add_(l2_normalize_(grad), alpha=alpha)
+        grad, logits = loss_grad(model, x_adv, y, targeted)
+        keep.see(x_adv.detach_(), logits, y, targeted)
+        x_adv.add_(l2_normalize_(grad), alpha=alpha)
         clip_to_bounds_l2_(x_adv, x, eps, bounds)
-    return x_adv
+    return keep.result(x_adv)
 
 
 def dlr_loss(logits: Tensor, y: Tensor, targeted: bool = False, true: Tensor | None = None) -> Tensor:
