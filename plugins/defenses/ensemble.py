@@ -45,6 +45,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from advx import ConfigError, Defense, DefenseConfig, DefenseContext, Ensemble, as_tensor_dataset, hookimpl, take
 
+#: members per vmapped call on a CPU (see ``_MemberGroup.forward``)
+CPU_CHUNK = 2
+
 # -- the module -------------------------------------------------------------------------------
 
 
@@ -124,8 +127,13 @@ class _MemberGroup(nn.Module):
         def call(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor) -> Tensor:
             return functional_call(template, (p, {**b, **shared}), (xb,))
 
+        # On a CPU the members run in vmapped chunks of CPU_CHUNK: one call over all members
+        # builds activations M times larger than one member's, which leave the caches and
+        # cost 2-4x a plain loop (measured on mnist-cnn, 10 members, batch 128: 3.8 s one
+        # call, 1.3 s in chunks of 2, 1.5 s looped); a GPU gets them all in one call.
+        chunk = None if x.device.type != "cpu" else CPU_CHUNK
         # randomness="different": dropout in training mode draws a mask per member
-        return vmap(call, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+        return vmap(call, in_dims=(0, 0, None), randomness="different", chunk_size=chunk)(params, buffers, x)
 
     def member(self, j: int) -> nn.Module:
         """Member ``j`` as a module whose tensors are views of the stacked ones (no copy)."""
