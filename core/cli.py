@@ -321,10 +321,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _record_spec_file(args.db, spec.matrix.name, args.spec)
     with ResultStore(args.db, readonly=True) as store:
         rows = store.cells(spec.matrix.name)
-    console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
-    _print_problems(console, rows)
-    _print_trainings(console, result.trainings)
-    _print_flags(console, rows)
+        console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
+        _print_problems(console, rows)
+        _print_trainings(console, result.trainings)
+        _print_flags(console, rows, store.samples)
     console.print(
         f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
         + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
@@ -405,12 +405,12 @@ def _print_trainings(console, trainings: list[dict[str, Any]]) -> None:
     )
 
 
-def _print_flags(console, rows: list[dict[str, Any]]) -> None:
+def _print_flags(console, rows: list[dict[str, Any]], samples: Any = None) -> None:
     from rich.markup import escape
 
     from .flags import CHECKS, sanity_flags
 
-    flags = sanity_flags(rows)
+    flags = sanity_flags(rows, samples)
     done = sum(1 for r in rows if r.get("status") == "done")
     if flags:
         console.print(f"[yellow]{len(flags)} sanity flag(s)[/yellow] (places to look, see advx.flags):")
@@ -457,7 +457,7 @@ def cmd_results(args: argparse.Namespace) -> int:
                 console.print(table)
         if args.worst_case:
             console.print(_worst_case_table(store, rows))
-        _print_flags(console, rows)
+        _print_flags(console, rows, store.samples)
     return 0
 
 

@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .guards import check_budget
+from .guards import ABS_TOL, REL_TOL, check_budget
 from .interfaces import Attack
 from .labels import resolve_labels
 from .metrics import Cost
 from .protocols import bpda as bpda_mode
+from .protocols import randomized_parts
 
 
 class PassCounter(nn.Module):
@@ -52,7 +53,38 @@ class PassCounter(nn.Module):
             self.forwards += n
             if out.requires_grad:
                 out.register_hook(lambda _g, n=n: self._count_backward(n))
+            if self._watch is not None and n == len(self._watch[1]):
+                self._see(x, out)
         return out
+
+    # -- silent success: what the attack had found at some iterate ----------------------------
+
+    _watch: tuple | None = None
+
+    def watch(self, x: Tensor, labels: Tensor, targeted: bool, norm: str, eps: float | None, bounds: tuple[float, float]) -> None:
+        """Record, for every forward of this whole batch, which examples are fooled inside the budget.
+
+        Device-side only (no synchronisation). Forwards on other batch sizes (an attack
+        working on a subset) are not watched.
+        """
+        self._watch = (x, labels, targeted, norm, eps, bounds)
+        self.ever_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+
+    def unwatch(self) -> None:
+        self._watch = None
+
+    @torch.no_grad()
+    def _see(self, x: Tensor, out: Tensor) -> None:
+        x0, labels, targeted, norm, eps, (lo, hi) = self._watch  # type: ignore[misc]
+        pred = out.argmax(1)
+        hit = pred == labels if targeted else pred != labels
+        xd = x.detach()
+        inside = (xd.flatten(1).amin(1) >= lo - ABS_TOL) & (xd.flatten(1).amax(1) <= hi + ABS_TOL)
+        if eps is not None:
+            d = (xd - x0).flatten(1)
+            dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+            inside &= dist <= eps * (1 + REL_TOL) + ABS_TOL
+        self.ever_fooled |= hit & inside
 
     def hidden_states(self, x: Tensor) -> dict[str, Tensor]:
         if self.counting:
@@ -72,6 +104,7 @@ class Crafted:
     targeted: bool
     cost: Cost
     origin: str | None = None  # key of the cell that crafted them (set by the engine)
+    silent_success: int | None = None  # fooled at some iterate inside the budget, returned not fooled
 
     @property
     def seconds(self) -> float:
@@ -96,14 +129,22 @@ def craft(
     seed: int = 0,
     on_batch: Callable[[int, int], None] | None = None,
     bpda: bool = True,
+    check_silent: bool = False,
 ) -> Crafted:
-    """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes."""
+    """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes.
+
+    ``check_silent`` also counts the examples the attack fooled (inside the budget) at some
+    iterate but returned not fooled (one uncounted, untimed forward per batch).
+    """
     mode = getattr(attack.config, "label_mode", "true")
     counter = PassCounter(model)
     gen = torch.Generator().manual_seed(seed)
     outs, targets = [], []
     targeted = False
     cuda = torch.device(device).type == "cuda"
+    # silent success is watched on deterministic modules (a random forward would fake it)
+    watch = check_silent and not randomized_parts(model)
+    silent, excluded = 0, 0.0
     if cuda:
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -119,14 +160,26 @@ def craft(
             s = batch_seed(seed, start)
             attack.begin_batch(s)
             torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
+            if watch:
+                counter.watch(xb, labels, targeted, attack.norm, attack.eps, bounds)
             with torch.enable_grad():
                 xa = attack.perturb(counter, xb.clone(), labels, bounds, targeted=targeted)
             check_budget(attack.name, xb, xa, attack.norm, attack.eps, bounds)
+            if watch:
+                t_check = time.perf_counter()
+                counter.unwatch()
+                counter.counting = False
+                with torch.no_grad():
+                    pred = counter(xa).argmax(1)
+                counter.counting = True
+                final = pred == labels if targeted else pred != labels
+                silent += int((counter.ever_fooled & ~final).sum())
+                excluded += time.perf_counter() - t_check
             outs.append(xa.detach().to("cpu", non_blocking=False))
             targets.append(labels.cpu() if targeted else torch.full((len(xb),), -1, dtype=torch.long))
             if on_batch is not None:
                 on_batch(min(start + batch_size, len(x)), len(x))
     if cuda:
         torch.cuda.synchronize(device)
-    cost = Cost(time.perf_counter() - t0, counter.forwards, counter.backwards)
-    return Crafted(torch.cat(outs), torch.cat(targets), targeted, cost)
+    cost = Cost(time.perf_counter() - t0 - excluded, counter.forwards, counter.backwards)
+    return Crafted(torch.cat(outs), torch.cat(targets), targeted, cost, silent_success=silent if watch else None)

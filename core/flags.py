@@ -12,7 +12,25 @@ the results of a matrix, so advx runs them after every ``advx run`` and on deman
   the same eps and label mode;
 * ``weaker-knowledge-stronger``: an attacker who knows less (a threat model declaring
   ``less_knowledge``: transfer, undefended, gray-box, one ensemble member) must not beat
-  the white-box attacker, or the white-box gradients are masked.
+  the white-box attacker, or the white-box gradients are masked;
+* ``unbounded-not-zero``: an unbounded (minimum-norm) attack with full knowledge must drive
+  accuracy to near zero (at most 5%), or it stopped too early or cannot follow the model;
+* ``gradient-free-stronger``: a gradient-free attack (one that declares ``requires`` empty:
+  Square, random noise) must not beat a gradient attack of the same norm and eps, overall
+  or on examples the gradient attack left unbroken, or the gradients are masked;
+
+and four that each cell measures while it runs (``advx.diagnostics``, stored in the row's
+``metrics.diagnostics``):
+
+* ``zero-gradients``: more than 10% of the probe inputs have an all-zero, NaN or infinite
+  loss gradient through the attacked module;
+* ``random-forward-without-eot``: the evaluated model's forward pass is random but the
+  attack used no EOT (set ``eot`` on the threat model, or declare the randomness with
+  ``advx.InputTransform.randomized`` so the default applies);
+* ``not-converged``: the attack with twice its steps, on 32 examples, finds clearly more
+  adversarial examples (more than 2 and more than 10% of them);
+* ``silent-success``: the attack had fooled examples inside the budget at some iterate and
+  returned them not fooled (it should keep the best iterate).
 
 Flags read what attacks and threat models declare (stored with every row as
 ``attack_traits`` and ``threat_config``), never plugin names, so a third-party attack gets
@@ -33,7 +51,21 @@ from .threats import less_knowledge
 
 
 #: the checks ``sanity_flags`` runs, by the name its flags carry
-CHECKS = ("eps-not-monotone", "iterative-weaker", "weaker-knowledge-stronger")
+CHECKS = (
+    "eps-not-monotone",
+    "iterative-weaker",
+    "weaker-knowledge-stronger",
+    "unbounded-not-zero",
+    "gradient-free-stronger",
+    "zero-gradients",
+    "random-forward-without-eot",
+    "not-converged",
+    "silent-success",
+)
+#: an unbounded attack should leave at most this accuracy
+UNBOUNDED_MAX_ACCURACY = 0.05
+#: share of probe inputs with zero or non-finite gradients that raises a flag
+ZERO_GRADIENT_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -57,8 +89,12 @@ def _tol(*rows: dict[str, Any]) -> float:
     return 2.0 / max(n, 1)
 
 
-def sanity_flags(rows: list[dict[str, Any]]) -> list[Flag]:
-    """Flags for the finished cells in ``rows`` (result rows of one or more matrices)."""
+def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
+    """Flags for the finished cells in ``rows`` (result rows of one or more matrices).
+
+    ``samples(cell_key) -> records`` (e.g. ``ResultStore.samples``) enables the per-example
+    comparison of ``gradient-free-stronger``.
+    """
     done = [r for r in rows if r.get("status") == "done" and r.get("robust_accuracy") is not None]
     flags: list[Flag] = []
     place = lambda r: f"{r['dataset']} / {r['model']} / {r['defense']} / {r['threat']}"  # noqa: E731
@@ -124,4 +160,89 @@ def sanity_flags(rows: list[dict[str, Any]]) -> list[Flag]:
                         f"lower than the white-box one ({wb['robust_accuracy']:.4f}): white-box gradients may be masked",
                     )
                 )
+    # 4. unbounded attacks with full knowledge reach (near) zero accuracy
+    for r in done:
+        cfg, threat = _cfg(r, "attack_config"), _cfg(r, "threat_config").get("name")
+        if "eps" in cfg and cfg["eps"] is None and not less_knowledge(threat):
+            if r["robust_accuracy"] > UNBOUNDED_MAX_ACCURACY + _tol(r):
+                flags.append(
+                    Flag(
+                        "unbounded-not-zero",
+                        f"{place(r)}: the unbounded attack {r['attack']} leaves accuracy {r['robust_accuracy']:.4f} "
+                        f"(expected <= {UNBOUNDED_MAX_ACCURACY}): too few steps, or it cannot follow the model's gradients",
+                    )
+                )
+
+    # 5. gradient-free attacks must not beat gradient attacks of the same threat constraint
+    by_constraint: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"free": [], "grad": []})
+    for r in done:
+        cfg, traits = _cfg(r, "attack_config"), _cfg(r, "attack_traits")
+        if cfg.get("eps") is None or "requires" not in traits:
+            continue
+        kind = "grad" if "gradients" in traits["requires"] else "free"
+        by_constraint[(place(r), traits.get("norm"), cfg["eps"])][kind].append(r)
+    for (where, norm, eps), g in by_constraint.items():
+        for free in g["free"]:
+            for grad in g["grad"]:
+                beats = free["robust_accuracy"] < grad["robust_accuracy"] - _tol(free, grad)
+                extra = ""
+                if samples is not None:
+                    a, b = samples(free["cell_key"]), samples(grad["cell_key"])
+                    if len(a["idx"]) and len(a["idx"]) == len(b["idx"]):
+                        only = int(((a["adv_pred"] != a["label"]) & (b["adv_pred"] == b["label"])).sum())
+                        if only > max(2, 0.02 * len(a["idx"])):
+                            beats = True
+                            extra = f"; it breaks {only} examples the gradient attack left unbroken"
+                if beats:
+                    flags.append(
+                        Flag(
+                            "gradient-free-stronger",
+                            f"{where}: gradient-free {free['attack']} leaves accuracy {free['robust_accuracy']:.4f}, "
+                            f"gradient attack {grad['attack']} {grad['robust_accuracy']:.4f} ({norm} eps={eps:g}){extra}: "
+                            "gradients may be masked",
+                        )
+                    )
+
+    # 6-9. what each cell measured while it ran
+    for r in done:
+        diag = _cfg(r, "metrics").get("diagnostics") or {}
+        traits = _cfg(r, "attack_traits")
+        where = f"{place(r)} / {r['attack']}"
+        grads = diag.get("gradients") or {}
+        bad = (grads.get("zero_share") or 0) + (grads.get("nonfinite_share") or 0)
+        if "gradients" in traits.get("requires", ["gradients"]) and bad > ZERO_GRADIENT_SHARE:
+            flags.append(
+                Flag(
+                    "zero-gradients",
+                    f"{where}: {grads.get('zero_share', 0):.0%} of probe inputs have an all-zero loss gradient and "
+                    f"{grads.get('nonfinite_share', 0):.0%} a NaN or infinite one: gradients are masked or broken",
+                )
+            )
+        if diag.get("random_forward") and (diag.get("eot") or 1) == 1:
+            flags.append(
+                Flag(
+                    "random-forward-without-eot",
+                    f"{where}: the model's forward pass is random but the attack used no EOT; set eot on the threat "
+                    "model (or declare the randomness as an advx.InputTransform) before trusting this number",
+                )
+            )
+        conv = diag.get("convergence") or {}
+        if "success_doubled" in conv:
+            gain = conv["success_doubled"] - conv["success"]
+            if gain > max(2, 0.1 * conv["n"]):
+                flags.append(
+                    Flag(
+                        "not-converged",
+                        f"{where}: with {2 * conv['steps']} steps instead of {conv['steps']} the attack fools "
+                        f"{conv['success_doubled']} of {conv['n']} sampled examples instead of {conv['success']}",
+                    )
+                )
+        if diag.get("silent_success"):
+            flags.append(
+                Flag(
+                    "silent-success",
+                    f"{where}: {diag['silent_success']} examples were fooled inside the budget at some iterate but "
+                    "returned not fooled: the attack should keep its best iterate",
+                )
+            )
     return flags

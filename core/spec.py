@@ -65,6 +65,13 @@ class MatrixOptions(BaseModel):
             "gallery and `advx results --examples` (0: none; not part of the cell key)"
         ),
     )
+    diagnostics: bool = Field(
+        True,
+        description=(
+            "measure, per cell, the checks the sanity flags need: gradient health, random forward, convergence "
+            "(the attack with twice its steps on 32 examples) and silent success"
+        ),
+    )
 
     @field_validator("device")
     @classmethod

@@ -13,7 +13,10 @@ to a cell (``member`` on a defense that is not an ``Ensemble``, ``detector-aware
 ``Detector``) says why in ``not_applicable``; the cell is then recorded as not applicable
 with that reason, never as a failure and never dropped.
 
-Every threat model has ``bpda`` (default true): non-differentiable input transforms the
+Every threat model has ``eot`` (default: 10 draws when the defense declares a randomised
+input transform, else 1): the attacked module's output is the mean prediction over the
+draws and its gradient the mean of the draws' loss gradients (Athalye et al. 2018), so a
+random forward pass is not mistaken for robustness. Every threat model has ``bpda`` (default true): non-differentiable input transforms the
 defense declares (``advx.InputTransform``) are attacked with an identity backward pass
 (Athalye et al. 2018), so a gradient attack measures the defense, not its missing
 gradients. With ``bpda = false`` a gradient attack on such a defense fails its cell with an
@@ -32,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from .errors import ConfigError, suggest
-from .protocols import Detector, Ensemble
+from .protocols import Detector, Ensemble, randomized_parts
 
 if TYPE_CHECKING:
     from .spec import PluginRef
@@ -46,6 +49,15 @@ class ThreatConfig(BaseModel):
     bpda: bool = Field(
         True,
         description="attack non-differentiable input transforms through an identity backward pass (BPDA)",
+    )
+    eot: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=(
+            "expectation over transformation: average the loss gradient over this many draws of a randomised "
+            "defense (default: 10 when the defense declares a randomised part, else 1)"
+        ),
     )
 
 
@@ -109,6 +121,20 @@ class ThreatModel(ABC):
     @abstractmethod
     def view(self, ws: Any, cell: Any, target: nn.Module) -> AttackView:
         """The module the attack crafts on; ``ws`` trains or loads the models it needs."""
+
+    def eot_draws(self, module: nn.Module) -> int:
+        """How many draws EOT averages over for ``module`` (the config, or 10 if it declares randomness)."""
+        if self.config.eot is not None:
+            return self.config.eot
+        return 10 if randomized_parts(module) else 1
+
+    def attack_view(self, ws: Any, cell: Any, target: nn.Module) -> AttackView:
+        """``view``, averaged over ``eot_draws`` draws when more than one."""
+        v = self.view(ws, cell, target)
+        k = self.eot_draws(v.module)
+        if k == 1:
+            return v
+        return AttackView(EOTView(v.module, k).eval(), [v.key, "eot", k], v.reusable)
 
 
 def _cell_key(cell: Any, *extra: Any) -> list[Any]:
@@ -211,10 +237,11 @@ class Member(ThreatModel):
         return AttackView(target.member(self.config.index).eval(), _cell_key(cell, "member", self.config.index))  # type: ignore[attr-defined]
 
 
-class _MemberMeanGrad(torch.autograd.Function):
-    """Forward: the ensemble's ``log(mean probability)``. Backward: seed 002's Grad.2.
+class _MeanOfLossGradients(torch.autograd.Function):
+    """Forward: ``log(mean probability)`` over stacked logits. Backward: the mean of their loss gradients.
 
-    Grad.2 is the mean over members of the gradient of the loss J evaluated at each
+    Used for an ensemble's members (seed 002's Grad.2) and for EOT's draws of a randomised
+    defense: the mean over members (draws) of the gradient of the loss J evaluated at each
     member's own logits. The loss is the attack's, which the module cannot see; but the
     gradient that reaches the output tells it for cross-entropy, the J of the paper and of
     every CE-based attack (FGSM, BIM, PGD, iterative-l2): for CE on label y scaled by c
@@ -263,6 +290,19 @@ def _ce_pattern(g: Tensor, pbar: Tensor, rtol: float = 1e-3) -> tuple[Tensor, Te
     return best_c, best_y, ok
 
 
+class EOTView(nn.Module):
+    """A randomised module as the EOT attacker sees it: the mean prediction over ``draws`` forward
+    passes, with the mean of the draws' loss gradients."""
+
+    def __init__(self, module: nn.Module, draws: int) -> None:
+        super().__init__()
+        self.module = module
+        self.draws = draws
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _MeanOfLossGradients.apply(torch.stack([self.module(x) for _ in range(self.draws)]))  # type: ignore[no-any-return]
+
+
 class MemberMeanView(nn.Module):
     """The ensemble as the Grad.2 attacker sees it: same outputs, gradient = mean of members' loss gradients."""
 
@@ -271,7 +311,7 @@ class MemberMeanView(nn.Module):
         self.ensemble = ensemble
 
     def forward(self, x: Tensor) -> Tensor:
-        return _MemberMeanGrad.apply(self.ensemble.member_logits(x))  # type: ignore[operator, no-any-return]
+        return _MeanOfLossGradients.apply(self.ensemble.member_logits(x))  # type: ignore[operator, no-any-return]
 
 
 class MemberMean(ThreatModel):

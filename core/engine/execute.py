@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .._version import __version__
 from ..errors import AdvxError
+from ..diagnostics import PROBE, convergence, gradient_health, random_forward
 from ..guards import check_requires, preflight
 from ..interfaces import Attack
 from ..schema import EXAMPLE_KEYS
@@ -67,6 +68,26 @@ def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
     }
 
 
+def diagnose(
+    cell: Cell, ws: Workspace, attack: Attack, target: torch.nn.Module, view: torch.nn.Module, x: Tensor, y: Tensor,
+    crafted: Any, reused: bool, info: Any,
+) -> dict[str, Any]:
+    """The cell's evaluation diagnostics (see ``advx.diagnostics``), on the first ``PROBE`` examples."""
+    n = min(PROBE, len(x))
+    xp, yp = x[:n].to(ws.device), y[:n].to(ws.device)
+    out: dict[str, Any] = {
+        "gradients": gradient_health(view, xp, yp),
+        "random_forward": random_forward(target, xp),
+        "eot": cell.threat.eot_draws(view),
+        "silent_success": crafted.silent_success,
+    }
+    if not reused:
+        out["convergence"] = convergence(
+            attack, view, x[:n], y[:n], crafted.x_adv[:n], crafted.target[:n], info.bounds, info.num_classes, ws.device, cell.options.seed
+        )
+    return out
+
+
 def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
     """Run one cell; return its row, records and trainings (never raises for cell errors)."""
     t0 = time.perf_counter()
@@ -91,7 +112,7 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
             checks = (x, info.bounds, info.num_classes, ws.device, cell.options.batch_size)
             preflight(*checks, target)  # before a source model is trained for nothing
             stage = f'threat model "{cell.threat.name}"'
-            view = cell.threat.view(ws, cell, target)
+            view = cell.threat.attack_view(ws, cell, target)
             if view.module is not target:
                 preflight(*checks, view.module)
             check_requires(attack.name, attack.requires, view.module, cell.threat.config.bpda, f'defense "{cell.defense.name}"')
@@ -108,6 +129,9 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
             }
             if row.get("detection_auc") is not None:
                 details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
+            if cell.options.diagnostics:
+                stage = f'diagnostics of attack "{cell.attack.name}"'
+                details["diagnostics"] = diagnose(cell, ws, attack, target, view.module, x, y, crafted, reused, info)
             row["metrics"] = details
             row["status"] = "done"
             k = cell.options.keep_examples

@@ -202,6 +202,7 @@ class Workspace:
             o.seed,
             on_batch=lambda done, total: self.emit("batch", cell, done=done, total=total),
             bpda=cell.threat.config.bpda,
+            check_silent=o.diagnostics,
         )
         crafted.origin = cell.key
         if view.reusable:
