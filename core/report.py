@@ -44,7 +44,7 @@ from typing import Any
 
 INSTALL_HINT = "pip install 'advx[report]'"
 #: at most this many plots per section (the rest are named in a line)
-MAX_FIGURES = 12
+MAX_FIGURES = 8
 #: at most this many attacks in the gallery, and examples per attack
 MAX_GALLERY = 12
 GALLERY_EXAMPLES = 6
@@ -235,10 +235,13 @@ class _Plotter:
         self.fmt = fmt
         self.count = 0
 
-    def figure(self, w: float = 6.4, h: float = 3.6):
+    def figure(self, w: float = 6.4, h: float = 3.6, **margins: float):
+        """A figure with fixed margins (a layout engine would cost a second draw per figure)."""
         from matplotlib.figure import Figure
 
-        return Figure(figsize=(w, h), layout="constrained")
+        fig = Figure(figsize=(w, h))
+        fig.subplots_adjust(**{"left": 0.8 / w, "right": 1 - 0.2 / w, "bottom": 0.55 / h, "top": 1 - 0.35 / h, **margins})
+        return fig
 
     def done(self, fig: Any, name: str, title: str) -> Plot:
         import matplotlib
@@ -318,7 +321,8 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
                 r = grid.get((rk, ck))
                 if r is not None and r.get("robust_accuracy") is not None:
                     data[i, j] = r["robust_accuracy"]
-        fig = plotter.figure(max(4.0, 1.0 + 0.9 * len(ckeys)), max(2.0, 1.0 + 0.4 * len(rkeys)))
+        w, h = max(5.0, 3.0 + 0.5 * len(ckeys)), max(3.0, 2.2 + 0.25 * len(rkeys))
+        fig = plotter.figure(w, h, left=2.6 / w, bottom=2.0 / h, right=1 - 0.9 / w)
         ax = fig.subplots()
         im = ax.imshow(data, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(ckeys)), ckeys, rotation=45, ha="right", fontsize=7)
@@ -367,7 +371,7 @@ def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter
         items = list(sweeps.items())
         for (d, m, t, rest), cells in items[:MAX_FIGURES]:
             name = json.loads(rest).get("name", "attack")
-            fig = plotter.figure(5.6, 3.4)
+            fig = plotter.figure(6.4, 3.4, right=1 - 1.9 / 6.4)
             ax = fig.subplots()
             by_defense: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in cells:
@@ -385,7 +389,7 @@ def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
             ax.set_title(f"{name} on {d} / {m}, {t}", fontsize=9)
-            ax.legend(fontsize=7, title="defense", title_fontsize=7)
+            ax.legend(fontsize=7, title="defense", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
             sec.blocks.append(plotter.done(fig, f"eps-{_slug(name + '-' + d + '-' + m + '-' + t)}", f"{name}: {d} / {m}, {t}"))
         if len(items) > MAX_FIGURES:
             sec.blocks.append(Para(f"{len(items) - MAX_FIGURES} more eps sweeps are not drawn (at most {MAX_FIGURES} plots per section); their numbers are in the matrix.", "note"))
@@ -447,7 +451,7 @@ def _roc_section(rows: list[dict[str, Any]], plotter: _Plotter | None) -> Sectio
             groups[(r["dataset"], r["model"], r["threat"], r["attack"])].append(r)
     items = list(groups.items())
     for (d, m, t, a), cells in items[:MAX_FIGURES]:
-        fig = plotter.figure(4.6, 4.0)
+        fig = plotter.figure(4.6, 4.2, left=0.75 / 4.6)
         ax = fig.subplots()
         for r in cells:
             pts = _cfg(r, "metrics")["roc"]
@@ -456,8 +460,8 @@ def _roc_section(rows: list[dict[str, Any]], plotter: _Plotter | None) -> Sectio
                 ax.plot([r["detection_fpr"]], [r["detection_tpr"]], marker="D", ms=7, color=line.get_color(), mec="black")
                 ax.annotate(_operating_label(r), (r["detection_fpr"], r["detection_tpr"]), textcoords="offset points", xytext=(6, -10), fontsize=7)
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-        ax.set_xlabel("false positive rate (clean rejected)")
-        ax.set_ylabel("true positive rate (adversarial rejected)")
+        ax.set_xlabel("false positive rate (clean rejected)", fontsize=8)
+        ax.set_ylabel("true positive rate (adversarial rejected)", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.set_title(f"{a} on {d} / {m}, {t}", fontsize=9)
@@ -510,7 +514,7 @@ def _rotation_section(sources: Sequence[Path], plotter: _Plotter | None) -> Sect
         return sec
     labels = {"adv_p_true": "adversarial: p(true)", "adv_p_target": "adversarial: p(target)", "clean_p_true": "clean: p(true)"}
     for path, s in studies[:MAX_FIGURES]:
-        fig = plotter.figure(8.0, 3.2)
+        fig = plotter.figure(9.0, 3.4, wspace=0.25, top=1 - 0.45 / 3.4)
         ax1, ax2 = fig.subplots(1, 2)
         for k, v in s["curves"].items():
             ax1.plot(s["angles"], v, label=labels.get(k, k))
@@ -522,7 +526,7 @@ def _rotation_section(sources: Sequence[Path], plotter: _Plotter | None) -> Sect
             ax.set_xlabel("rotation angle (degrees)")
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="center right")
         if s["oracle_angle"] is not None:
             ax1.annotate(f"ORACLE median best angle {s['oracle_angle']:g} (uses the true label)", (s["oracle_angle"], 0.03), xytext=(4, 0), textcoords="offset points", fontsize=7, color="grey")
         ax1.set_ylabel("mean probability")
@@ -552,7 +556,7 @@ def _breakdown_section(rows: list[dict[str, Any]], kind: str, plotter: _Plotter 
         sec.blocks.append(Para("Top-1 error after the attack per bucket of the clean top-1 probability (High >= 30%, Medium 15-30%, Low < 15%), one bar per attack; the bucket's count is under its name."))
         metric, order = "top1_error", ["high", "medium", "low"]
     for (d, m, df, t), cells in items[:MAX_FIGURES]:
-        cells = cells[:8]
+        cells = cells[:6]
         first = _cfg(cells[0], "metrics")[key]
         cats = order or sorted(first, key=lambda k: int(k) if k.isdigit() else 0)
         cats = [c for c in cats if c in first]
@@ -570,7 +574,8 @@ def _breakdown_section(rows: list[dict[str, Any]], kind: str, plotter: _Plotter 
         series = ([("clean", [first[c].get("clean_accuracy") for c in cats])] if kind == "class" else []) + [
             (r["attack"], [_cfg(r, "metrics")[key].get(c, {}).get(metric) for c in cats]) for r in cells
         ]
-        fig = plotter.figure(max(4.5, 0.5 * len(cats) * max(1, len(series)) * 0.35 + 3), 3.2)
+        w = min(11.0, max(5.5, 0.12 * len(cats) * len(series) + 4))
+        fig = plotter.figure(w, 3.4, right=1 - 2.3 / w, bottom=(0.55 if kind == "class" else 0.75) / 3.4)
         ax = fig.subplots()
         width = 0.8 / len(series)
         xs = np.arange(len(cats))
@@ -581,7 +586,7 @@ def _breakdown_section(rows: list[dict[str, Any]], kind: str, plotter: _Plotter 
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy" if kind == "class" else "top-1 error after the attack")
         ax.set_title(f"{d} / {m} / {df}, {t}", fontsize=9)
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.grid(axis="y", alpha=0.3)
         sec.blocks.append(plotter.done(fig, f"{kind}-{_slug(d + '-' + m + '-' + df + '-' + t)}", f"per {kind}: {d} / {m} / {df}, {t}"))
     if plotter is None:
@@ -798,7 +803,7 @@ td.r{text-align:right;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:6px 12px 12px 0;vertical-align:top;background:#fff;border:1px solid #eee}
 figure svg{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#555;padding:2px 6px}
-.gallery td{text-align:center;font-size:11px;max-width:150px}
+.gallery td{text-align:center;font-size:11px;max-width:130px}.gallery th{position:static}
 .gallery img{image-rendering:pixelated;width:96px;height:auto;display:block;margin:0 auto 2px}
 """
 
@@ -850,10 +855,12 @@ def render_html(report: Report) -> str:
             elif isinstance(b, Plot):
                 out.append(f"<figure>{b.svg}<figcaption>{html.escape(b.title)}</figcaption></figure>")
             elif isinstance(b, Gallery):
+                # one column per example: clean, adversarial and perturbation under each other
                 out.append(f'<h3>{html.escape(b.title)}</h3><div class="tw"><table class="gallery"><tbody>')
-                for row in b.rows:
-                    out.append("<tr>")
-                    for png, cap in row:
+                for k, what in enumerate(("clean", "adversarial", "perturbation")):
+                    out.append(f"<tr><th>{what}</th>")
+                    for row in b.rows:
+                        png, cap = row[k]
                         data = base64.b64encode(png).decode()
                         out.append(f'<td><img alt="{html.escape(cap)}" src="data:image/png;base64,{data}">{html.escape(cap)}</td>')
                     out.append("</tr>")
@@ -889,11 +896,12 @@ def render_markdown(report: Report, images: Path | None, link: str) -> str:
             elif isinstance(b, Plot) and b.png is not None and images is not None:
                 out += [f"![{b.title}]({save(b.name, b.png)})", ""]
             elif isinstance(b, Gallery) and images is not None:
-                out += [f"**{b.title}**", "", "| clean | adversarial | perturbation |", "|---|---|---|"]
                 stem = _slug(b.title)
-                for i, row in enumerate(b.rows):
-                    cells = [f"![{_md_escape(cap)}]({save(f'{stem}-{i}-{k}', png)})<br>{_md_escape(cap)}" for k, (png, cap) in zip(("clean", "adv", "perturbation"), row)]
-                    out.append("| " + " | ".join(cells) + " |")
+                out += [f"**{b.title}**", "", "| | " + " | ".join(f"example {i + 1}" for i in range(len(b.rows))) + " |"]
+                out.append("|---|" + "---|" * len(b.rows))
+                for k, what in enumerate(("clean", "adversarial", "perturbation")):
+                    cells = [f"![{_md_escape(row[k][1])}]({save(f'{stem}-{i}-{what}', row[k][0])})<br>{_md_escape(row[k][1])}" for i, row in enumerate(b.rows)]
+                    out.append(f"| {what} | " + " | ".join(cells) + " |")
                 out.append("")
     return "\n".join(out)
 
