@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import AdvxError, ConfigError
 from .guards import ABS_TOL, REL_TOL, check_budget
 from .interfaces import Attack
 from .labels import resolve_labels
@@ -105,10 +105,20 @@ class Crafted:
     cost: Cost
     origin: str | None = None  # key of the cell that crafted them (set by the engine)
     silent_success: int | None = None  # fooled at some iterate inside the budget, returned not fooled
+    info: dict[str, Tensor] | None = None  # per-example information the attack reported (Attack.batch_info)
+    batch_size: int | None = None  # the batch size used (smaller than asked after an out-of-memory back-off)
 
     @property
     def seconds(self) -> float:
         return self.cost.seconds
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CUDA or host memory) worth retrying smaller."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -130,11 +140,17 @@ def craft(
     on_batch: Callable[[int, int], None] | None = None,
     bpda: bool = True,
     check_silent: bool = False,
+    min_batch_size: int = 1,
 ) -> Crafted:
     """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes.
 
     ``check_silent`` also counts the examples the attack fooled (inside the budget) at some
     iterate but returned not fooled (one uncounted, untimed forward per batch).
+
+    A batch that runs out of memory (CUDA, or the host) is retried at half the batch size,
+    down to ``min_batch_size``; the rest of the cell runs at the smaller size, so the result
+    equals a run started at that size (batch seeds follow batch positions). The size used
+    is returned with the examples.
     """
     mode = getattr(attack.config, "label_mode", "true")
     counter = PassCounter(model)
@@ -145,41 +161,74 @@ def craft(
     # silent success is watched on deterministic modules (a random forward would fake it)
     watch = check_silent and not randomized_parts(model)
     silent, excluded = 0, 0.0
+    infos: dict[str, list[Tensor]] = {}
     if cuda:
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    with bpda_mode(model, bpda):
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size].to(device, non_blocking=True)
-            yb = y[start : start + batch_size].to(device, non_blocking=True)
-            counter.counting = False  # label resolution is bookkeeping, not the attack's cost
-            labels, targeted = resolve_labels(counter, xb, yb, mode, num_classes, gen)
+    def one_batch(start: int, size: int) -> None:
+        nonlocal targeted, silent, excluded
+        xb = x[start : start + size].to(device, non_blocking=True)
+        yb = y[start : start + size].to(device, non_blocking=True)
+        counter.counting = False  # label resolution is bookkeeping, not the attack's cost
+        labels, targeted = resolve_labels(counter, xb, yb, mode, num_classes, gen)
+        counter.counting = True
+        if targeted and not attack.supports_targeted:
+            raise ConfigError(f'attack "{attack.name}" does not support targeted label mode {mode!r}')
+        s = batch_seed(seed, start)
+        attack.begin_batch(s)
+        torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
+        if watch:
+            counter.watch(xb, labels, targeted, attack.norm, attack.eps, bounds)
+        with torch.enable_grad():
+            xa = attack.perturb(counter, xb.clone(), labels, bounds, targeted=targeted)
+        check_budget(attack.name, xb, xa, attack.norm, attack.eps, bounds)
+        if watch:
+            t_check = time.perf_counter()
+            counter.unwatch()
+            counter.counting = False
+            with torch.no_grad():
+                pred = counter(xa).argmax(1)
             counter.counting = True
-            if targeted and not attack.supports_targeted:
-                raise ConfigError(f'attack "{attack.name}" does not support targeted label mode {mode!r}')
-            s = batch_seed(seed, start)
-            attack.begin_batch(s)
-            torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
-            if watch:
-                counter.watch(xb, labels, targeted, attack.norm, attack.eps, bounds)
-            with torch.enable_grad():
-                xa = attack.perturb(counter, xb.clone(), labels, bounds, targeted=targeted)
-            check_budget(attack.name, xb, xa, attack.norm, attack.eps, bounds)
-            if watch:
-                t_check = time.perf_counter()
+            final = pred == labels if targeted else pred != labels
+            silent += int((counter.ever_fooled & ~final).sum())
+            excluded += time.perf_counter() - t_check
+        outs.append(xa.detach().to("cpu", non_blocking=False))
+        extra = attack.batch_info()
+        if extra:
+            for k, v in extra.items():
+                infos.setdefault(k, []).append(torch.as_tensor(v).detach().cpu().flatten())
+        targets.append(labels.cpu() if targeted else torch.full((len(xb),), -1, dtype=torch.long))
+
+    size = batch_size
+    with bpda_mode(model, bpda):
+        start = 0
+        while start < len(x):
+            passes, rng = (counter.forwards, counter.backwards), gen.get_state()
+            try:
+                one_batch(start, size)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                if not is_out_of_memory(exc):
+                    raise
+                counter.forwards, counter.backwards = passes  # the failed attempt is not the attack's cost
+                gen.set_state(rng)  # the retry draws the same random targets
                 counter.unwatch()
-                counter.counting = False
-                with torch.no_grad():
-                    pred = counter(xa).argmax(1)
                 counter.counting = True
-                final = pred == labels if targeted else pred != labels
-                silent += int((counter.ever_fooled & ~final).sum())
-                excluded += time.perf_counter() - t_check
-            outs.append(xa.detach().to("cpu", non_blocking=False))
-            targets.append(labels.cpu() if targeted else torch.full((len(xb),), -1, dtype=torch.long))
+                if cuda:
+                    torch.cuda.empty_cache()
+                if size // 2 < min_batch_size:
+                    raise AdvxError(
+                        f'attack "{attack.name}" ran out of memory even at batch size {size} (the floor is '
+                        f"{min_batch_size}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                    ) from None
+                size //= 2  # the rest of the cell runs at the smaller size: seeds follow batch positions
+                continue
+            start += size
             if on_batch is not None:
-                on_batch(min(start + batch_size, len(x)), len(x))
+                on_batch(min(start, len(x)), len(x))
     if cuda:
         torch.cuda.synchronize(device)
     cost = Cost(time.perf_counter() - t0 - excluded, counter.forwards, counter.backwards)
-    return Crafted(torch.cat(outs), torch.cat(targets), targeted, cost, silent_success=silent if watch else None)
+    info = {k: torch.cat(v) for k, v in infos.items()} or None
+    return Crafted(
+        torch.cat(outs), torch.cat(targets), targeted, cost, silent_success=silent if watch else None, info=info, batch_size=size
+    )

@@ -259,6 +259,14 @@ class Attack(Plugin):
             "single_step": cls.single_step,
         }
 
+    def batch_info(self) -> dict[str, Tensor] | None:
+        """Per-example information about the last batch (tensors of shape ``(N,)``), or None.
+
+        Called by the kernel after each ``perturb``; the values are stored with the cell
+        (``metrics.attack_info``), e.g. which attack of a suite broke each example.
+        """
+        return None
+
     def begin_batch(self, seed: int) -> None:
         """Called by the kernel before each batch with a seed derived from the cell's seed and the
         batch's position, so random draws differ between batches yet do not depend on what ran

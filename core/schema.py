@@ -71,6 +71,7 @@ _COST_AND_PROVENANCE = (
     Column("seconds", "REAL", header=None, fmt=".2f", description="wall time of crafting and scoring (training excluded)"),
     Column("train_seconds", "REAL", fmt=".2f", description="training and fitting done while this cell ran (not in seconds)"),
     Column("crafted_by", description="cell key whose crafted examples this cell reused (its cost is counted there)"),
+    Column("batch_size", "INTEGER", description="examples per attack batch used (smaller than the spec's after an out-of-memory back-off)"),
     Column("trainings", json=True, description="training keys this cell used, with seconds and whether cached"),
     Column("metrics", json=True, description="per-class and per-confidence breakdowns, ROC points, traceback of a failure"),
     Column("error", description="why the cell failed"),

@@ -65,6 +65,11 @@ class MatrixOptions(BaseModel):
             "gallery and `advx results --examples` (0: none; not part of the cell key)"
         ),
     )
+    min_batch_size: int = Field(
+        1,
+        ge=1,
+        description="out of memory: a batch is retried at half the size, down to this floor (then the cell fails)",
+    )
     diagnostics: bool = Field(
         True,
         description=(

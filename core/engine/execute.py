@@ -119,9 +119,10 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
             stage = f'attack "{cell.attack.name}"'
             crafted, reused = ws.crafted(cell, attack, view, x, y, idx, info)
             stage = f'scoring on defense "{cell.defense.name}"'
-            samples = score(target, x, y, crafted, ws.device, cell.options.batch_size, idx)
+            samples = score(target, x, y, crafted, ws.device, crafted.batch_size or cell.options.batch_size, idx)
             row.update(summarize(samples, None if reused else crafted.cost))
             row["crafted_by"] = crafted.origin if reused else None
+            row["batch_size"] = crafted.batch_size
             details: dict[str, Any] = {
                 "per_class": breakdown_by_class(samples, info.num_classes),
                 "per_confidence": breakdown_by_confidence(samples),
@@ -129,6 +130,8 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
             }
             if row.get("detection_auc") is not None:
                 details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
+            if crafted.info:
+                details["attack_info"] = {k: v.tolist() for k, v in crafted.info.items()}
             if cell.options.diagnostics:
                 stage = f'diagnostics of attack "{cell.attack.name}"'
                 details["diagnostics"] = diagnose(cell, ws, attack, target, view.module, x, y, crafted, reused, info)

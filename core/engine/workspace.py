@@ -203,6 +203,7 @@ class Workspace:
             on_batch=lambda done, total: self.emit("batch", cell, done=done, total=total),
             bpda=cell.threat.config.bpda,
             check_silent=o.diagnostics,
+            min_batch_size=o.min_batch_size,
         )
         crafted.origin = cell.key
         if view.reusable:

@@ -226,3 +226,67 @@ def test_reused_crafting_is_counted_once_and_training_is_not_cell_time(tmp_path)
     # a rerun loads from the cache: trainings are recorded as cached and cost (almost) nothing
     again = advx.run_matrix(spec, rerun=True)
     assert all(t["cached"] for t in again.trainings)
+
+
+class Hungry(Attack):
+    """PGD-like random start + one FGSM step; runs 'out of memory' on batches above ``limit``."""
+
+    name: ClassVar[str] = "hungry"
+    limit: ClassVar[int] = 16
+
+    class Config(AttackConfig):
+        eps: float = 0.1
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        gen = self.generator(x.device)
+        start = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * self.config.eps / 2).clamp(*bounds)
+        start.requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(start), y), start)
+        return torch.max(torch.min(start.detach() + self.config.eps / 2 * g.sign(), x + self.config.eps), x - self.config.eps).clamp(*bounds)
+
+
+def test_out_of_memory_backs_off_to_a_smaller_batch(tmp_path):
+    reg = advx.Registry.discover()
+    reg.add("attack", Hungry, package="tests")
+
+    def spec(batch, floor=1):
+        return {
+            "matrix": {"name": "oom", "samples": 64, "batch_size": batch, "min_batch_size": floor, "cache_dir": str(tmp_path / "c")},
+            "datasets": [{"name": "digits"}],
+            "models": [{"name": "mlp", "train": {"epochs": 1}}],
+            "attacks": [{"name": "hungry"}],
+        }
+
+    (backed,) = advx.run_matrix(spec(64), registry=reg).rows
+    (small,) = advx.run_matrix(spec(16), registry=reg).rows
+    assert backed["status"] == "done" and backed["batch_size"] == 16 and small["batch_size"] == 16
+    assert backed["robust_accuracy"] == small["robust_accuracy"] and backed["mean_l2"] == small["mean_l2"]
+    assert backed["forwards_per_sample"] == small["forwards_per_sample"] == 1.0  # failed attempts are not the attack's cost
+    # at the floor, the cell fails with the cause
+    (failed,) = advx.run_matrix(spec(64, floor=32), registry=reg).rows
+    assert failed["status"] == "failed"
+    assert 'attack "hungry" ran out of memory even at batch size 32 (the floor is 32)' in failed["error"]
+
+
+class Informative(CountedFGSM):
+    """FGSM that reports per-example information."""
+
+    name: ClassVar[str] = "informative"
+
+    def batch_info(self):
+        return {"which": torch.arange(3)}
+
+
+def test_attack_batch_info_is_stored_with_the_cell(tmp_path):
+    reg = advx.Registry.discover()
+    reg.add("attack", Informative, package="tests")
+    spec = {
+        "matrix": {"name": "info", "samples": 6, "batch_size": 3, "cache_dir": str(tmp_path / "c")},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 1}}],
+        "attacks": [{"name": "informative"}],
+    }
+    (row,) = advx.run_matrix(spec, registry=reg).rows
+    assert row["metrics"]["attack_info"] == {"which": [0, 1, 2, 0, 1, 2]}
