@@ -79,6 +79,8 @@ _EXPORTS: dict[str, str] = {
     "LoadFailure": ".registry",
     "PluginEntry": ".registry",
     "Registry": ".registry",
+    # report
+    "write_report": ".report",
     # results
     "ResultStore": ".results",
     # spec
@@ -101,7 +103,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = frozenset(
     {
         "cli", "context", "crafting", "data", "embedding", "engine", "errors", "flags", "guards", "hookspecs",
-        "interfaces", "labels", "metrics", "protocols", "registry", "results", "schema", "scoring", "spec",
+        "interfaces", "labels", "metrics", "protocols", "registry", "report", "results", "schema", "scoring", "spec",
         "testing", "threats", "training",
     }
 )
@@ -137,6 +139,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .labels import resolve_labels
     from .protocols import Detector, Ensemble, InputTransform, bpda
     from .registry import LoadFailure, PluginEntry, Registry
+    from .report import write_report
     from .results import ResultStore
     from .spec import MatrixOptions, MatrixSpec
     from .threats import ThreatConfig, ThreatModel

@@ -580,7 +580,7 @@ def _breakdown_section(rows: list[dict[str, Any]], kind: str, plotter: _Plotter 
         width = 0.8 / len(series)
         xs = np.arange(len(cats))
         for i, (label, vals) in enumerate(series):
-            ax.bar(xs + i * width - 0.4 + width / 2, [np.nan if v is None else v for v in vals], width, label=label[:32])
+            ax.bar(xs + i * width - 0.4 + width / 2, [np.nan if v is None else v for v in vals], width, label=label[:48])
         ticks = cats if kind == "class" else [f"{c}\n(n={first[c].get('count', '?')})" for c in cats]
         ax.set_xticks(xs, ticks, fontsize=7)
         ax.set_ylim(0, 1.02)
