@@ -352,7 +352,51 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
     return sec
 
 
-def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter | None) -> Section | None:
+def _eps_tables(sweeps: dict[tuple, list[dict[str, Any]]], width: int = 8) -> list[Any]:
+    """The eps sweeps as tables: per attack, rows eps (clean first), columns the places it ran on.
+
+    Place parts shared by every column go into the table's title, so columns name only what
+    differs (the shape of the tables in docs/reproductions.md).
+    """
+    families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (_, _, _, rest), cells in sweeps.items():
+        families[rest].extend(cells)
+    out: list[Any] = []
+    parts = ("dataset", "model", "defense", "threat")
+    shown = skipped = 0
+    for rest, cells in families.items():
+        name = json.loads(rest).get("name", "attack")
+        varying = [p for p in parts if len({r[p] for r in cells}) > 1] or ["dataset"]
+        shared = [f"{p} {cells[0][p]}" for p in parts if p not in varying]
+        places: list[str] = []
+        at: dict[tuple[str, float], dict[str, Any]] = {}
+        clean: dict[str, float] = {}
+        for r in cells:
+            col = " / ".join(str(r[p]) for p in varying)
+            if col not in places:
+                places.append(col)
+            at[(col, _cfg(r, "attack_config")["eps"])] = r
+            if r.get("clean_accuracy") is not None:
+                clean.setdefault(col, r["clean_accuracy"])
+        epss = sorted({e for _, e in at})
+        extra = {k: v for k, v in json.loads(rest).items() if k not in ("name", "label_mode") or (k == "label_mode" and v != "true")}
+        title = f"{name}{' ' + json.dumps(extra) if extra else ''}: robust accuracy" + (f" ({', '.join(shared)})" if shared else "")
+        for start in range(0, len(places), width):
+            if shown >= MAX_FIGURES:
+                skipped += 1
+                continue
+            cols = places[start : start + width]
+            body = [["clean"] + [_fmt(clean.get(c)) for c in cols]]
+            body += [[f"{e:g}"] + [_fmt(at[(c, e)]["robust_accuracy"]) if (c, e) in at else "" for c in cols] for e in epss]
+            out.append(Para(title + (f" [{start // width + 1}]" if len(places) > width else ""), "h3"))
+            out.append(Table(["eps"] + cols, body, right=set(range(len(cols) + 1))))
+            shown += 1
+    if skipped:
+        out.append(Para(f"{skipped} more eps tables are not shown (at most {MAX_FIGURES}); the matrix has every number.", "note"))
+    return out
+
+
+def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter | None, tables_only: bool = False) -> Section | None:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         cfg = _cfg(r, "attack_config")
@@ -364,9 +408,17 @@ def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter
         return None
     sec = Section("eps", "Robust accuracy against eps")
     if sweeps:
-        sec.blocks.append(Para("One plot per attack (all its settings but eps and step size equal), one line per defense; a red ring marks a point a sanity flag names."))
+        sec.blocks.append(
+            Para(
+                "One plot per attack (all its settings but eps and step size equal), one line per defense; a red ring marks a point a sanity flag names."
+                if plotter is not None
+                else "One table per attack (all its settings but eps and step size equal): robust accuracy per eps."
+            )
+        )
     if sweeps and plotter is None:
-        sec.blocks.append(Para(f"Plots need matplotlib: {INSTALL_HINT}. The numbers are in the matrix above.", "note"))
+        sec.blocks += _eps_tables(sweeps)
+        if not tables_only:
+            sec.blocks.append(Para(f"Plots need matplotlib: {INSTALL_HINT}.", "note"))
     elif sweeps:
         items = list(sweeps.items())
         for (d, m, t, rest), cells in items[:MAX_FIGURES]:
@@ -758,7 +810,7 @@ def build_report(
     else:
         sections.append(_matrix_section(rows, store, fmt, plotter))
         builders: list[Callable[[], Section | None]] = [
-            lambda: _eps_section(rows, flags, plotter),
+            lambda: _eps_section(rows, flags, plotter, tables_only),
             lambda: _roc_section(rows, plotter),
             lambda: _rotation_section(rotation_sources(store.path, rotation), plotter),
             lambda: _breakdown_section(rows, "class", plotter),

@@ -202,6 +202,17 @@ def test_markdown_tables_from_data_are_the_stored_numbers(results, tmp_path):
     for r in rows:
         if r["defense"] == "distillation(temperature=20)":
             assert cells[heads.index(f"white-box / {r['attack']}")] == f"{r['robust_accuracy']:.4f}"
+    # the eps sweep as a table in the shape of docs/reproductions.md: rows eps (clean first), one column per place
+    lines = text.splitlines()
+    at = lines.index("**fgsm: robust accuracy (dataset digits, model mnist-cnn, threat white-box)**")
+    head = [c.strip() for c in lines[at + 2].strip("|").split("|")]
+    assert head[:3] == ["eps", "none", "distillation(temperature=20)"]
+    table = {ln.strip("|").split("|")[0].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]] for ln in lines[at + 4 : at + 8]}
+    assert list(table) == ["clean", "0.1", "0.2", "0.3"]
+    for r in rows:
+        if r["attack"].startswith("fgsm") and r["defense"] in head:
+            eps = json.loads(r["attack_config"])["eps"]
+            assert table[f"{eps:g}"][head.index(r["defense"]) - 1] == f"{r['robust_accuracy']:.4f}"
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
