@@ -63,6 +63,8 @@ CASES = {
         "eps_linf": 0.3,
         "bim": {"eps": 0.3, "alpha": 0.03, "steps": 10},
         "pgd": {"eps": 0.3, "alpha": 0.03, "steps": 10},
+        "apgd-ce": {"eps": 0.1, "steps": 20},
+        "square": {"eps": 0.1, "queries": 100},
     },
     "cifar": {
         "model": "cifar-cnn",
@@ -73,11 +75,13 @@ CASES = {
         "eps_linf": 8 / 255,
         "bim": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
         "pgd": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
+        "apgd-ce": {"eps": 8 / 255, "steps": 20},
+        "square": {"eps": 8 / 255, "queries": 100},
     },
 }
 DEEPFOOL = {"steps": 50, "overshoot": 0.02, "candidates": 10}
 CW = {"steps": 20, "binary_search_steps": 3, "lr": 0.01, "initial_const": 1.0, "kappa": 0.0, "abort_early": False}
-TARGETS = {"fgsm": 1.15, "bim": 1.15, "pgd": 1.15}
+TARGETS = {"fgsm": 1.15, "bim": 1.15, "pgd": 1.15, "apgd-ce": 1.1}
 
 
 # ---- timing and counting ------------------------------------------------------------
@@ -159,7 +163,14 @@ def peers_for(attack, case, model, x, bounds, num_classes, device):
             a = ta.DeepFool(model, steps=DEEPFOOL["steps"], overshoot=DEEPFOOL["overshoot"])
         elif attack == "cw-l2":  # no binary search in torchattacks: one run of all the steps
             a = ta.CW(model, c=CW["initial_const"], kappa=CW["kappa"], steps=CW["steps"] * CW["binary_search_steps"], lr=CW["lr"])
-        out["torchattacks"] = lambda x, y, a=a: a(x, y)
+        elif attack == "apgd-ce":
+            a = ta.APGD(model, norm="Linf", eps=c["apgd-ce"]["eps"], steps=c["apgd-ce"]["steps"], loss="ce", seed=0)
+        elif attack == "square":
+            a = ta.Square(model, norm="Linf", eps=c["square"]["eps"], n_queries=c["square"]["queries"], seed=0)
+        else:
+            a = None
+        if a is not None:
+            out["torchattacks"] = lambda x, y, a=a: a(x, y)
     except ImportError:
         pass
     try:
@@ -179,7 +190,10 @@ def peers_for(attack, case, model, x, bounds, num_classes, device):
                 binary_search_steps=CW["binary_search_steps"], steps=CW["steps"], stepsize=CW["lr"],
                 confidence=CW["kappa"], initial_const=CW["initial_const"], abort_early=CW["abort_early"],
             ), None
-        out["foolbox"] = lambda x, y, a=a, eps=eps: a(fmodel, x, y, epsilons=eps)[1]
+        else:
+            a = None  # no APGD or Square in Foolbox
+        if a is not None:
+            out["foolbox"] = lambda x, y, a=a, eps=eps: a(fmodel, x, y, epsilons=eps)[1]
     except ImportError:
         pass
     try:
@@ -214,7 +228,7 @@ def peers_for(attack, case, model, x, bounds, num_classes, device):
         pass
     advlib = import_adv_lib()
     if advlib is not None:
-        pgd_linf, df, cw = advlib
+        pgd_linf, df, cw, apgd = advlib
         # No FGSM: adv-lib has none, and pgd_linf(steps=1) returns only iterates it has
         # evaluated, i.e. the clean input (its "success" would be the clean error rate).
         if attack == "bim":
@@ -230,6 +244,9 @@ def peers_for(attack, case, model, x, bounds, num_classes, device):
                 model, x, y, confidence=CW["kappa"], learning_rate=CW["lr"], initial_const=CW["initial_const"],
                 binary_search_steps=CW["binary_search_steps"], max_iterations=CW["steps"], abort_early=CW["abort_early"],
             )
+        elif attack == "apgd-ce" and apgd is not None:  # adv-lib has no Square
+            p = c["apgd-ce"]
+            out["adv-lib"] = lambda x, y: apgd(model, x, y, eps=p["eps"], norm=float("inf"), n_iter=p["steps"], loss_function="ce")
     return out
 
 
@@ -245,7 +262,7 @@ def import_adv_lib():
         import adv_lib  # noqa: F401
     except ImportError:
         return None
-    for name in ("torchvision", "visdom"):
+    for name in ("torchvision", "visdom", "tqdm"):
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - missing, or a torchvision built for another torch
@@ -253,6 +270,7 @@ def import_adv_lib():
             stub = types.ModuleType(name)
             stub.models = types.SimpleNamespace()  # type: ignore[attr-defined]
             stub.Visdom = None  # type: ignore[attr-defined]
+            stub.tqdm = lambda it=None, *a, **k: it  # type: ignore[attr-defined]
             sys.modules[name] = stub
             ADV_LIB_NOTE = f"adv-lib imported with an empty stand-in for {name} (not used by the timed attacks)"
     try:
@@ -262,7 +280,11 @@ def import_adv_lib():
     except Exception as exc:  # noqa: BLE001
         ADV_LIB_NOTE = f"adv-lib not usable: {type(exc).__name__}: {exc}"
         return None
-    return pgd_linf, df, carlini_wagner_l2
+    try:
+        from adv_lib.attacks.auto_pgd import apgd
+    except Exception:  # noqa: BLE001 - older adv-lib
+        apgd = None
+    return pgd_linf, df, carlini_wagner_l2, apgd
 
 
 # ---- the run ---------------------------------------------------------------------------
@@ -355,8 +377,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: see the md)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cases", default="mnist,cifar")
-    ap.add_argument("--attacks", default="fgsm,bim,pgd,deepfool,cw-l2")
-    ap.add_argument("--cifar-attacks", default="fgsm,bim,pgd,deepfool", help="attacks of the cifar case (cw-l2 is long there)")
+    ap.add_argument("--attacks", default="fgsm,bim,pgd,apgd-ce,square,deepfool,cw-l2")
+    ap.add_argument("--cifar-attacks", default="fgsm,bim,pgd,apgd-ce,square,deepfool", help="attacks of the cifar case (cw-l2 is long there)")
     ap.add_argument("--no-peers", action="store_true", help="time ours only")
     ap.add_argument("--slow-repeats", type=int, default=3, help="repeats for deepfool and cw-l2")
     ap.add_argument("--out", default=str(RESULTS))
@@ -379,6 +401,8 @@ def main(argv=None):
             "pgd": {**c["pgd"], "random_start": True},
             "deepfool": DEEPFOOL,
             "cw-l2": CW,
+            "apgd-ce": c["apgd-ce"],
+            "square": c["square"],
         }
         for attack in (args.cifar_attacks if case == "cifar" else args.attacks).split(","):
             l2_attack = attack in ("deepfool", "cw-l2")
@@ -486,6 +510,11 @@ def markdown(meta, results):
         "DeepFool compounds the overshoot per step like torchattacks'; ART's CW-L2 is not timed (numpy, minutes per call here);",
         "- Foolbox computes success (one extra forward) inside every call, as its API returns it; ART's time includes its "
         "numpy conversions, which are its API;",
+        "- apgd-ce: steps + 1 gradient passes (one at the random start, as AutoAttack's); unbroken examples come back at their "
+        "highest-loss point in ours, at the clean input in the peers' (same success, different max L-inf);",
+        "- square is forward-only: its 'x floor' is time / one fwd+bwd floor step, i.e. not comparable with the gradient attacks; "
+        "compare ms and fwd / ex. Ours draws a window and signs per example (the paper's), torchattacks' one per query for the "
+        "batch; adv-lib has no Square;",
         "- success = fraction of the batch misclassified after the attack (clean errors included); the CW settings are "
         "deliberately short (time per iteration is what is compared), so its success is low.",
         "",
