@@ -299,6 +299,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = MatrixSpec.from_toml(args.spec) if args.spec else MatrixSpec.from_toml_string(DEFAULT_SPEC, "default spec")
     if args.cache_dir:
         spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
+    if args.executor or args.address:
+        from .engine.run import load_spec
+
+        spec = load_spec(spec, executor=args.executor, ray_address=args.address)
     if args.dry_run:
         return _print_dry_run(console, spec, args)
     if args.report and args.report is not True and Path(args.report).suffix.lower() not in (".html", ".htm"):
@@ -536,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N, a comma-separated list (cuda:0,cuda:1) or cuda:all: one worker per device (overrides the spec)")
     p.add_argument("--cache-dir", help="where trained models are cached")
     p.add_argument("--rerun", action="store_true", help="recompute cells already in the results")
+    p.add_argument("--executor", choices=["local", "ray"], help="where cells run: local (default) or ray (pip install 'advx[distributed]'); overrides the spec")
+    p.add_argument("--address", help="with --executor ray: address of an existing Ray cluster (default: a local one)")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run, those already done and what would be trained; run nothing")
     p.add_argument("--report", nargs="?", const=True, metavar="FILE.html", help="write the HTML report at the end (default: the results file's name with .html)")
     p.set_defaults(func=cmd_run)

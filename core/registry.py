@@ -66,6 +66,9 @@ class Registry:
         self._packages: dict[str, str] = {}  # pluggy plugin name -> distribution
         self.failures: list[LoadFailure] = []
         self.conflicts: dict[tuple[str, str], str] = {}
+        #: classes registered with ``add`` outside discovery (a notebook, a test): executors
+        #: running cells in other processes ship them along
+        self.added: list[tuple[Kind, type[Plugin], str]] = []
 
     # -- building ---------------------------------------------------------------------------
 
@@ -158,6 +161,8 @@ class Registry:
                 f"with ADVX_DISABLE_PLUGINS={package}"
             )
         self._entries[kind][name] = PluginEntry(kind, name, plugin_cls, package, source or package)
+        if not source:
+            self.added.append((kind, plugin_cls, package))
 
     # -- lookup -----------------------------------------------------------------------------
 

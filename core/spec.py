@@ -65,6 +65,11 @@ class MatrixOptions(BaseModel):
             "gallery and `advx results --examples` (0: none; not part of the cell key)"
         ),
     )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this machine (one process, or one per device); ray: Ray tasks (pip install 'advx[distributed]')",
+    )
+    ray_address: str | None = Field(None, description="address of an existing Ray cluster (default: start a local one)")
     min_batch_size: int = Field(
         1,
         ge=1,

@@ -52,12 +52,20 @@ class MatrixResult:
         return sum(1 for r in self.rows if r.get("status") == "done")
 
 
-def load_spec(spec: MatrixSpec | dict[str, Any] | str | Path, device: str | None = None) -> MatrixSpec:
-    """A ``MatrixSpec`` from a spec, a dict of its shape or a TOML path; ``device`` overrides the spec's."""
+def load_spec(spec: MatrixSpec | dict[str, Any] | str | Path, device: str | None = None, **overrides: Any) -> MatrixSpec:
+    """A ``MatrixSpec`` from a spec, a dict of its shape or a TOML path; ``device`` and other
+    ``[matrix]`` ``overrides`` (None: keep the spec's) override the spec's."""
     if isinstance(spec, (str, Path)):
         spec = MatrixSpec.from_toml(spec)
     elif isinstance(spec, dict):
         spec = MatrixSpec.from_dict(spec)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        try:
+            options = MatrixOptions.model_validate({**spec.matrix.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error("matrix", exc)) from None
+        spec = spec.model_copy(update={"matrix": options})
     if device is not None:
         try:
             options = MatrixOptions.model_validate({**spec.matrix.model_dump(), "device": device})
@@ -104,7 +112,12 @@ def run_matrix(
         if on_event is not None:
             on_event("plan", None, {"cells": len(cells), "todo": len(todo), "skipped": skipped})
         if executor is None:
-            executor = MultiDeviceExecutor(devices) if len(devices) > 1 else InProcessExecutor()
+            if spec.matrix.executor == "ray":
+                from .ray_executor import RayExecutor
+
+                executor = RayExecutor(spec.matrix.ray_address)
+            else:
+                executor = MultiDeviceExecutor(devices) if len(devices) > 1 else InProcessExecutor()
         result = MatrixResult(spec.matrix.name, store.path if store is not None else None, [], skipped, 0)
         for cell, outcome in executor.map(todo, registry, devices[0], spec.matrix.cache_dir, on_event):
             row = outcome.row

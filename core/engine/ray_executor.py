@@ -1,0 +1,172 @@
+"""``RayExecutor``: the cells of a matrix as Ray tasks, on an existing cluster or a local one.
+
+Ray is an optional extra (``pip install 'advx[distributed]'``); without it, choosing this
+executor is a one-line error saying what to install.
+
+How a run is laid out, so that each model is trained once per cluster, not once per worker:
+
+1. one task per distinct trained model the cells need (base models, transfer sources,
+   gray-box copies) trains it into the cache directory;
+2. one task per distinct defended model applies the defense once (ensemble members,
+   adversarially trained twins and fitted detectors go to the same cache);
+3. one task per cell, which loads what it needs from the cache and returns its row,
+   per-sample records and trainings to the driver, which commits it at once (so killing
+   the driver loses no finished cell, and a rerun resumes).
+
+The cache must be a directory every node can reach (``[matrix] cache_dir`` on a shared
+file system). Without one, each node trains what it needs on its own (correct results,
+repeated work): steps 1 and 2 then only warm the nodes they ran on.
+
+A task whose worker dies is retried once by Ray (``max_retries``); if it dies again, the
+cell is recorded as failed with the cause, never lost silently. Cells on CUDA request a
+GPU from Ray. Plugins must be installed on every node (entry points); classes registered
+in-process with ``Registry.add`` are shipped with the tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import Registry
+from ..threats import GrayBox, Transfer
+from .execute import CellOutcome, base_row, execute_cell
+from .executors import Executor
+from .plan import Cell, digest
+from .workspace import Workspace
+
+#: tries of a task whose worker died (Ray's max_retries)
+RETRIES = 1
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray executor needs Ray: pip install 'advx[distributed]'") from None
+    return ray
+
+
+def _workspace(added: list, device: str, cache_dir: str | None) -> Workspace:
+    torch.set_num_threads(1)  # one Ray CPU, one thread: tasks do not fight over cores
+    reg = Registry.discover()
+    for kind, cls, package in added:
+        if cls.name not in reg.names(kind):
+            reg.add(kind, cls, package=package)
+    return Workspace(reg, torch.device(device), cache_dir)
+
+
+def _train_task(added, device, cache_dir, ds, model):
+    ws = _workspace(added, device, cache_dir)
+    ws.base_model(ds, model)
+    return [t.as_dict() for t in ws.trainings]
+
+
+def _defend_task(added, device, cache_dir, ds, model, defense):
+    ws = _workspace(added, device, cache_dir)
+    ws.defended_model(ds, model, defense)
+    return [t.as_dict() for t in ws.trainings]
+
+
+def _cell_task(added, device, cache_dir, cell):
+    ws = _workspace(added, device, cache_dir)
+    out = execute_cell(cell, ws)
+    samples = None if out.samples is None else {k: v.numpy() for k, v in out.samples.items()}
+    return out.row, samples, out.trainings
+
+
+class RayExecutor(Executor):
+    """Cells as Ray tasks (see the module docstring); ``address`` of a cluster, or None for a local one."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        _ray()  # fail now, with the install hint
+
+    def _init(self, ray: Any) -> bool:
+        if ray.is_initialized():
+            return False
+        try:
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - an unreachable cluster is one line
+            where = f"cluster at {self.address!r}" if self.address else "a local Ray cluster"
+            raise ConfigError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return True
+
+    def map(self, cells: Sequence[Cell], registry: Registry, device: torch.device, cache_dir: str | None, on_event):
+        ray = _ray()
+        started = self._init(ray)
+        try:
+            yield from self._run(ray, list(cells), registry, str(device), cache_dir, on_event)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray, cells, registry, device, cache_dir, on_event):
+        if not cells:
+            return
+        gpus = 1 if device.startswith("cuda") else 0
+        opts = {"num_cpus": 1, "num_gpus": gpus, "max_retries": RETRIES, "retry_exceptions": False}
+        added = list(registry.added)
+        train = ray.remote(**opts)(_train_task)
+        defend = ray.remote(**opts)(_defend_task)
+        run_cell = ray.remote(**opts)(_cell_task)
+
+        # 1. every trained model the cells need, once
+        bases: dict[str, tuple] = {}
+        for c in cells:
+            bases.setdefault(digest([c.dataset.key(), c.model.key()]), (c.dataset, c.model))
+            if isinstance(c.threat, Transfer) and c.threat.source is not None:
+                bases.setdefault(digest([c.dataset.key(), c.threat.source.key()]), (c.dataset, c.threat.source))
+            if isinstance(c.threat, GrayBox):
+                seed = c.threat.config.seed  # type: ignore[attr-defined]
+                copy = c.model.with_seed(seed if seed is not None else (c.model.train.seed if c.model.train else 0) + 1)
+                bases.setdefault(digest([c.dataset.key(), copy.key()]), (c.dataset, copy))
+        trainings = self._wait(ray, [train.remote(added, device, cache_dir, ds, m) for ds, m in bases.values()])
+        # 2. every defended model, once (defenses train or fit more)
+        defended = {c.model_group(): c for c in cells if c.defense.name != "none"}
+        trainings += self._wait(ray, [defend.remote(added, device, cache_dir, c.dataset, c.model, c.defense) for c in defended.values()])
+        # 3. the cells, committed by the caller as each comes back
+        pending = {}
+        for c in cells:
+            pending[run_cell.remote(added, device, cache_dir, c)] = c
+            if on_event is not None:
+                on_event("cell_start", c, {})
+        first = True
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            cell = pending.pop(ref)
+            try:
+                row, samples, cell_trainings = ray.get(ref)
+                samples = None if samples is None else {k: torch.from_numpy(v) for k, v in samples.items()}
+            except Exception as exc:  # noqa: BLE001 - a task that died (twice) is a failed cell with its cause
+                row = base_row(cell, torch.device(device))
+                row.update(status="failed", error=f"Ray task of this cell failed after {RETRIES + 1} tries: {_cause(exc)}", metrics={})
+                samples, cell_trainings = None, []
+            if first:  # the trainings of steps 1 and 2 are reported with the first cell
+                cell_trainings = trainings + list(cell_trainings)
+                first = False
+            yield cell, CellOutcome(row, samples, cell_trainings)
+
+    @staticmethod
+    def _wait(ray, refs) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for ref in refs:
+            try:
+                out += ray.get(ref)
+            except Exception:  # noqa: BLE001 - the cells that need it will fail with the cause
+                continue
+        return out
+
+
+def _cause(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = " ".join(str(exc).split())
+    return f"{name}: {text[:300]}" if text else name

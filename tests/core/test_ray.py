@@ -1,0 +1,99 @@
+"""The Ray executor: a local 2-CPU cluster gives the in-process executor's rows; a dying task is
+retried or recorded as failed with its cause. Skipped where Ray is not installed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+
+import advx
+from advx import Attack, AttackConfig
+
+ray = pytest.importorskip("ray")
+
+
+class DiesOnce(Attack):
+    """FGSM whose worker process dies the first time it runs for a given marker file."""
+
+    name: ClassVar[str] = "dies-once"
+
+    class Config(AttackConfig):
+        eps: float = 0.1
+        marker: str = ""
+        always: bool = False
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        marker = Path(self.config.marker)
+        if self.config.always or not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker dies mid-task, as a killed node would
+        xg = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y), xg)
+        return (x + self.config.eps * g.sign()).clamp(*bounds)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def spec(tmp_path, attacks, executor):
+    return {
+        "matrix": {"name": "ray", "samples": 48, "batch_size": 24, "cache_dir": str(tmp_path / "cache"), "executor": executor},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 2}}],
+        "threats": [{"name": "white-box"}, {"name": "gray-box"}],
+        "attacks": attacks,
+    }
+
+
+def test_ray_rows_equal_in_process_rows(tmp_path, cluster):
+    attacks = [{"name": "fgsm", "eps": 0.1}, {"name": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 3}]
+    db = tmp_path / "ray.db"
+    via_ray = advx.run_matrix(spec(tmp_path, attacks, "ray"), store=db)
+    local = advx.run_matrix(spec(tmp_path, attacks, "local"))
+    assert via_ray.done == local.done == 4
+    keys = ("robust_accuracy", "clean_accuracy", "mean_l2", "success_rate")
+    ours = {r["cell_key"]: tuple(r[k] for k in keys) for r in via_ray.rows}
+    assert ours == {r["cell_key"]: tuple(r[k] for k in keys) for r in local.rows}
+    # each model trained once for the cluster: the model and its gray-box copy
+    with advx.ResultStore(db) as store:
+        trained = [t for t in store.trainings() if not t["cached"]]
+        assert len(trained) == 2 and len(store.cells("ray", status="done")) == 4
+
+
+def test_a_dying_task_is_retried_or_recorded_with_its_cause(tmp_path, cluster):
+    reg = advx.Registry.discover()
+    reg.add("attack", DiesOnce, package="tests")
+    attacks = [
+        {"name": "dies-once", "marker": str(tmp_path / "once")},
+        {"name": "dies-once", "marker": str(tmp_path / "always"), "always": True},
+    ]
+    s = spec(tmp_path, attacks, "ray")
+    s["threats"] = [{"name": "white-box"}]
+    res = advx.run_matrix(s, registry=reg, store=tmp_path / "r.db")
+    by = {r["attack_config"]["always"]: r for r in res.rows}
+    assert by[False]["status"] == "done"  # died, retried, finished
+    assert by[True]["status"] == "failed" and "failed after 2 tries" in by[True]["error"]
+    assert "Worker" in by[True]["error"] or "died" in by[True]["error"].lower()
+
+
+def test_missing_ray_is_one_line(monkeypatch, tmp_path):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray":
+            raise ImportError("no ray")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(advx.ConfigError, match=r"pip install 'advx\[distributed\]'"):
+        advx.run_matrix(spec(tmp_path, [{"name": "fgsm"}], "ray"))
