@@ -580,11 +580,11 @@ def _rotation_section(sources: Sequence[Path], plotter: _Plotter | None) -> Sect
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="center right")
         if s["oracle_angle"] is not None:
-            ax1.annotate(f"ORACLE median best angle {s['oracle_angle']:g} (uses the true label)", (s["oracle_angle"], 0.03), xytext=(4, 0), textcoords="offset points", fontsize=7, color="grey")
+            ax1.annotate(f"ORACLE median best angle {s['oracle_angle']:g}", (s["oracle_angle"], 0.03), xytext=(4, 0), textcoords="offset points", fontsize=7, color="grey")
         ax1.set_ylabel("mean probability")
         ax2.set_ylabel("accuracy")
         fig.suptitle(f"{s['name']} ({s.get('n') or '?'} examples)", fontsize=9)
-        sec.blocks.append(plotter.done(fig, f"rotation-{_slug(s['name'])}", f"rotation: {s['name']}"))
+        sec.blocks.append(plotter.done(fig, f"rotation-{_slug(s['name'])}", f"rotation: {s['name']} (dashed: the ORACLE best angle, chosen with the true label)"))
     return sec
 
 

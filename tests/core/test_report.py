@@ -446,45 +446,54 @@ class CDP:
         os.close(self.from_r)
 
 
-def render_in_chromium(page: Path, screenshot: Path, width: int = 1200, height: int | None = None) -> dict:
-    """Open ``page`` in headless Chromium; return its console errors, network requests and page height; save a screenshot."""
+def render_in_chromium(pages: list[tuple[Path, Path, int | None]], width: int = 1200) -> list[dict]:
+    """Open each (page, screenshot, height) in one headless Chromium, each in its own tab.
+
+    Returns per page its console errors, network requests (anything but data: URLs and the
+    page itself), page height and number of sections; saves a screenshot (the full page
+    when height is None).
+    """
+    import base64
+
     exe = _chromium()
     assert exe is not None
-    cdp = CDP(exe, screenshot.parent / ".chromium-profile")
+    cdp = CDP(exe, pages[0][1].parent / ".chromium-profile")
+    results = []
     try:
-        target = cdp.send("Target.createTarget", url="about:blank")["targetId"]
-        session = cdp.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            cdp.send(f"{domain}.enable", session)
-        cdp.send("Emulation.setDeviceMetricsOverride", session, width=width, height=height or 900, deviceScaleFactor=1, mobile=False)
-        cdp.events.clear()
-        cdp.send("Page.navigate", session, url=page.resolve().as_uri())
-        cdp.wait("Page.loadEventFired", timeout=60)
-        time.sleep(0.3)  # late console messages
-        full = cdp.send("Runtime.evaluate", session, expression="document.documentElement.scrollHeight", returnByValue=True)["result"]["value"]
-        sections = cdp.send("Runtime.evaluate", session, expression="document.querySelectorAll('section').length", returnByValue=True)["result"]["value"]
-        h = height or int(full)
-        cdp.send("Emulation.setDeviceMetricsOverride", session, width=width, height=h, deviceScaleFactor=1, mobile=False)
-        shot = cdp.send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True, timeout=60)
-        import base64
-
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-        errors = [
-            m["params"]
-            for m in cdp.events
-            if m.get("method") in ("Runtime.exceptionThrown",)
-            or (m.get("method") == "Runtime.consoleAPICalled" and m["params"].get("type") in ("error", "assert"))
-            or (m.get("method") == "Log.entryAdded" and m["params"]["entry"].get("level") == "error")
-        ]
-        own = page.resolve().as_uri()
-        requests = [
-            m["params"]["request"]["url"]
-            for m in cdp.events
-            if m.get("method") == "Network.requestWillBeSent"
-            and not m["params"]["request"]["url"].startswith("data:")
-            and m["params"]["request"]["url"] != own
-        ]
-        return {"errors": errors, "requests": requests, "height": int(full), "sections": sections}
+        for page, screenshot, height in pages:
+            target = cdp.send("Target.createTarget", url="about:blank")["targetId"]
+            session = cdp.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                cdp.send(f"{domain}.enable", session)
+            cdp.send("Emulation.setDeviceMetricsOverride", session, width=width, height=height or 900, deviceScaleFactor=1, mobile=False)
+            cdp.events.clear()
+            cdp.send("Page.navigate", session, url=page.resolve().as_uri())
+            cdp.wait("Page.loadEventFired", timeout=60)
+            time.sleep(0.3)  # late console messages
+            value = lambda js: cdp.send("Runtime.evaluate", session, expression=js, returnByValue=True)["result"]["value"]  # noqa: E731
+            full, sections = int(value("document.documentElement.scrollHeight")), value("document.querySelectorAll('section').length")
+            cdp.send("Emulation.setDeviceMetricsOverride", session, width=width, height=height or full, deviceScaleFactor=1, mobile=False)
+            shot = cdp.send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True, timeout=60)
+            screenshot.write_bytes(base64.b64decode(shot["data"]))
+            mine = [m for m in cdp.events if m.get("sessionId") == session]
+            errors = [
+                m["params"]
+                for m in mine
+                if m.get("method") == "Runtime.exceptionThrown"
+                or (m.get("method") == "Runtime.consoleAPICalled" and m["params"].get("type") in ("error", "assert"))
+                or (m.get("method") == "Log.entryAdded" and m["params"]["entry"].get("level") == "error")
+            ]
+            own = page.resolve().as_uri()
+            requests = [
+                m["params"]["request"]["url"]
+                for m in mine
+                if m.get("method") == "Network.requestWillBeSent"
+                and not m["params"]["request"]["url"].startswith("data:")
+                and m["params"]["request"]["url"] != own
+            ]
+            results.append({"errors": errors, "requests": requests, "height": full, "sections": sections})
+            cdp.send("Target.closeTarget", targetId=target)
+        return results
     finally:
         cdp.close()
 
@@ -496,9 +505,8 @@ def test_report_renders_in_headless_chromium_offline(results, tmp_path):
     # a page that does make a request and logs an error: the harness must see both
     probe = tmp_path / "probe.html"
     probe.write_text('<!doctype html><html><body><img src="http://127.0.0.1:9/x.png"><script>console.error("boom")</script></body></html>')
-    seen = render_in_chromium(probe, tmp_path / "probe.png", height=300)
+    seen, got = render_in_chromium([(probe, tmp_path / "probe.png", 300), (page, tmp_path / "report.png", None)])
     assert any("127.0.0.1:9" in u for u in seen["requests"]) and seen["errors"]
-    got = render_in_chromium(page, tmp_path / "report.png")
     assert got["errors"] == [] and got["requests"] == []
     assert got["sections"] >= 8 and got["height"] > 1500
     shot = (tmp_path / "report.png").read_bytes()
