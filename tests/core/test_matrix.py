@@ -249,6 +249,7 @@ name = "slow"
 samples = 200
 batch_size = 50
 cache_dir = "{cache}"
+diagnostics = false
 
 [[datasets]]
 name = "digits"
