@@ -12,6 +12,7 @@ are attacked through BPDA when the threat model allows it (``protocols.bpda``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -141,6 +142,8 @@ def craft(
     bpda: bool = True,
     check_silent: bool = False,
     min_batch_size: int = 1,
+    amp: str | None = None,
+    channels_last: bool = False,
 ) -> Crafted:
     """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes.
 
@@ -151,6 +154,11 @@ def craft(
     down to ``min_batch_size``; the rest of the cell runs at the smaller size, so the result
     equals a run started at that size (batch seeds follow batch positions). The size used
     is returned with the examples.
+
+    ``amp`` (``"bf16"``/``"fp16"``) runs the attack under autocast and ``channels_last``
+    feeds 4-D batches in that memory format (the model must have been converted too); both
+    are speed options whose effect on the numbers is measured, not assumed
+    (``benchmarks/kernels.py``). Scoring stays in float32.
     """
     mode = getattr(attack.config, "label_mode", "true")
     counter = PassCounter(model)
@@ -158,6 +166,11 @@ def craft(
     outs, targets = [], []
     targeted = False
     cuda = torch.device(device).type == "cuda"
+    autocast = (
+        torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        if amp not in (None, "off")
+        else contextlib.nullcontext()
+    )
     # silent success is watched on deterministic modules (a random forward would fake it)
     watch = check_silent and not randomized_parts(model)
     silent, excluded = 0, 0.0
@@ -168,6 +181,8 @@ def craft(
     def one_batch(start: int, size: int) -> None:
         nonlocal targeted, silent, excluded
         xb = x[start : start + size].to(device, non_blocking=True)
+        if channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         yb = y[start : start + size].to(device, non_blocking=True)
         counter.counting = False  # label resolution is bookkeeping, not the attack's cost
         labels, targeted = resolve_labels(counter, xb, yb, mode, num_classes, gen)
@@ -179,8 +194,9 @@ def craft(
         torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
         if watch:
             counter.watch(xb, labels, targeted, attack.norm, attack.eps, bounds)
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast:
             xa = attack.perturb(counter, xb.clone(), labels, bounds, targeted=targeted)
+        xa = xa.to(xb.dtype)
         check_budget(attack.name, xb, xa, attack.norm, attack.eps, bounds)
         if watch:
             t_check = time.perf_counter()

@@ -70,6 +70,12 @@ class MatrixOptions(BaseModel):
         description="local: this machine (one process, or one per device); ray: Ray tasks (pip install 'advx[distributed]')",
     )
     ray_address: str | None = Field(None, description="address of an existing Ray cluster (default: start a local one)")
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off",
+        description="run attacks under autocast in this precision (speed; can change results, which is why it is part of the cell key)",
+    )
+    channels_last: bool = Field(False, description="models and batches in channels-last memory format (speed on some hardware)")
+    compile: bool = Field(False, description="torch.compile the attacked module (speed after a compilation per model)")
     min_batch_size: int = Field(
         1,
         ge=1,

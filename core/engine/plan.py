@@ -54,6 +54,8 @@ class Cell:
                 "seed": o.seed,
                 "sample_seed": o.sample_seed,
                 "bucket_samples": o.bucket_samples,
+                # speed options enter the key only when on, so existing keys stay valid
+                **({"kernels": [o.amp, o.channels_last, o.compile]} if (o.amp != "off" or o.channels_last or o.compile) else {}),
             }
         )
         object.__setattr__(self, "_key", key)

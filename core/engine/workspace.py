@@ -152,7 +152,10 @@ class Workspace:
             defended = plugin.apply(base, self.defense_context(ds, model, cell))
             if not isinstance(defended, nn.Module):
                 raise AdvxError(f'defense "{defense.name}" returned {type(defended).__name__}, not an nn.Module')
-            self._models[k] = defended.to(self.device).eval()
+            defended = defended.to(self.device).eval()
+            if cell is not None and cell.options.channels_last:
+                defended = defended.to(memory_format=torch.channels_last)
+            self._models[k] = defended
         return self._models[k]
 
     # -- evaluation examples and crafting -------------------------------------------------------
@@ -190,8 +193,14 @@ class Workspace:
         if view.reusable and k in self._crafted:
             self._crafted.move_to_end(k)
             return self._crafted[k], True
+        module = view.module
+        if o.compile:
+            ck = digest(["compiled", id(module)])
+            if ck not in self._models:
+                self._models[ck] = torch.compile(module)  # type: ignore[assignment]
+            module = self._models[ck]
         crafted = craft(
-            view.module,
+            module,
             attack,
             x,
             y,
@@ -204,6 +213,8 @@ class Workspace:
             bpda=cell.threat.config.bpda,
             check_silent=o.diagnostics,
             min_batch_size=o.min_batch_size,
+            amp=o.amp,
+            channels_last=o.channels_last,
         )
         crafted.origin = cell.key
         if view.reusable:

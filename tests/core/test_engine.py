@@ -290,3 +290,22 @@ def test_attack_batch_info_is_stored_with_the_cell(tmp_path):
     }
     (row,) = advx.run_matrix(spec, registry=reg).rows
     assert row["metrics"]["attack_info"] == {"which": [0, 1, 2, 0, 1, 2]}
+
+
+@pytest.mark.parametrize("option", [{"amp": "bf16"}, {"channels_last": True}])
+def test_kernel_options_enter_the_key_and_keep_results_close(tmp_path, option):
+    def spec(**extra):
+        return {
+            "matrix": {"name": "kernels", "samples": 64, "batch_size": 64, "cache_dir": str(tmp_path / "c"), **extra},
+            "datasets": [{"name": "digits"}],
+            "models": [{"name": "mnist-cnn", "train": {"epochs": 2}}],
+            "attacks": [{"name": "pgd", "eps": 0.1, "alpha": 0.03, "steps": 5}],
+        }
+
+    (plain,) = advx.run_matrix(spec()).rows
+    (fast,) = advx.run_matrix(spec(**option)).rows
+    assert fast["status"] == "done" and fast["cell_key"] != plain["cell_key"]
+    # half precision may change an attack's result; channels-last must not (beyond float noise)
+    tol = 0.1 if "amp" in option else 2 / 64
+    assert abs(fast["robust_accuracy"] - plain["robust_accuracy"]) <= tol
+    assert fast["max_linf"] <= 0.1 + 1e-6
