@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--model", default="cifar-cnn")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    dataset = {"name": "synthetic", "input_shape": [3, 32, 32], "num_classes": 10} if args.model == "cifar-cnn" else {"name": "digits"}
+    dataset = {"name": "synthetic", "shape": [3, 32, 32], "test_size": 512} if args.model == "cifar-cnn" else {"name": "digits"}
     options = dict(OPTIONS)
     if args.device == "cpu":
         options.pop("amp fp16")  # float16 autocast is a CUDA feature
