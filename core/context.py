@@ -123,7 +123,8 @@ class DefenseContext:
     ) -> nn.Module:
         """Train a model through the cache and return it in eval mode on ``ctx.device``.
 
-        ``model`` defaults to the cell's model plugin, ``train`` to ``ctx.train_config``.
+        ``model`` defaults to the cell's model plugin, ``train`` to ``ctx.train_config`` (a
+        partial mapping overrides only the fields it names).
         ``loss_fn(net, x, y) -> loss`` replaces cross-entropy and ``train_data`` the
         training split; either change must be described by ``extra_key`` (any JSON-able
         value), which enters the cache key, or two different trainings would share a
@@ -132,7 +133,8 @@ class DefenseContext:
         if (loss_fn is not None or train_data is not None) and extra_key is None:
             raise ConfigError("DefenseContext.train: a custom loss_fn or train_data needs an extra_key describing it")
         plugin = model or self.model
-        cfg = train if isinstance(train, TrainConfig) else TrainConfig.model_validate(dict(train or self.train_config.model_dump()))
+        # a partial table changes only what it names: {"seed": 5} is the cell's training with seed 5
+        cfg = train if isinstance(train, TrainConfig) else TrainConfig.model_validate({**self.train_config.model_dump(), **dict(train or {})})
         what = description or f"{plugin.name} for a defense"
         kwargs: dict[str, Any] = {} if loss_fn is None else {"loss_fn": loss_fn}
         res: TrainResult = train_model(

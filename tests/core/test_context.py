@@ -48,7 +48,8 @@ def test_train_is_cached_and_recorded(ctx):
     assert ctx.records[-1].cached is True
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     # another seed is another model; a changed loss needs a key describing it
-    c = ctx.train(train={"epochs": 1, "seed": 5})
+    c = ctx.train(train={"seed": 5})  # only the seed changes
+    assert ctx.records[-1].cached is False
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
     with pytest.raises(advx.ConfigError, match="extra_key"):
         ctx.train(loss_fn=lambda net, x, y: net(x).sum())
