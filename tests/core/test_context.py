@@ -49,7 +49,9 @@ def test_train_is_cached_and_recorded(ctx):
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     # another seed is another model; a changed loss needs a key describing it
     c = ctx.train(train={"seed": 5})  # only the seed changes
-    assert ctx.records[-1].cached is False
+    from advx.training import training_key
+
+    assert ctx.records[-1].key == training_key(ctx.dataset, ctx.model, TrainConfig(epochs=1, seed=5), "cpu")
     assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
     with pytest.raises(advx.ConfigError, match="extra_key"):
         ctx.train(loss_fn=lambda net, x, y: net(x).sum())
