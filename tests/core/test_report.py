@@ -154,7 +154,7 @@ def test_html_report_is_self_contained_and_has_every_section(results, tmp_path):
     # plots are inline SVG with their text as text (fonttype none), no metadata
     assert text.count("<svg") >= 6 and "<metadata>" not in text and "<!DOCTYPE svg" not in text
     # the eps-not-monotone flag is listed under the eps plots (and ringed on the plot)
-    assert "eps-not-monotone" in text and "fgsm(eps=0.3)" in text
+    assert "eps-not-monotone" in text and "fgsm(eps=0.3)" in text and "stroke: #ff0000" in text
     # ROC: the operating points of ID-95 and ID-99 are named on the plot and in the table
     assert ">ID-95<" in text and ">ID-99<" in text and "TPR @ FPR 1%" in text
     # gallery: data-URI PNGs with labels and confidences
