@@ -327,6 +327,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = store.cells(spec.matrix.name)
         console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
         _print_problems(console, rows)
+        if _worst_case_groups(rows):
+            console.print(_worst_case_table(store, rows, only_groups=True))
         _print_trainings(console, result.trainings)
         _print_flags(console, rows, store.samples)
     console.print(
@@ -421,7 +423,7 @@ def _print_flags(console, rows: list[dict[str, Any]], samples: Any = None) -> No
         for f in flags:
             console.print(f"  [yellow]{escape(f.check)}[/yellow]: {escape(f.message)}", soft_wrap=True)
     else:
-        console.print(f"sanity checks ({', '.join(CHECKS)}) ran on {done} finished cells: none fired")
+        console.print(f"sanity checks ({', '.join(CHECKS)}) ran on {done} finished cells: none fired", soft_wrap=True)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -500,7 +502,16 @@ def _constraint(r: dict[str, Any]) -> str:
     return f"{norm} eps={cfg['eps']:g}" if cfg.get("eps") is not None else f"{norm} unbounded"
 
 
-def _worst_case_table(store, rows: list[dict[str, Any]]):
+def _worst_case_groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Groups of two or more finished cells sharing a place, a threat model and a threat constraint."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "done":
+            groups.setdefault((r["dataset"], r["model"], r["defense"], r["threat"], _constraint(r)), []).append(r)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _worst_case_table(store, rows: list[dict[str, Any]], only_groups: bool = False):
     """Per-example worst case over the attacks of one (dataset, model, defense, threat) and one threat constraint.
 
     Attacks are grouped by norm and eps, so a worst case never mixes budgets; unbounded
@@ -513,6 +524,8 @@ def _worst_case_table(store, rows: list[dict[str, Any]]):
     for r in rows:
         if r.get("status") == "done":
             groups.setdefault((r["dataset"], r["model"], r["defense"], r["threat"], _constraint(r)), []).append(r)
+    if only_groups:  # after a run: only where several attacks share a constraint
+        groups = _worst_case_groups(rows)
     table = Table(title="worst case per example over attacks of one threat constraint (mean of min)", title_justify="left")
     for c in ("dataset", "model", "defense", "threat", "constraint", "attacks", "best single attack", "worst case"):
         table.add_column(c, justify="right" if c in ("attacks", "best single attack", "worst case") else "left")

@@ -243,8 +243,11 @@ def test_run_says_which_sanity_checks_ran(tmp_path, capsys):
     )
     assert main(["run", str(spec), "--db", str(tmp_path / "r.db")]) == 0
     out = capsys.readouterr().out
-    assert "sanity checks (eps-not-monotone, iterative-weaker, weaker-knowledge-stronger) ran on 1 finished cells: none fired" in out
+    from advx.flags import CHECKS
+
+    assert f"sanity checks ({', '.join(CHECKS)}) ran on 1 finished cells: none fired" in out
     assert "training: 1 trained or fitted in" in out
+    assert "worst case" not in out  # one attack: no worst case to show
 
 
 def test_worst_case_groups_by_threat_constraint(tmp_path, capsys):
@@ -254,6 +257,16 @@ def test_worst_case_groups_by_threat_constraint(tmp_path, capsys):
     assert main(["results", str(db), "--worst-case"]) == 0
     out = capsys.readouterr().out
     assert "linf eps=0.1" in out and "linf eps=0.2" in out and "l2 unbounded" in out
+    # advx run shows it by itself where two attacks share a constraint (fgsm and bim at eps 0.1)
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'[matrix]\nname = "tiny"\nsamples = 40\nbatch_size = 40\ncache_dir = "{tmp_path / "cache"}"\n'
+        '[[datasets]]\nname = "digits"\n[[models]]\nname = "mlp"\ntrain = { epochs = 1 }\n'
+        '[[attacks]]\nname = "fgsm"\neps = [0.1, 0.2]\n[[attacks]]\nname = "bim"\neps = 0.1\nalpha = 0.02\nsteps = 3\n'
+    )
+    assert main(["run", str(spec), "--db", str(tmp_path / "w.db")]) == 0
+    out = capsys.readouterr().out
+    assert "worst case" in out and "linf eps=0.1" in out and "linf eps=0.2" not in out.split("worst case")[1]
 
 
 def test_print_report_shows_targeted_success(digits_cnn, digits):
