@@ -13,7 +13,10 @@ was found).
 
 Defaults are the authors' code's (lr 0.01, c0 1e-3, 9 search steps, kappa 0, abort
 early) except ``steps``: 1000 rather than 10000 per search step, as Foolbox and ART
-default to; raise it for the strongest results. Abort early checks the loss every
+default to; raise it for the strongest results. Cost outside the model, per iteration:
+about ten elementwise passes (sigmoid for tanh, hand-written gradients of the change of
+variables and of the distance, Adam, the best-so-far), ~1.5 ms for a 256 x 784 batch on
+one core against ~2.7 ms for the autograd version (and adv-lib's). Abort early checks the loss every
 ``steps // 10`` iterations and stops a search step that improved by less than 0.01%:
 those checks are the only host-device synchronisations of the loop.
 
@@ -68,6 +71,9 @@ class CarliniWagnerL2(Attack):
         limit = math.inf if c.eps is None else c.eps**2
         beta1, beta2 = 0.9, 0.999
         check_every = max(c.steps // 10, 1)
+        w2 = 2.0 * w0
+        lo_t = torch.tensor(lo, device=x.device, dtype=x.dtype)
+        span_t = torch.tensor(hi - lo, device=x.device, dtype=x.dtype)
 
         for _ in range(c.binary_search_steps):
             delta = torch.zeros_like(x)  # the optimised variable: w = w0 + delta
@@ -75,29 +81,38 @@ class CarliniWagnerL2(Attack):
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             prev = None
             for i in range(c.steps):
-                delta.requires_grad_(True)
-                x_adv = torch.tanh(w0 + delta) * half + mid
+                # x' = mid + half tanh(w) computed as lo + (hi - lo) sigmoid(2w): the same
+                # function, and on CPU sigmoid is several times faster than tanh. Only the
+                # model's term goes through autograd; the change of variables and the distance
+                # term are differentiated by hand (d x'/d delta = 2 (hi - lo) s (1 - s),
+                # d ||x' - x||^2 / d x' = 2 (x' - x)), which saves the graph's elementwise nodes.
+                sig = torch.sigmoid(torch.add(w2, delta, alpha=2.0))
+                x_adv = torch.addcmul(lo_t, sig, span_t).requires_grad_(True)
                 logits = model(x_adv)
-                l2sq = (x_adv - x).square().flatten(1).sum(1)
+                diff = x_adv.detach() - x
+                l2sq = torch.linalg.vector_norm(diff.flatten(1), dim=1).square_()
                 z_y, z_o = margin_to_other(logits, y)
                 margin = z_o - z_y if targeted else z_y - z_o  # < -kappa means success
-                loss = (l2sq + const * (margin + c.kappa).clamp(min=0)).sum()
-                (g,) = torch.autograd.grad(loss, delta)
+                hinge = const * (margin + c.kappa).clamp(min=0)
+                (g,) = torch.autograd.grad(hinge.sum(), x_adv)
 
                 with torch.no_grad():
-                    success = margin < -c.kappa
+                    loss = l2sq.sum() + hinge.detach().sum()
+                    success = margin.detach() < -c.kappa
                     found |= success
-                    d2 = l2sq.detach()
-                    better = success & (d2 < best_l2) & (d2 <= limit)
-                    best_l2 = torch.where(better, d2, best_l2)
+                    better = success & (l2sq < best_l2) & (l2sq <= limit)
+                    best_l2 = torch.where(better, l2sq, best_l2)
                     best_adv = torch.where(per_example_view(better, x), x_adv.detach(), best_adv)
+                    g.add_(diff, alpha=2.0).mul_(torch.addcmul(sig, sig, sig, value=-1.0)).mul_(2.0 * (hi - lo))
 
                     # Adam, elementwise, so every example is optimised independently.
-                    t = i + 1
+                    step = i + 1
                     m1.mul_(beta1).add_(g, alpha=1 - beta1)
                     m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    denom = m2.sqrt().div_(math.sqrt(1 - beta2**t)).add_(1e-8)
-                    delta.detach_().addcdiv_(m1, denom, value=-c.lr / (1 - beta1**t))
+                    # The clamp keeps sqrt off subnormal floats (second moments of vanishing
+                    # gradients), on which CPUs are ~25x slower; sqrt(1e-30) is far below 1e-8.
+                    denom = m2.clamp(min=1e-30).sqrt_().div_(math.sqrt(1 - beta2**step)).add_(1e-8)
+                    delta.addcdiv_(m1, denom, value=-c.lr / (1 - beta1**step))
 
                 if c.abort_early and (i + 1) % check_every == 0:
                     current = loss.detach()
