@@ -202,7 +202,10 @@ def dlr_loss(logits: Tensor, y: Tensor, targeted: bool = False, true: Tensor | N
     ground truth's as long as the model classifies the input correctly). Needs at least
     3 (untargeted) or 4 (targeted) classes.
     """
-    top = logits.topk(4 if targeted else 3, dim=1).values
+    need = 4 if targeted else 3
+    if logits.shape[1] < need:
+        raise ValueError(f"the {'targeted ' if targeted else ''}DLR loss needs at least {need} classes, the model has {logits.shape[1]}")
+    top = logits.topk(need, dim=1).values
     if not targeted:
         z_y, other = margin_to_other(logits, y)
         return (other - z_y) / (top[:, 0] - top[:, 2] + 1e-12)

@@ -246,6 +246,12 @@ class _Scale(nn.Module):
         return z * self.s
 
 
+def test_dlr_needs_three_classes_and_says_so():
+    two = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        run("apgd-dlr", two, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]), eps=0.1, steps=2)
+
+
 def test_apgd_targeted_dlr_reaches_the_target(model, xy):
     x, y = xy
     t = (y + 1) % 10
