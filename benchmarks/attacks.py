@@ -380,6 +380,7 @@ def main(argv=None):
     ap.add_argument("--attacks", default="fgsm,bim,pgd,apgd-ce,square,deepfool,cw-l2")
     ap.add_argument("--cifar-attacks", default="fgsm,bim,pgd,apgd-ce,square,deepfool", help="attacks of the cifar case (cw-l2 is long there)")
     ap.add_argument("--no-peers", action="store_true", help="time ours only")
+    ap.add_argument("--peers", default="torchattacks,foolbox,ART,adv-lib", help="peer libraries to time (comma-separated)")
     ap.add_argument("--slow-repeats", type=int, default=3, help="repeats for deepfool and cw-l2")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -409,7 +410,8 @@ def main(argv=None):
             repeats = args.slow_repeats if l2_attack else args.repeats
             libs = {"advx": ours(reg, attack, params[attack], model, bounds)}
             if not args.no_peers:
-                libs.update(peers_for(attack, case, model, x, bounds, num_classes, device))
+                wanted = set(args.peers.split(","))
+                libs.update({k: v for k, v in peers_for(attack, case, model, x, bounds, num_classes, device).items() if k in wanted})
             for lib, r in measure_all(libs, model, x, y, device, repeats, l2_attack).items():
                 r.update(case=case, attack=attack, library=lib, batch=len(x), model_source=how, floor_seconds=fl)
                 results.append(r)
@@ -441,7 +443,7 @@ def write(args, device, started, load_before, results):
         "repeats": args.repeats,
         "slow_repeats": args.slow_repeats,
         "params": {"cases": CASES, "deepfool": DEEPFOOL, "cw-l2": CW},
-        "peers": peer_versions(),
+        "peers": {k: v for k, v in peer_versions().items() if k in set(args.peers.split(",")) and not args.no_peers},
         "notes": [n for n in [ADV_LIB_NOTE] if n],
     }
     out = Path(args.out)
