@@ -102,6 +102,26 @@ def test_new_attacks_declare_norm_requirements_and_papers():
         check_attack(cls, {**BREAK[n], **({"queries": 20} if "queries" in BREAK[n] else {})})
 
 
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+@pytest.mark.parametrize("name", NEW)
+def test_new_attacks_leave_input_and_parameter_gradients_alone(name, targeted, model, xy):
+    x, y = xy
+    x, y = x[:32], y[:32]
+    labels = (y + 3) % 10 if targeted else y
+    params = {**BREAK[name], **({"queries": 20} if "queries" in BREAK[name] else {})}
+    params["eps"] = 0.1 if REG.get("attack", name).norm == "linf" else 0.8
+    original = x.clone()
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    out = run(name, model, x, labels, targeted=targeted, **params)
+    assert torch.equal(x, original)
+    for p, g in zip(model.parameters(), grads):
+        assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+    assert out.shape == x.shape and out.dtype == x.dtype and not out.requires_grad and torch.isfinite(out).all()
+    d = (out - x).flatten(1)
+    dist = d.abs().amax(1) if REG.get("attack", name).norm == "linf" else d.norm(dim=1)
+    assert float(dist.max()) <= params["eps"] * (1 + 1e-6) and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
 def test_every_builtin_attack_is_covered():
     builtin = {e.name for e in REG.entries("attack") if e.cls.__module__.startswith("advx.plugins.")}
     assert set(BREAK) == builtin
@@ -203,10 +223,10 @@ def test_no_silent_success(name):
 # ---- APGD ------------------------------------------------------------------------------
 
 
-def test_apgd_costs_steps_plus_one_passes_and_restarts_only_rerun_unbroken(model, xy):
+def test_apgd_costs_steps_plus_one_forwards_steps_backwards_and_restarts_only_rerun_unbroken(model, xy):
     x, y = xy
     _, fwd, bwd = counted("apgd-ce", model, x, y, eps=0.1, steps=10)
-    assert fwd == bwd == 11.0
+    assert (fwd, bwd) == (11.0, 10.0)  # the last iterate's gradient is not computed
     out1 = run("apgd-ce", model, x, y, eps=0.1, steps=10)
     out3, fwd3, _ = counted("apgd-ce", model, x, y, eps=0.1, steps=10, restarts=3)
     broken = float(fooled(model, out1, y).float().mean())
