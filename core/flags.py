@@ -72,9 +72,14 @@ ZERO_GRADIENT_SHARE = 0.10
 class Flag:
     check: str
     message: str
+    cells: tuple[str, ...] = ()  # keys of the cells that raised it (a report marks them)
 
     def __str__(self) -> str:
         return f"[{self.check}] {self.message}"
+
+
+def _keys(*rows: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(r["cell_key"]) for r in rows if r.get("cell_key"))
 
 
 def _cfg(row: dict[str, Any], key: str) -> dict[str, Any]:
@@ -116,6 +121,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                         "eps-not-monotone",
                         f"{where}: {b['attack']} leaves accuracy {b['robust_accuracy']:.4f}, higher than "
                         f"{a['attack']} at a smaller eps ({a['robust_accuracy']:.4f})",
+                        cells=_keys(a, b),
                     )
                 )
 
@@ -139,6 +145,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                             "iterative-weaker",
                             f"{where}: {r['attack']} leaves accuracy {r['robust_accuracy']:.4f}, higher than "
                             f"its single step {ref['attack']} at the same eps ({ref['robust_accuracy']:.4f}): too few steps or masked gradients",
+                            cells=_keys(r, ref),
                         )
                     )
 
@@ -158,6 +165,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                         "weaker-knowledge-stronger",
                         f"{d} / {m} / {df} / {a}: the {name} attacker leaves accuracy {r['robust_accuracy']:.4f}, "
                         f"lower than the white-box one ({wb['robust_accuracy']:.4f}): white-box gradients may be masked",
+                        cells=_keys(r, wb),
                     )
                 )
     # 4. unbounded attacks with full knowledge reach (near) zero accuracy
@@ -170,6 +178,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                         "unbounded-not-zero",
                         f"{place(r)}: the unbounded attack {r['attack']} leaves accuracy {r['robust_accuracy']:.4f} "
                         f"(expected <= {UNBOUNDED_MAX_ACCURACY}): too few steps, or it cannot follow the model's gradients",
+                        cells=_keys(r,),
                     )
                 )
 
@@ -200,6 +209,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                             f"{where}: gradient-free {free['attack']} leaves accuracy {free['robust_accuracy']:.4f}, "
                             f"gradient attack {grad['attack']} {grad['robust_accuracy']:.4f} ({norm} eps={eps:g}){extra}: "
                             "gradients may be masked",
+                            cells=_keys(free, grad),
                         )
                     )
 
@@ -216,6 +226,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                     "zero-gradients",
                     f"{where}: {grads.get('zero_share', 0):.0%} of probe inputs have an all-zero loss gradient and "
                     f"{grads.get('nonfinite_share', 0):.0%} a NaN or infinite one: gradients are masked or broken",
+                    cells=_keys(r,),
                 )
             )
         if diag.get("random_forward") and (diag.get("eot") or 1) == 1:
@@ -224,6 +235,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                     "random-forward-without-eot",
                     f"{where}: the model's forward pass is random but the attack used no EOT; set eot on the threat "
                     "model (or declare the randomness as an advx.InputTransform) before trusting this number",
+                    cells=_keys(r,),
                 )
             )
         conv = diag.get("convergence") or {}
@@ -235,6 +247,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                         "not-converged",
                         f"{where}: with {2 * conv['steps']} steps instead of {conv['steps']} the attack fools "
                         f"{conv['success_doubled']} of {conv['n']} sampled examples instead of {conv['success']}",
+                        cells=_keys(r,),
                     )
                 )
         if diag.get("silent_success"):
@@ -243,6 +256,7 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                     "silent-success",
                     f"{where}: {diag['silent_success']} examples were fooled inside the budget at some iterate but "
                     "returned not fooled: the attack should keep its best iterate",
+                    cells=_keys(r,),
                 )
             )
     return flags

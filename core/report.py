@@ -190,9 +190,8 @@ def _place(row: dict[str, Any], cols: Sequence[str] = PLACE) -> str:
 
 
 def _flags_of(row: dict[str, Any], flags: Sequence[Any]) -> list[Any]:
-    """The sanity flags whose message names this row (its dataset, model, defense, threat and attack)."""
-    parts = [str(row.get(c)) for c in PLACE]
-    return [f for f in flags if all(p in f.message for p in parts)]
+    """The sanity flags that name this row's cell (``Flag.cells``)."""
+    return [f for f in flags if row.get("cell_key") in getattr(f, "cells", ())]
 
 
 def _git_commit(path: Path) -> str | None:
@@ -797,13 +796,7 @@ def build_report(
     rows = store.cells(spec_name, decode=True)
     use_plots = (have_matplotlib() if plots is None else plots) and not tables_only
     plotter = _Plotter(fmt) if use_plots else None
-    try:
-        import inspect
-
-        wants_samples = len(inspect.signature(sanity_flags).parameters) > 1
-    except (TypeError, ValueError):
-        wants_samples = False
-    flags = sanity_flags(rows, store.samples) if wants_samples else sanity_flags(rows)
+    flags = sanity_flags(rows, store.samples)
     sections: list[Section] = []
     if not rows:
         sections.append(Section("matrix", "No cells", [Para("The results file holds no cells" + (f" of spec {spec_name!r}." if spec_name else "."))]))

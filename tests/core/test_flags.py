@@ -80,3 +80,10 @@ def test_results_command_prints_flags(tmp_path, capsys):
     assert main(["results", str(db)]) == 0
     out = capsys.readouterr().out
     assert "1 sanity flag(s)" in out and "eps-not-monotone" in out
+
+
+def test_flags_name_the_cells_that_raised_them():
+    a, b = row("fgsm", 0.1, 0.3), row("fgsm", 0.2, 0.5)
+    a["cell_key"], b["cell_key"] = "ka", "kb"
+    (flag,) = sanity_flags([a, b])
+    assert flag.cells == ("ka", "kb")
