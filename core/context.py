@@ -65,6 +65,8 @@ class DefenseContext:
         registry: the plugin registry of the run (to create other plugins).
         cache_dir: where trained checkpoints and fitted state are cached (``None``: the
             default, ``$ADVX_CACHE_DIR`` or the user cache directory).
+        on_train, on_epoch: the kernel's recording hooks (training time and progress); a
+            context derived for a part of a defense passes them on (``derive``).
     """
 
     def __init__(
@@ -89,8 +91,8 @@ class DefenseContext:
         self.cache_dir = cache_dir
         self._train_split = train_split
         self._train_data: torch.utils.data.Dataset | None = None
-        self._on_train = on_train
-        self._on_epoch = on_epoch
+        self.on_train = on_train
+        self.on_epoch = on_epoch
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -145,7 +147,7 @@ class DefenseContext:
             cache=self.cache_dir,
             extra_key=extra_key,
             train_data=train_data if train_data is not None else (self.train_data if not _is_cached(self, plugin, cfg, extra_key) else None),
-            on_epoch=None if self._on_epoch is None else (lambda e, s: self._on_epoch(what, e, cfg.epochs, s["loss"])),  # type: ignore[misc]
+            on_epoch=None if self.on_epoch is None else (lambda e, s: self.on_epoch(what, e, cfg.epochs, s["loss"])),  # type: ignore[misc]
             **kwargs,
         )
         self._record(TrainRecord("model", res.key, res.seconds, res.cached, what))
@@ -185,6 +187,31 @@ class DefenseContext:
         self._record(TrainRecord("artifact", key, time.perf_counter() - t0, False, name))
         return state
 
+    def derive(
+        self,
+        *,
+        model: Model | None = None,
+        train_config: TrainConfig | None = None,
+        train_split: Callable[[], torch.utils.data.Dataset] | None = None,
+    ) -> DefenseContext:
+        """A context for a part of this defense (an ensemble member): the same dataset, device,
+        cache and recording hooks, with another model, training config or training split.
+
+        A changed training split must still be described by the ``extra_key`` of what is
+        trained on it (a subclass may add it to every key, as the ensemble's members do).
+        """
+        return DefenseContext(
+            dataset=self.dataset,
+            model=model or self.model,
+            train_config=train_config or self.train_config,
+            device=self.device,
+            registry=self.registry,
+            cache_dir=self.cache_dir,
+            train_split=train_split or (lambda: self.train_data),
+            on_train=self.on_train,
+            on_epoch=self.on_epoch,
+        )
+
     # -- other plugins ------------------------------------------------------------------------
 
     def create(self, kind: str, name: str, params: Mapping[str, Any] | None = None) -> Plugin:
@@ -206,8 +233,8 @@ class DefenseContext:
         return out
 
     def _record(self, rec: TrainRecord) -> None:
-        if self._on_train is not None:
-            self._on_train(rec.description, rec)
+        if self.on_train is not None:
+            self.on_train(rec.description, rec)
 
 
 def _is_cached(ctx: DefenseContext, plugin: Model, cfg: TrainConfig, extra_key: Any) -> bool:

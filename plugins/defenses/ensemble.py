@@ -222,9 +222,9 @@ class MemberContext(DefenseContext):
             registry=parent.registry,
             cache_dir=parent.cache_dir,
             train_split=data or (lambda: parent.train_data),
-            # the kernel's hooks for recording training time (no public accessor yet)
-            on_train=getattr(parent, "_on_train", None),
-            on_epoch=getattr(parent, "_on_epoch", None),
+            # the kernel's recording hooks, so members' training time is reported with them
+            on_train=parent.on_train,
+            on_epoch=parent.on_epoch,
         )
         self.data_key = data_key
 

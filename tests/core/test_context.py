@@ -75,6 +75,14 @@ def test_artifact_is_computed_once(ctx):
         ctx.artifact("bad", 0, lambda: {"x": 1})
 
 
+def test_derive_keeps_the_hooks(ctx, registry):
+    part = ctx.derive(model=registry.model("mlp", hidden=[8]), train_config=TrainConfig(epochs=1, seed=3))
+    assert part.model.config.hidden == (8,) and part.train_config.seed == 3 and part.device == ctx.device
+    assert part.train_data is ctx.train_data  # the same split unless another is given
+    part.train()
+    assert ctx.records[-1].description.startswith("mlp")  # recorded through the parent's hook
+
+
 def test_create_and_compose(ctx):
     attack = ctx.create("attack", "fgsm", {"eps": 0.1})
     assert attack.name == "fgsm" and attack.config.eps == 0.1
