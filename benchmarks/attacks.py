@@ -383,6 +383,7 @@ def main(argv=None):
     ap.add_argument("--peers", default="torchattacks,foolbox,ART,adv-lib", help="peer libraries to time (comma-separated)")
     ap.add_argument("--slow-repeats", type=int, default=3, help="repeats for deepfool and cw-l2")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--tag", default="", help="suffix of the result files: attacks-<device><tag>.json/.md")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -448,7 +449,7 @@ def write(args, device, started, load_before, results):
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"attacks-{device.type}"
+    stem = f"attacks-{device.type}{args.tag}"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / f"{stem}.md").write_text(markdown(meta, results))
     print(f"wrote {out / stem}.json and .md", flush=True)

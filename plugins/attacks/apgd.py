@@ -13,6 +13,7 @@ difference of logits ratio (``apgd-dlr``: shift- and scale-invariant, for models
 logits are rescaled; targeted label modes use the targeted DLR of the paper, see
 ``_common.dlr_loss``). Random start at a random point of the sphere of radius eps
 (AutoAttack's); ``restarts`` reruns the examples not yet broken from new starts.
+Examples the clean input already breaks are not attacked (one forward), as AutoAttack.
 
 Every iterate is scored on the logits of the forward pass that also gives its gradient:
 an example is returned at the last iterate that was adversarial (AutoAttack's choice),
@@ -20,7 +21,8 @@ else at the point of highest loss, so a success seen during the iterations is ne
 The checkpoint logic runs on the device (per-example tensors, no host synchronisation in
 the loop); restarts synchronise once each, to select the unbroken examples.
 
-Cost: ``steps + 1`` forward and ``steps`` backward passes per example per restart: one
+Cost: one clean forward, then ``steps + 1`` forward and ``steps`` backward passes per
+unbroken example per restart: one
 at the start and one per step, as AutoAttack, except that the last iterate's gradient,
 which AutoAttack and the ports compute and never use, is not computed (same result, one
 backward fewer). Defaults: 100 steps, 1 restart, rho 0.75 (the
@@ -184,26 +186,27 @@ class _APGDBase(Attack):
         c = self.config
         x = x.detach()
         generator = self.generator(x.device, c.seed)
-        out, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        # As AutoAttack: examples the clean input already breaks are returned as they are
+        # (one forward), so a model of low clean accuracy costs only its correct examples.
+        with torch.no_grad():
+            found = is_success(model(x), y, targeted)
+        out = x.clone()
         best = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
-        for r in range(c.restarts):
-            # Restarts run on the unbroken examples only: one host synchronisation each.
-            idx = None if r == 0 else (~found).nonzero().squeeze(1)
-            if idx is not None and idx.numel() == 0:
+        for _ in range(c.restarts):
+            # Each run takes the unbroken examples only: one host synchronisation each.
+            idx = (~found).nonzero().squeeze(1)
+            if idx.numel() == 0:
                 break
-            xs, ys = (x, y) if idx is None else (x[idx], y[idx])
+            xs, ys = x[idx], y[idx]
             start = random_sphere_start(xs, c.eps, self.norm, generator).add_(xs).clamp_(*bounds)
             adv, ok, score = apgd_run(
                 model, xs, ys, start, loss=self.loss, targeted=targeted, norm=self.norm, eps=c.eps,
                 steps=c.steps, bounds=bounds, rho=c.rho, momentum=c.momentum,
             )
-            if idx is None:
-                out, found, best = adv, ok, score
-            else:
-                keep = ok | (score > best[idx])
-                out[idx] = torch.where(per_example_view(keep, xs), adv, out[idx])
-                best[idx] = torch.where(keep, score, best[idx])
-                found[idx] = ok
+            keep = ok | (score > best[idx])
+            out[idx] = torch.where(per_example_view(keep, xs), adv, out[idx])
+            best[idx] = torch.where(keep, score, best[idx])
+            found[idx] = ok
         return out
 
 

@@ -226,12 +226,12 @@ def test_no_silent_success(name):
 def test_apgd_costs_steps_plus_one_forwards_steps_backwards_and_restarts_only_rerun_unbroken(model, xy):
     x, y = xy
     _, fwd, bwd = counted("apgd-ce", model, x, y, eps=0.1, steps=10)
-    assert (fwd, bwd) == (11.0, 10.0)  # the last iterate's gradient is not computed
+    assert (fwd, bwd) == (12.0, 10.0)  # a clean forward; the last iterate's gradient is not computed
     out1 = run("apgd-ce", model, x, y, eps=0.1, steps=10)
     out3, fwd3, _ = counted("apgd-ce", model, x, y, eps=0.1, steps=10, restarts=3)
     broken = float(fooled(model, out1, y).float().mean())
     assert 0 < broken < 1
-    assert 11.0 < fwd3 <= 11.0 + 2 * 11.0 * (1 - broken) + 1e-9  # later restarts only on the unbroken
+    assert 12.0 < fwd3 <= 12.0 + 2 * 11.0 * (1 - broken) + 1e-9  # later restarts only on the unbroken
     assert bool((fooled(model, out3, y) | ~fooled(model, out1, y)).all())  # restarts keep every success
 
 
@@ -242,6 +242,14 @@ def test_apgd_at_least_as_strong_as_pgd_with_its_step_tuned(name, eps, model, xy
     pgd = "pgd" if name != "apgd-ce-l2" else "pgd-l2"
     theirs = float(fooled(model, run(pgd, model, x, y, eps=eps, alpha=eps / 8, steps=20), y).float().mean())
     assert ours >= theirs - 0.02, (ours, theirs)
+
+
+def test_apgd_does_not_attack_what_the_clean_input_already_breaks(model, xy):
+    x, y = xy
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10  # every clean input is "adversarial" for these labels
+    out, fwd, bwd = counted("apgd-ce", model, x, wrong, eps=0.1, steps=10)
+    assert torch.equal(out, x) and (fwd, bwd) == (1.0, 0.0)
 
 
 def test_apgd_dlr_is_scale_invariant_and_ce_is_not(model, xy):
