@@ -564,11 +564,18 @@ def markdown(meta, results):
             )
         r = got.get(("deepfool", "advx"))
         if r is not None:
-            for peer, need in (("torchattacks", 5.0), ("foolbox", 1.0)):
+            for peer, need in (("torchattacks", 5.0), ("foolbox", 1.0), ("adv-lib", 1.0)):
                 p = got.get(("deepfool", peer))
                 if p is not None:
                     s = p["seconds"] / r["seconds"]
                     lines.append(f"- {case} deepfool vs {peer}: {s:.2f}x faster (target >= {need}x) {'MET' if s >= need else 'MISSED'}")
+        r = got.get(("cw-l2", "advx"))
+        if r is not None:  # equal steps: torchattacks runs binary_search_steps x steps at one c
+            for peer in ("torchattacks", "adv-lib"):
+                p = got.get(("cw-l2", peer))
+                if p is not None:
+                    s = p["seconds"] / r["seconds"]
+                    lines.append(f"- {case} cw-l2 vs {peer}: {s:.2f}x faster (target >= 1.0x) {'MET' if s >= 1.0 else 'MISSED'}")
     lines.append("")
     return "\n".join(lines)
 
