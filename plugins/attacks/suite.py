@@ -24,7 +24,8 @@ Members (``attacks``, in order):
 tensor of shape ``(N,)`` on the batch's device: the index in ``attacks`` of the member
 whose output is returned for that example, ``-1`` where none succeeded, ``-2`` where
 the clean input already succeeded (not attacked). ``member_names`` gives the names. The
-kernel does not store it yet (it keeps no per-example column of an attack's own).
+kernel stores it with the cell (``metrics.attack_info.broken_by``, in example order)
+through ``batch_info``; the indices refer to the cell's ``attack_config.attacks``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class _SuiteBase(Attack):
     @property
     def member_names(self) -> list[str]:
         return list(self.config.attacks)
+
+    def batch_info(self):
+        return {"broken_by": self.broken_by}
 
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config

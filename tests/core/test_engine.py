@@ -309,3 +309,18 @@ def test_kernel_options_enter_the_key_and_keep_results_close(tmp_path, option):
     tol = 0.1 if "amp" in option else 2 / 64
     assert abs(fast["robust_accuracy"] - plain["robust_accuracy"]) <= tol
     assert fast["max_linf"] <= 0.1 + 1e-6
+
+
+def test_suite_records_which_attack_broke_each_example(tmp_path):
+    spec = {
+        "matrix": {"name": "suite", "samples": 24, "batch_size": 12, "cache_dir": str(tmp_path / "c"), "diagnostics": False},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 2}}],
+        "attacks": [{"name": "suite", "eps": 0.15, "steps": 5, "queries": 20}],
+    }
+    (row,) = advx.run_matrix(spec).rows
+    broken_by = row["metrics"]["attack_info"]["broken_by"]
+    assert len(broken_by) == 24 and set(broken_by) <= {-2, -1, 0, 1, 2, 3}
+    # an example counts as robust exactly when no member broke it (and the clean input was right)
+    robust = sum(1 for b in broken_by if b == -1)
+    assert robust / 24 == pytest.approx(row["robust_accuracy"])
