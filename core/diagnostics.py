@@ -6,9 +6,9 @@ and cannot be read from results alone:
 
 * ``gradients``: the share of probe inputs whose loss gradient through the attacked module
   is exactly zero, or NaN/infinite (masked or broken gradients);
-* ``random_forward``: whether two identical forward passes of the evaluated model differ,
-  and how many EOT draws the attack used (a randomised defense attacked without EOT is
-  overrated);
+* ``random_forward``: whether two identical forward passes of the module the attack
+  crafts on differ, and how many EOT draws the attack used (a randomised defense attacked
+  without EOT is overrated);
 * ``convergence``: the attack rerun with twice its ``steps`` on a sample: if that finds
   clearly more adversarial examples, the attack had not converged;
 * ``silent_success``: examples the attack had fooled, inside the budget, at some iterate

@@ -77,7 +77,9 @@ def diagnose(
     xp, yp = x[:n].to(ws.device), y[:n].to(ws.device)
     out: dict[str, Any] = {
         "gradients": gradient_health(view, xp, yp),
-        "random_forward": random_forward(target, xp),
+        # the module the attack sees: an undefended or transfer attacker facing a random
+        # defense crafts on a deterministic model and needs no EOT
+        "random_forward": random_forward(view, xp),
         "eot": cell.threat.eot_draws(view),
         "silent_success": crafted.silent_success,
     }
