@@ -48,12 +48,3 @@ def ctx(registry, cache):
 @pytest.fixture
 def recording(registry, tmp_path):
     return make_ctx(registry, tmp_path, cls=RecordingContext)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread: on a loaded 2-core machine two threads run 5-10x slower (see tests/plugins/attacks)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

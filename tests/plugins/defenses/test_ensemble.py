@@ -12,7 +12,6 @@ from advx.plugins.defenses.ensemble import StackedEnsemble
 
 from .conftest import make_ctx
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ensemble(registry, ctx, **params):

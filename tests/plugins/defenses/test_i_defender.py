@@ -17,12 +17,6 @@ from advx.plugins.defenses.i_defender import IDefenderModule, gmm_log_prob
 COV_TYPES = ["full", "diag", "tied", "spherical"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import advx
 
 from .conftest import make_ctx
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,6 @@ from advx.plugins.defenses.rotation import RandomRotate, Rotate, oracle_best_ang
 from advx.plugins.defenses.squeezing import BitDepth, MedianSmooth, SqueezeDetector, median_filter
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def stub_ctx(bounds=(0.0, 1.0), train=None):

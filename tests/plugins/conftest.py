@@ -1,4 +1,4 @@
-"""Attack tests run with one torch thread: on a loaded 2-core machine two OpenMP threads
+"""Plugin tests run with one torch thread: on a loaded 2-core machine two OpenMP threads
 contending with other processes run 5-10x slower and far less repeatably."""
 
 import pytest
