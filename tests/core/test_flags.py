@@ -87,3 +87,18 @@ def test_flags_name_the_cells_that_raised_them():
     a["cell_key"], b["cell_key"] = "ka", "kb"
     (flag,) = sanity_flags([a, b])
     assert flag.cells == ("ka", "kb")
+
+
+def test_auc_of_a_perfect_and_a_useless_detector():
+    import torch
+
+    from advx.metrics import roc_auc, roc_points
+
+    clean, adv = torch.rand(500), torch.rand(500) + 1.0  # every adversarial example scores higher
+    assert roc_auc(clean, adv) == 1.0
+    same = torch.full((500,), 0.3)  # a constant score tells nothing
+    assert roc_auc(same, same) == 0.5
+    g = torch.Generator().manual_seed(0)
+    assert abs(roc_auc(torch.rand(4000, generator=g), torch.rand(4000, generator=g)) - 0.5) < 0.02
+    pts = roc_points(clean, adv)
+    assert pts[0] == [0.0, 0.0] and [0.0, 1.0] in pts and pts[-1] == [1.0, 1.0] and len(pts) <= 101
