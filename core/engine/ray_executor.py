@@ -145,7 +145,8 @@ class RayExecutor(Executor):
             cell = pending.pop(ref)
             try:
                 row, samples, cell_trainings = ray.get(ref)
-                samples = None if samples is None else {k: torch.from_numpy(v) for k, v in samples.items()}
+                # Ray returns read-only arrays (shared memory): copy before handing them to torch
+                samples = None if samples is None else {k: torch.from_numpy(v.copy()) for k, v in samples.items()}
             except Exception as exc:  # noqa: BLE001 - a task that died (twice) is a failed cell with its cause
                 row = base_row(cell, torch.device(device))
                 row.update(status="failed", error=f"Ray task of this cell failed after {RETRIES + 1} tries: {_cause(exc)}", metrics={})
