@@ -28,6 +28,7 @@ from .._version import __version__
 from ..errors import AdvxError
 from ..diagnostics import PROBE, convergence, gradient_health, random_forward
 from ..guards import check_requires, preflight
+from ..protocols import bpda
 from ..interfaces import Attack
 from ..schema import EXAMPLE_KEYS
 from ..metrics import breakdown_by_class, breakdown_by_confidence, roc_points, summarize
@@ -68,6 +69,11 @@ def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
     }
 
 
+def _with_bpda(module: torch.nn.Module, enabled: bool, fn: Any) -> Any:
+    with bpda(module, enabled):
+        return fn()
+
+
 def diagnose(
     cell: Cell, ws: Workspace, attack: Attack, target: torch.nn.Module, view: torch.nn.Module, x: Tensor, y: Tensor,
     crafted: Any, reused: bool, info: Any,
@@ -76,7 +82,8 @@ def diagnose(
     n = min(PROBE, len(x))
     xp, yp = x[:n].to(ws.device), y[:n].to(ws.device)
     out: dict[str, Any] = {
-        "gradients": gradient_health(view, xp, yp),
+        # measured as the attack sees the module: through BPDA when the threat model uses it
+        "gradients": _with_bpda(view, cell.threat.config.bpda, lambda: gradient_health(view, xp, yp)),
         # the module the attack sees: an undefended or transfer attacker facing a random
         # defense crafts on a deterministic model and needs no EOT
         "random_forward": random_forward(view, xp),

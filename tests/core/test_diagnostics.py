@@ -182,3 +182,21 @@ def test_unbounded_and_gradient_free_flags_from_results():
     assert not [f for f in sanity_flags(rows) if f.check == "gradient-free-stronger"]
     flagged = [f for f in sanity_flags(rows, recs.__getitem__) if f.check == "gradient-free-stronger"]
     assert len(flagged) == 1 and "breaks 50 examples" in flagged[0].message
+
+
+class Quantise(advx.InputTransform):
+    """Rounds to 4 grey levels, declared non-differentiable."""
+
+    differentiable = False
+
+    def transform(self, x):
+        return (x * 4).round() / 4
+
+
+def test_gradient_health_is_measured_through_bpda(tmp_path):
+    """A declared non-differentiable transform attacked with BPDA has gradients: no zero-gradients flag."""
+    r = advx.Registry.discover()
+    r.add("defense", _defense("quantised", lambda m: nn.Sequential(Quantise(), m)), package="tests")
+    rows = run(tmp_path, r, [{"name": "quantised"}], [{"name": "fgsm", "eps": 0.1}])
+    assert rows[0]["metrics"]["diagnostics"]["gradients"]["zero_share"] == 0.0
+    assert not checks(rows, "zero-gradients")
