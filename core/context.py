@@ -146,7 +146,7 @@ class DefenseContext:
             self.device,
             cache=self.cache_dir,
             extra_key=extra_key,
-            train_data=train_data if train_data is not None else (self.train_data if not _is_cached(self, plugin, cfg, extra_key) else None),
+            train_data=train_data if train_data is not None else (lambda: self.train_data),
             on_epoch=None if self.on_epoch is None else (lambda e, s: self.on_epoch(what, e, cfg.epochs, s["loss"])),  # type: ignore[misc]
             **kwargs,
         )
@@ -235,13 +235,6 @@ class DefenseContext:
     def _record(self, rec: TrainRecord) -> None:
         if self.on_train is not None:
             self.on_train(rec.description, rec)
-
-
-def _is_cached(ctx: DefenseContext, plugin: Model, cfg: TrainConfig, extra_key: Any) -> bool:
-    """Whether the checkpoint exists already (then the training split need not be loaded)."""
-    from .training import checkpoint_path
-
-    return checkpoint_path(ctx.dataset, plugin, cfg, ctx.device, ctx.cache_dir, extra_key).exists()
 
 
 def _digest(obj: Any) -> str:

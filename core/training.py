@@ -115,7 +115,11 @@ def checkpoint_path(
     extra: Any = None,
 ) -> Path:
     """Where the checkpoint of this training lives in the cache."""
-    return cache_dir(cache or None) / "models" / f"{model.name}-{training_key(dataset, model, train, device, extra)}.pt"
+    return _checkpoint_file(cache, model.name, training_key(dataset, model, train, device, extra))
+
+
+def _checkpoint_file(cache: str | os.PathLike[str] | None, model_name: str, key: str) -> Path:
+    return cache_dir(cache or None) / "models" / f"{model_name}-{key}.pt"
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -197,21 +201,22 @@ def train_model(
     cache: str | os.PathLike[str] | None | Literal[False] = None,
     loss_fn: LossFn = cross_entropy_loss,
     extra_key: Any = None,
-    train_data: torch.utils.data.Dataset | None = None,
+    train_data: torch.utils.data.Dataset | Callable[[], torch.utils.data.Dataset] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` (or load it from the cache) and return it in eval mode.
 
     ``cache=False`` disables the cache; ``loss_fn``/``extra_key`` let a defense change the
     training objective (its ``extra_key`` must identify the change, it enters the key);
-    ``train_data`` replaces the dataset's training split (e.g. a bootstrap replicate, which
+    ``train_data`` (a dataset, or a function returning one, called only when the cache
+    has no checkpoint) replaces the dataset's training split (e.g. a bootstrap replicate, which
     must then be described by ``extra_key`` too).
     """
     cfg = train if isinstance(train, TrainConfig) else TrainConfig.model_validate(train or {})
     device = torch.device(device)
     info = dataset.info()
     key = training_key(dataset, model, cfg, device, extra_key)
-    path = None if cache is False else cache_dir(cache or None) / "models" / f"{model.name}-{key}.pt"
+    path = None if cache is False else _checkpoint_file(cache, model.name, key)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     net = build_model(model, info)
@@ -223,6 +228,8 @@ def train_model(
             raise DataError(f"cached checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to retrain") from None
         net.to(device).eval()
         return TrainResult(net, key, True, time.perf_counter() - t0, blob.get("history", []), path)
+    if callable(train_data):  # a loader: the split is read only when training is needed
+        train_data = train_data()
     data = train_data if train_data is not None else load_split(dataset, "train")
     history = fit(net, data, cfg, device, loss_fn, on_epoch)
     if path is not None:

@@ -28,7 +28,7 @@ from ..metrics import BUCKETS
 from ..registry import Registry
 from ..spec import PluginRef
 from ..threats import AttackView
-from ..training import checkpoint_path, train_model
+from ..training import train_model
 from .plan import Cell, digest
 
 #: ``on_event(event, cell, payload)``: progress events (see ``advx.run_matrix``)
@@ -100,14 +100,13 @@ class Workspace:
             assert train is not None
             what = model.describe() + (f" (seed {train.seed})" if train.seed else "")
             self.emit("train_start", cell, model=what, epochs=train.epochs)
-            cached = checkpoint_path(dataset, plugin, train, self.device, self.cache_dir).exists()
             res = train_model(
                 dataset,
                 plugin,
                 train,
                 self.device,
                 cache=self.cache_dir,
-                train_data=None if cached else self.split(ds, "train"),
+                train_data=lambda: self.split(ds, "train"),
                 on_epoch=lambda e, s: self.emit("train_epoch", cell, model=what, epoch=e, epochs=train.epochs, loss=s["loss"]),
             )
             self.emit("train_done", cell, model=what, cached=res.cached, seconds=res.seconds)
