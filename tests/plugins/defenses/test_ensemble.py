@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import advx
-from advx.plugins.defenses.ensemble import StackedEnsemble
+from advx.plugins.defenses.ensemble import StackedEnsemble, _MemberGroup
 
 from .conftest import make_ctx
 
@@ -27,7 +27,15 @@ def looped_logits(ens, x):
     return torch.stack([ens.member(i)(x) for i in range(ens.num_members)])
 
 
-def test_output_is_log_of_mean_member_probability_and_vectorised_equals_looped(registry, ctx, xy):
+@pytest.fixture(params=["cpu-loop", "vmap"])
+def member_path(request, monkeypatch):
+    """Both ways a stacked group runs its members: a loop over views (CPU) and one vmap (GPU)."""
+    if request.param == "vmap":
+        monkeypatch.setattr(_MemberGroup, "loop_devices", ())
+    return request.param
+
+
+def test_output_is_log_of_mean_member_probability_and_vectorised_equals_looped(registry, ctx, xy, member_path):
     x, _ = xy
     ens = ensemble(registry, ctx, members=3)
     assert isinstance(ens, advx.Ensemble) and ens.num_members == 3
@@ -38,7 +46,7 @@ def test_output_is_log_of_mean_member_probability_and_vectorised_equals_looped(r
     advx.check_model(ens, x, 10)  # eval mode, logits (not probabilities), finite
 
 
-def test_input_gradient_of_vectorised_ensemble_equals_looped(registry, ctx, xy):
+def test_input_gradient_of_vectorised_ensemble_equals_looped(registry, ctx, xy, member_path):
     x, y = xy
     ens = ensemble(registry, ctx, members=3)
     xv = x.clone().requires_grad_(True)
