@@ -31,7 +31,7 @@ from advx.testing import breakable_model, check_attack
 
 REG = advx.Registry.discover()
 BOUNDS = (0.0, 1.0)
-NEW = ["apgd-ce", "apgd-ce-l2", "apgd-dlr", "apgd-dlr-l2", "square", "square-l2", "suite", "suite-l2"]
+NEW = ["apgd-ce", "apgd-ce-l2", "apgd-dlr", "apgd-dlr-l2", "square", "square-l2", "fab", "fab-l2", "suite", "suite-l2"]
 
 # Settings for the breakable check (eps above the planted example's 0.75 eps).
 BREAK = {
@@ -48,6 +48,8 @@ BREAK = {
     "apgd-dlr-l2": {"eps": 0.5, "steps": 10},
     "square": {"eps": 0.1, "queries": 500},
     "square-l2": {"eps": 0.5, "queries": 500},
+    "fab": {"eps": 0.1, "steps": 10},
+    "fab-l2": {"eps": 0.5, "steps": 10},
     "suite": {"eps": 0.1, "steps": 10, "queries": 100},
     "suite-l2": {"eps": 0.5, "steps": 10, "queries": 100},
 }
@@ -92,6 +94,7 @@ def test_new_attacks_declare_norm_requirements_and_papers():
         "apgd-ce": ("linf", ["gradients"]), "apgd-ce-l2": ("l2", ["gradients"]),
         "apgd-dlr": ("linf", ["gradients"]), "apgd-dlr-l2": ("l2", ["gradients"]),
         "square": ("linf", []), "square-l2": ("l2", []),
+        "fab": ("linf", ["gradients"]), "fab-l2": ("l2", ["gradients"]),
         "suite": ("linf", ["gradients"]), "suite-l2": ("l2", ["gradients"]),
     }
     for n in NEW:
@@ -357,7 +360,7 @@ def test_suite_keeps_first_success_and_records_who_broke_each_example(model, xy)
     out = attack.perturb(model, x, y, BOUNDS)
     ok = fooled(model, out, y)
     by = attack.broken_by
-    assert by.shape == (len(x),) and attack.member_names == ["apgd-ce", "apgd-t", "apgd-dlr", "square"]
+    assert by.shape == (len(x),) and attack.member_names == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert torch.equal(ok, by >= 0)  # broken exactly where a member is named (no clean errors here)
     assert bool((by == 0).any()) and int(by.max()) >= 1  # apgd-ce first, later members add
     ce = fooled(model, run("apgd-ce", model, x, y, eps=0.08, steps=10), y)
@@ -416,7 +419,7 @@ def test_suite_l2_uses_l2_members(model, xy):
         ("apgd-ce-l2", {"restarts": 0}, "restarts"),
         ("square", {"queries": 0}, "queries"),
         ("square-l2", {"p_init": 2}, "p_init"),
-        ("suite", {"attacks": ["fab-t"]}, "attacks"),
+        ("suite", {"attacks": ["fab"]}, "attacks"),
         ("suite", {"attacks": []}, "attacks"),
     ],
 )
