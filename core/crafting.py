@@ -144,6 +144,7 @@ def craft(
     min_batch_size: int = 1,
     amp: str | None = None,
     channels_last: bool = False,
+    surrogate: bool = False,
 ) -> Crafted:
     """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes.
 
@@ -159,6 +160,10 @@ def craft(
     feeds 4-D batches in that memory format (the model must have been converted too); both
     are speed options whose effect on the numbers is measured, not assumed
     (``benchmarks/kernels.py``). Scoring stays in float32.
+
+    ``surrogate``: ``model`` stands in for the scored one (a transfer-style threat model);
+    ``attack.surrogate`` is set for the call, and silent success is not watched (fooling
+    the stand-in is not the goal, so returning a point that does not fool it is no loss).
     """
     mode = getattr(attack.config, "label_mode", "true")
     counter = PassCounter(model)
@@ -172,7 +177,7 @@ def craft(
         else contextlib.nullcontext()
     )
     # silent success is watched on deterministic modules (a random forward would fake it)
-    watch = check_silent and not randomized_parts(model)
+    watch = check_silent and not surrogate and not randomized_parts(model)
     silent, excluded = 0, 0.0
     infos: dict[str, list[Tensor]] = {}
     if cuda:
@@ -194,8 +199,12 @@ def craft(
         torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
         if watch:
             counter.watch(xb, labels, targeted, attack.norm, attack.eps, bounds)
-        with torch.enable_grad(), autocast:
-            xa = attack.perturb(counter, xb.clone(), labels, bounds, targeted=targeted)
+        attack.surrogate = surrogate
+        try:
+            with torch.enable_grad(), autocast:
+                xa = attack.perturb(counter, xb.clone(), labels, bounds, targeted=targeted)
+        finally:
+            attack.surrogate = False
         xa = xa.to(xb.dtype)
         check_budget(attack.name, xb, xa, attack.norm, attack.eps, bounds)
         if watch:

@@ -243,6 +243,13 @@ class Attack(Plugin):
     iterative: ClassVar[bool] = False
     #: name of the single-step attack this one iterates (``"fgsm"`` for BIM and PGD), if any
     single_step: ClassVar[str | None] = None
+    #: set by the kernel for the duration of a call when the model the attack sees is a
+    #: stand-in for the one scored (threat models ``transfer``, ``gray-box``, ``undefended``,
+    #: ``member``): fooling it is not the goal, so an attack that returns the first iterate
+    #: that fools the model it sees should instead run its whole schedule and return its
+    #: strongest point (the final or highest-loss iterate), as the transfer literature does.
+    #: Returning an earlier, barely-adversarial iterate makes transfer attacks weaker.
+    surrogate: bool = False
 
     @property
     def eps(self) -> float | None:

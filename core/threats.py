@@ -83,6 +83,10 @@ class ThreatModel(ABC):
     less_knowledge: ClassVar[bool] = False
     #: a source model is part of the config (``transfer``)
     takes_source: ClassVar[bool] = False
+    #: the attack crafts on a stand-in for the scored model (a substitute, a copy, one
+    #: member): success on what it sees is not success, so the kernel sets
+    #: ``Attack.surrogate`` and attacks return their strongest point, not their first success
+    surrogate: ClassVar[bool] = False
 
     def __init__(self, config: ThreatConfig, source: PluginRef | None = None) -> None:
         self.config = config
@@ -155,6 +159,7 @@ class Undefended(ThreatModel):
 
     name: ClassVar[str] = "undefended"
     less_knowledge: ClassVar[bool] = True
+    surrogate: ClassVar[bool] = True
 
     def view(self, ws, cell, target):
         base = ws.base_model(cell.dataset, cell.model, cell=cell)
@@ -172,6 +177,7 @@ class Transfer(ThreatModel):
     name: ClassVar[str] = "transfer"
     Config: ClassVar[type[ThreatConfig]] = TransferConfig
     less_knowledge: ClassVar[bool] = True
+    surrogate: ClassVar[bool] = True
     takes_source: ClassVar[bool] = True
 
     def label(self) -> str:
@@ -198,6 +204,7 @@ class GrayBox(ThreatModel):
     name: ClassVar[str] = "gray-box"
     Config: ClassVar[type[ThreatConfig]] = GrayBoxConfig
     less_knowledge: ClassVar[bool] = True
+    surrogate: ClassVar[bool] = True
 
     def view(self, ws, cell, target):
         seed = self.config.seed  # type: ignore[attr-defined]
@@ -220,6 +227,7 @@ class Member(ThreatModel):
     name: ClassVar[str] = "member"
     Config: ClassVar[type[ThreatConfig]] = MemberConfig
     less_knowledge: ClassVar[bool] = True
+    surrogate: ClassVar[bool] = True
 
     def params(self) -> dict[str, Any]:
         return {"index": self.config.index, **super().params()}  # type: ignore[attr-defined]

@@ -188,7 +188,7 @@ class Workspace:
     ) -> tuple[Crafted, bool]:
         """Adversarial examples of ``cell`` and whether they were reused from another cell."""
         o = cell.options
-        k = digest([view.key, cell.attack.key(), idx.tolist(), o.seed, cell.threat.config.bpda])
+        k = digest([view.key, cell.attack.key(), idx.tolist(), o.seed, cell.threat.config.bpda, cell.threat.surrogate])
         if view.reusable and k in self._crafted:
             self._crafted.move_to_end(k)
             return self._crafted[k], True
@@ -214,6 +214,7 @@ class Workspace:
             min_batch_size=o.min_batch_size,
             amp=o.amp,
             channels_last=o.channels_last,
+            surrogate=cell.threat.surrogate,
         )
         crafted.origin = cell.key
         if view.reusable:

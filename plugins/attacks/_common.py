@@ -118,11 +118,14 @@ class _KeepAdversarial:
     ``argmax`` per step, no host synchronisation.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled  # off: ``result`` is the final iterate (a surrogate model)
         self.found: Tensor | None = None
         self.x: Tensor | None = None
 
     def see(self, x_adv: Tensor, logits: Tensor, y: Tensor, targeted: bool) -> None:
+        if not self.enabled:
+            return
         succ = is_success(logits.detach(), y, targeted)
         if self.found is None:
             self.found, self.x = succ, x_adv.clone()
@@ -146,6 +149,7 @@ def iterate_linf(
     steps: int,
     bounds: tuple[float, float],
     targeted: bool,
+    keep: bool = True,
 ) -> Tensor:
     """``steps`` signed-gradient steps of size ``alpha`` from ``x_adv``, projected on the ball.
 
@@ -153,16 +157,18 @@ def iterate_linf(
     elementwise passes (sign, add, clamp to the precomputed box); ``x_adv`` is updated
     in place (the caller hands over a buffer it owns) and is the leaf of every step.
     Every evaluated iterate that is adversarial is remembered (``_KeepAdversarial``: one
-    more elementwise pass per step), so a success seen during the loop is returned.
+    more elementwise pass per step), so a success seen during the loop is returned. With
+    ``keep=False`` (``Attack.surrogate``: the model is a stand-in for the scored one) the
+    final iterate is returned, as the algorithm is published.
     """
     lower, upper = linf_box(x, eps, bounds)
-    keep = _KeepAdversarial()
+    kept = _KeepAdversarial(keep)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         grad, logits = loss_grad(model, x_adv, y, targeted)
-        keep.see(x_adv.detach_(), logits, y, targeted)
+        kept.see(x_adv.detach_(), logits, y, targeted)
         x_adv.add_(grad.sign_(), alpha=alpha).clamp_(lower, upper)
-    return keep.result(x_adv)
+    return kept.result(x_adv)
 
 
 def iterate_l2(
@@ -175,19 +181,20 @@ def iterate_l2(
     steps: int,
     bounds: tuple[float, float],
     targeted: bool,
+    keep: bool = True,
 ) -> Tensor:
     """``steps`` steps of ``alpha * g / ||g||_2`` from ``x_adv``, projected on the L2 ball and bounds.
 
-    Same in-place discipline as ``iterate_linf``; a zero gradient gives a zero step.
+    Same in-place discipline and ``keep`` as ``iterate_linf``; a zero gradient gives a zero step.
     """
-    keep = _KeepAdversarial()
+    kept = _KeepAdversarial(keep)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         grad, logits = loss_grad(model, x_adv, y, targeted)
-        keep.see(x_adv.detach_(), logits, y, targeted)
+        kept.see(x_adv.detach_(), logits, y, targeted)
         x_adv.add_(l2_normalize_(grad), alpha=alpha)
         clip_to_bounds_l2_(x_adv, x, eps, bounds)
-    return keep.result(x_adv)
+    return kept.result(x_adv)
 
 
 def dlr_loss(logits: Tensor, y: Tensor, targeted: bool = False, true: Tensor | None = None) -> Tensor:

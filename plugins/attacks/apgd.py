@@ -80,11 +80,13 @@ def apgd_run(
     rho: float = 0.75,
     momentum: float = 0.75,
     true: Tensor | None = None,
+    prefer_found: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One APGD run from ``x_adv`` (inside the ball; taken over). Returns ``(x_out, found, best_loss)``:
     per example the last adversarial iterate where one was seen (``found``), else the iterate of
     highest loss. With ``true``, the loss is towards target ``y`` but success means leaving
-    ``true`` (APGD-T: a targeted loss for an untargeted attack)."""
+    ``true`` (APGD-T: a targeted loss for an untargeted attack). ``prefer_found=False``
+    returns the highest-loss iterate everywhere (a surrogate model, ``Attack.surrogate``)."""
     n = len(x)
     k = max(int(0.22 * steps), 1)
     k_min, k_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
@@ -165,6 +167,8 @@ def apgd_run(
             grad = torch.where(hv, grad_best, grad)
             since_check = 0
             k = max(k - k_decr, k_min)
+    if not prefer_found:
+        return x_best, found, best_loss
     return torch.where(per_example_view(found, x), x_found, x_best), found, best_loss
 
 
@@ -188,8 +192,11 @@ class _APGDBase(Attack):
         generator = self.generator(x.device, c.seed)
         # As AutoAttack: examples the clean input already breaks are returned as they are
         # (one forward), so a model of low clean accuracy costs only its correct examples.
+        # On a surrogate (Attack.surrogate) every example is attacked, each run returns its
+        # highest-loss point and restarts keep the higher loss: fooling it is not the goal.
+        surrogate = self.surrogate
         with torch.no_grad():
-            found = is_success(model(x), y, targeted)
+            found = torch.zeros(len(x), dtype=torch.bool, device=x.device) if surrogate else is_success(model(x), y, targeted)
         out = x.clone()
         best = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
         for _ in range(c.restarts):
@@ -201,12 +208,13 @@ class _APGDBase(Attack):
             start = random_sphere_start(xs, c.eps, self.norm, generator).add_(xs).clamp_(*bounds)
             adv, ok, score = apgd_run(
                 model, xs, ys, start, loss=self.loss, targeted=targeted, norm=self.norm, eps=c.eps,
-                steps=c.steps, bounds=bounds, rho=c.rho, momentum=c.momentum,
+                steps=c.steps, bounds=bounds, rho=c.rho, momentum=c.momentum, prefer_found=not surrogate,
             )
-            keep = ok | (score > best[idx])
+            keep = (ok & (not surrogate)) | (score > best[idx])
             out[idx] = torch.where(per_example_view(keep, xs), adv, out[idx])
             best[idx] = torch.where(keep, score, best[idx])
-            found[idx] = ok
+            if not surrogate:
+                found[idx] = ok
         return out
 
 

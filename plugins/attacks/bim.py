@@ -34,7 +34,7 @@ class BIM(Attack):
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        return iterate_linf(model, x, y, x.clone(), c.eps, c.alpha, c.steps, bounds, targeted).detach_()
+        return iterate_linf(model, x, y, x.clone(), c.eps, c.alpha, c.steps, bounds, targeted, keep=not self.surrogate).detach_()
 
 
 @hookimpl

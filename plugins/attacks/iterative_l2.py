@@ -40,7 +40,7 @@ class IterativeL2(Attack):
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        return iterate_l2(model, x, y, x.clone(), c.eps, self.step_size, c.steps, bounds, targeted).detach_()
+        return iterate_l2(model, x, y, x.clone(), c.eps, self.step_size, c.steps, bounds, targeted, keep=not self.surrogate).detach_()
 
 
 @hookimpl

@@ -71,7 +71,8 @@ class _PGDBase(Attack):
                 loss = F.cross_entropy(logits, y, reduction="none")
                 hit = logits.argmax(1) == y
                 success = hit if targeted else ~hit
-                score = torch.where(success, torch.inf, -loss if targeted else loss)
+                # on a surrogate (Attack.surrogate) fooling it is not the goal: rank by loss only
+                score = torch.where(success & (not self.surrogate), torch.inf, -loss if targeted else loss)
                 if best is None:
                     best, best_score = x_adv, score
                 else:
@@ -99,7 +100,7 @@ class PGD(_PGDBase):
 
     def _iterate(self, model, x, y, x_adv, bounds, targeted):
         c = self.config
-        return iterate_linf(model, x, y, x_adv, c.eps, c.alpha, c.steps, bounds, targeted)
+        return iterate_linf(model, x, y, x_adv, c.eps, c.alpha, c.steps, bounds, targeted, keep=not self.surrogate)
 
 
 class PGDL2(_PGDBase):
@@ -125,7 +126,7 @@ class PGDL2(_PGDBase):
 
     def _iterate(self, model, x, y, x_adv, bounds, targeted):
         c = self.config
-        return iterate_l2(model, x, y, x_adv, c.eps, self.step_size, c.steps, bounds, targeted)
+        return iterate_l2(model, x, y, x_adv, c.eps, self.step_size, c.steps, bounds, targeted, keep=not self.surrogate)
 
 
 @hookimpl

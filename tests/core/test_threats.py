@@ -254,3 +254,42 @@ def test_bpda_gives_an_identity_backward_only_inside_the_block():
         assert torch.count_nonzero(g) > 0
         torch.testing.assert_close(m(x), nn.Sequential(Squash(), _net(0))(x))  # forward unchanged
     assert not m[0].bpda
+
+
+class SurrogateSpy(advx.Attack):
+    """FGSM that records ``self.surrogate`` as the kernel set it during each call."""
+
+    name: ClassVar[str] = "surrogate-spy"
+    norm: ClassVar[str] = "linf"
+    seen: ClassVar[list] = []
+
+    class Config(advx.AttackConfig):
+        eps: float = 0.2
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        type(self).seen.append(self.surrogate)
+        x = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+        return (x + self.config.eps * g.sign()).clamp(*bounds).detach()
+
+
+def test_the_kernel_tells_the_attack_when_it_crafts_on_a_stand_in(tmp_path, reg):
+    """Transfer-style threat models (member, undefended, gray-box, transfer) set
+    ``Attack.surrogate`` for the call; white-box and member-mean (whose forward is the
+    ensemble's) do not, and the flag is cleared afterwards."""
+    reg.add("attack", SurrogateSpy, package="tests")
+    assert {n for n, c in THREATS.items() if c.surrogate} == {"member", "undefended", "gray-box", "transfer"}
+    s = spec(
+        tmp_path,
+        [{"name": "two-members"}],
+        [{"name": "white-box"}, {"name": "member", "index": 0}, {"name": "member-mean"}, {"name": "undefended"}],
+        attacks=[{"name": "surrogate-spy"}],
+    )
+    s["matrix"]["batch_size"] = 60  # one batch per cell: one entry in `seen` each
+    SurrogateSpy.seen.clear()
+    res = advx.run_matrix(s, registry=reg)
+    assert [r["threat"] for r in res.rows] == ["white-box", "member(index=0)", "member-mean", "undefended"]
+    assert SurrogateSpy.seen == [False, True, False, True]
+    # and silent success is not watched on a stand-in (its own success is not the goal)
+    diag = {r["threat"]: r["metrics"]["diagnostics"]["silent_success"] for r in res.rows}
+    assert diag["member(index=0)"] is None and diag["white-box"] is not None
