@@ -4,8 +4,14 @@ The matrix has independent cells (one model per cell, trained beforehand so trai
 not timed): N models x PGD. It runs once per worker count through the multi-device
 executor (``cpu,cpu,...`` here; ``cuda:0,cuda:1,...`` on a GPU machine) or Ray
 (``--executor ray``), wall time measured around ``run_matrix``. The scaling ratio is
-throughput(N) / throughput(1); the target is at least 0.9 N on independent cells, which a
-machine can only show with N free cores or devices: the number of cores is printed beside it.
+throughput(N) / throughput(1); the target is at least 0.9 N on independent cells.
+
+Like is compared with like: on a CPU every worker count runs worker *processes* with the
+same torch threads each (``--threads-per-worker``, default cores / largest N), so N
+workers have N times the cores of one, as N GPUs have N times the devices; the one-worker
+row is a worker process too, so start-up (spawn, torch import, plugin discovery) is in
+every row. An extra row gives the plain in-process run with all cores, for reference.
+Cells must be long enough to amortise the start-up (a few seconds per worker).
 
     python benchmarks/scaling.py [--workers 1 2] [--device cpu] [--executor local|ray]
 
@@ -42,33 +48,45 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=8)
     ap.add_argument("--samples", type=int, default=256, help="evaluation examples per cell (digits has 360 test images)")
     ap.add_argument("--steps", type=int, default=20, help="PGD steps (cell size)")
+    ap.add_argument("--threads-per-worker", type=int, default=None, help="CPU: torch threads of each worker (default: cores / largest N)")
     args = ap.parse_args()
+    threads = args.threads_per_worker or max(1, (os.cpu_count() or 1) // max(args.workers))
     cache = tempfile.mkdtemp()
     advx.run_matrix(spec(cache, "cpu", "local", args.cells))  # train every model once, untimed
     rows = []
-    for n in args.workers:
-        device = ",".join([args.device] * n) if args.executor == "local" else args.device
+
+    def timed(label: str, n: int, device: str, executor) -> None:
         t0 = time.perf_counter()
-        res = advx.run_matrix(spec(cache, device, args.executor, args.cells, args.samples, args.steps), rerun=True)
+        res = advx.run_matrix(spec(cache, device, args.executor, args.cells, args.samples, args.steps), rerun=True, executor=executor)
         wall = time.perf_counter() - t0
         assert res.failed == 0, [r.get("error") for r in res.rows]
-        rows.append((n, wall, args.cells / wall))
-    base = rows[0][2]
+        rows.append((label, n, wall, args.cells / wall))
+
+    for n in args.workers:
+        if args.executor == "local":
+            devices = [args.device] * n if args.device == "cpu" else [f"cuda:{i}" for i in range(n)]
+            timed(f"{n} worker process(es), {threads} thread(s) each" if args.device == "cpu" else f"{n} GPU(s)", n, args.device,
+                  advx.MultiDeviceExecutor(devices, cpu_threads=threads))
+        else:
+            timed(f"Ray, {n} worker(s)", n, args.device, None)
+    if args.device == "cpu":
+        timed(f"in-process, {torch.get_num_threads()} torch threads (reference)", 1, "cpu", advx.InProcessExecutor())
+    base = rows[0][3]
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
     lines = [
         f"# Matrix throughput against workers ({args.executor} executor, {args.device}, {name})",
         "",
         f"`python benchmarks/scaling.py --workers {' '.join(map(str, args.workers))} --device {args.device} --executor {args.executor} "
-        f"--cells {args.cells} --samples {args.samples} --steps {args.steps}`, "
-        f"{time.strftime('%Y-%m-%d')}; {args.cells} independent cells (mnist-cnn on digits, PGD {args.steps} steps, "
-        f"{args.samples} examples); models trained beforehand. One in-process worker already uses every core through "
-        "torch's threads; N worker processes split the cores and each pays a start-up (torch import, plugin discovery).",
+        f"--cells {args.cells} --samples {args.samples} --steps {args.steps} --threads-per-worker {threads}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; {args.cells} independent cells (mnist-cnn on digits, PGD {args.steps} steps, "
+        f"{args.samples} examples); models trained beforehand; every worker-count row runs worker processes with the same "
+        f"threads each, start-up included; load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())}.",
         "",
-        "| workers | wall seconds | cells/s | scaling ratio | target (0.9 N) |",
-        "|---:|---:|---:|---:|---:|",
+        "| run | workers | wall seconds | cells/s | scaling ratio (to the first row) | target (0.9 N) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for n, wall, tput in rows:
-        lines.append(f"| {n} | {wall:.1f} | {tput:.3f} | {tput / base:.2f} | {0.9 * n:.1f} |")
+    for label, n, wall, tput in rows:
+        lines.append(f"| {label} | {n} | {wall:.1f} | {tput:.3f} | {tput / base:.2f} | {0.9 * n:.1f} |")
     out = Path(__file__).parent / "results" / f"scaling-{args.device.split(':')[0]}-{args.executor}.md"
     previous = out.read_text() + "\n" if out.exists() else ""
     out.write_text(previous + "\n".join(lines) + "\n")

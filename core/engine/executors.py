@@ -93,12 +93,27 @@ def assign(cells: Sequence[Cell], n: int) -> list[list[Cell]]:
     return shares
 
 
-class MultiDeviceExecutor(Executor):
-    """One worker process per device (``cuda:0``, ``cuda:1``, ... or several ``cpu``)."""
+def worker_threads(devices: Sequence[str], shares: Sequence[Sequence[Cell]], cpu_threads: int | None = None) -> list[int]:
+    """Torch threads of each worker: CPU workers with cells split the cores between them
+    (instead of each claiming all of them, which oversubscribes the machine) unless
+    ``cpu_threads`` is given; a GPU worker keeps torch's default."""
+    n_cpu = sum(1 for d, s in zip(devices, shares) if s and d.startswith("cpu"))
+    cpu = cpu_threads or max(1, (os.cpu_count() or 1) // max(n_cpu, 1))
+    return [cpu if d.startswith("cpu") else torch.get_num_threads() for d in devices]
 
-    def __init__(self, devices: Sequence[str | torch.device], poll_seconds: float = 1.0) -> None:
+
+class MultiDeviceExecutor(Executor):
+    """One worker process per device (``cuda:0``, ``cuda:1``, ... or several ``cpu``).
+
+    CPU workers split the cores between them (``os.cpu_count() // workers`` torch threads
+    each) unless ``cpu_threads`` says how many each gets: a scaling measurement gives every
+    worker count the same threads per worker.
+    """
+
+    def __init__(self, devices: Sequence[str | torch.device], poll_seconds: float = 1.0, cpu_threads: int | None = None) -> None:
         self.devices = [str(d) for d in devices]
         self.poll_seconds = poll_seconds
+        self.cpu_threads = cpu_threads
 
     def map(self, cells, registry, device, cache_dir, on_event):
         by_key = {c.key: c for c in cells}
@@ -106,12 +121,10 @@ class MultiDeviceExecutor(Executor):
         ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
         out = ctx.Queue()
         procs = []
-        # CPU workers split the cores between them instead of each claiming all of them
-        n_cpu_workers = sum(1 for d, s in zip(self.devices, shares) if s and d.startswith("cpu"))
-        cpu_threads = max(1, (os.cpu_count() or 1) // max(n_cpu_workers, 1))
+        threads_of = worker_threads(self.devices, shares, self.cpu_threads)
         for i, (dev, share) in enumerate(zip(self.devices, shares)):
             if share:
-                threads = cpu_threads if dev.startswith("cpu") else torch.get_num_threads()
+                threads = threads_of[i]
                 p = ctx.Process(target=_worker, args=(i, dev, share, cache_dir, out, threads), daemon=True)
                 p.start()
                 procs.append((i, dev, p))

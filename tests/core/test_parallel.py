@@ -7,7 +7,7 @@ import torch
 
 import advx
 from advx.engine.devices import resolve_devices
-from advx.engine.executors import assign
+from advx.engine.executors import assign, worker_threads
 
 
 def spec(cache, device):
@@ -55,3 +55,13 @@ def test_device_lists_are_validated():
 def test_all_gpus(tmp_path):
     res = advx.run_matrix(spec(str(tmp_path / "cache"), "cuda:all"), store=tmp_path / "g.db")
     assert res.done == 6 and res.failed == 0
+
+
+def test_cpu_workers_split_the_cores_unless_threads_per_worker_is_given(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    full, empty = [object()], []
+    assert worker_threads(["cpu", "cpu"], [full, full]) == [4, 4]
+    assert worker_threads(["cpu", "cpu", "cpu", "cpu"], [full, full, empty, empty]) == [4, 4, 4, 4]  # idle workers do not count
+    assert worker_threads(["cpu"], [full]) == [8]
+    assert worker_threads(["cpu", "cpu"], [full, full], cpu_threads=1) == [1, 1]  # what a scaling benchmark pins
+    assert worker_threads(["cuda:0", "cpu"], [full, full])[1] == 8
