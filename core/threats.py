@@ -196,6 +196,12 @@ class Transfer(ThreatModel):
 
 class GrayBoxConfig(ThreatConfig):
     seed: int | None = Field(None, description="training seed of the attacker's copy (default: the model's seed + 1)")
+    detector_alpha: float | None = Field(
+        None,
+        ge=0,
+        description="seed 004 eq. 6 on the attacker's copy: its own detector's evasion term with this weight "
+        "(Table 7's 'Target' column; the defense must be a detector); none: the plain loss",
+    )
 
 
 class GrayBox(ThreatModel):
@@ -206,12 +212,21 @@ class GrayBox(ThreatModel):
     less_knowledge: ClassVar[bool] = True
     surrogate: ClassVar[bool] = True
 
+    def not_applicable(self, target):
+        if self.config.detector_alpha is not None and not isinstance(target, Detector):  # type: ignore[attr-defined]
+            return "detector_alpha needs a detector (the defense's module does not implement advx.Detector)"
+        return None
+
     def view(self, ws, cell, target):
         seed = self.config.seed  # type: ignore[attr-defined]
         if seed is None:
             seed = (cell.model.train.seed if cell.model.train is not None else 0) + 1
         m = ws.defended_model(cell.dataset, cell.model, cell.defense, seed=seed, cell=cell)
-        return AttackView(m, _cell_key(cell, seed), reusable=True)
+        alpha = self.config.detector_alpha  # type: ignore[attr-defined]
+        if alpha is None:
+            return AttackView(m, _cell_key(cell, seed), reusable=True)
+        # the adaptive attacker of seed 004 eq. 6, on its own copy and that copy's detector
+        return AttackView(DetectorAwareView(m, alpha).eval(), _cell_key(cell, seed, "detector-aware", alpha), reusable=True)
 
 
 # -- ensembles ------------------------------------------------------------------------------------

@@ -293,3 +293,27 @@ def test_the_kernel_tells_the_attack_when_it_crafts_on_a_stand_in(tmp_path, reg)
     # and silent success is not watched on a stand-in (its own success is not the goal)
     diag = {r["threat"]: r["metrics"]["diagnostics"]["silent_success"] for r in res.rows}
     assert diag["member(index=0)"] is None and diag["white-box"] is not None
+
+
+def test_gray_box_with_the_detector_aware_loss_on_the_attackers_copy(tmp_path, reg):
+    """Seed 004 Table 7 'Target': eq. 6 against the attacker's own copy and its detector,
+    scored on the defended target; ``detector_alpha`` changes what is crafted."""
+    s = spec(
+        tmp_path,
+        [{"name": "grid-detector"}, {"name": "none"}],
+        [{"name": "gray-box"}, {"name": "gray-box", "detector_alpha": [0.0, 100.0]}],
+        # iterative: clean digits lie on the toy detector's grid, where its gradient is zero
+        attacks=[{"name": "bim", "eps": 0.2, "alpha": 0.05, "steps": 4}],
+    )
+    s["matrix"]["keep_examples"] = 60
+    res = advx.run_matrix(s, registry=reg, store=tmp_path / "g.db")
+    rows = {(r["defense"], r["threat"]): r for r in res.rows}
+    plain = rows[("grid-detector", "gray-box")]
+    zero = rows[("grid-detector", "gray-box(detector_alpha=0.0)")]
+    aware = rows[("grid-detector", "gray-box(detector_alpha=100.0)")]
+    assert all(r["status"] == "done" for r in (plain, zero, aware))
+    assert "detector_alpha" in rows[("none", "gray-box(detector_alpha=0.0)")]["reason"]
+    store = advx.ResultStore(tmp_path / "g.db", readonly=True)
+    adv = {k: store.examples(r["cell_key"])["x_adv"] for k, r in (("plain", plain), ("zero", zero), ("aware", aware))}
+    assert torch.equal(adv["plain"], adv["zero"])  # alpha 0: the plain loss, the same examples
+    assert not torch.equal(adv["plain"], adv["aware"])  # the copy's detector term moved them
