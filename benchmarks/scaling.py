@@ -31,6 +31,37 @@ import torch
 import advx
 
 
+def _busy(threads: int, seconds: float, out) -> None:
+    """A worker of the machine's own ceiling: mnist-cnn forward+backward passes for ``seconds``."""
+    torch.set_num_threads(threads)
+    registry = advx.Registry.discover()
+    model = registry.create("model", "mnist-cnn", {}).build(advx.DatasetInfo(name="digits", input_shape=(1, 8, 8), num_classes=10))
+    x, y = torch.rand(128, 1, 8, 8), torch.randint(0, 10, (128,))
+    for _ in range(3):  # warm-up
+        torch.nn.functional.cross_entropy(model(x.requires_grad_(True)), y).backward()
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.nn.functional.cross_entropy(model(x.requires_grad_(True)), y).backward()
+        done += 1
+    out.put(done / (time.perf_counter() - t0))
+
+
+def ceiling(n: int, threads: int, seconds: float = 20.0) -> float:
+    """Passes per second of ``n`` independent processes doing plain torch work, no advx: what
+    the machine itself gives N workers (shared caches, memory bandwidth, virtual cores)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_busy, args=(threads, seconds, q)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    rates = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
 def spec(cache: str, device: str, executor: str, cells: int, samples: int = 256, steps: int = 20) -> dict:
     return {
         "matrix": {"name": "scaling", "samples": samples, "batch_size": 128, "device": device, "cache_dir": cache, "diagnostics": False, "executor": executor},
@@ -71,6 +102,10 @@ def main() -> None:
             timed(f"Ray, {n} worker(s)", n, args.device, None)
     if args.device == "cpu":
         timed(f"in-process, {torch.get_num_threads()} torch threads (reference)", 1, "cpu", advx.InProcessExecutor())
+    machine = []
+    if args.device == "cpu":
+        # the same workers without advx: the scaling the machine itself allows
+        machine = [(n, ceiling(n, threads)) for n in args.workers]
     base = rows[0][3]
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
     lines = [
@@ -87,6 +122,19 @@ def main() -> None:
     ]
     for label, n, wall, tput in rows:
         lines.append(f"| {label} | {n} | {wall:.1f} | {tput:.3f} | {tput / base:.2f} | {0.9 * n:.1f} |")
+    if machine:
+        lines += [
+            "",
+            f"The machine's own ceiling: N processes of plain torch work ({threads} thread(s) each, mnist-cnn forward+backward "
+            "on one batch of 128 for 20 s, no advx), and advx's scaling as a share of it:",
+            "",
+            "| processes | passes/s | machine scaling | advx scaling / machine scaling |",
+            "|---:|---:|---:|---:|",
+        ]
+        ratio = {n: tput / base for label, n, wall, tput in rows if "worker process" in label}
+        for n, rate in machine:
+            m = rate / machine[0][1]
+            lines.append(f"| {n} | {rate:.1f} | {m:.2f} | {ratio.get(n, float('nan')) / m:.2f} |")
     out = Path(__file__).parent / "results" / f"scaling-{args.device.split(':')[0]}-{args.executor}.md"
     previous = out.read_text() + "\n" if out.exists() else ""
     out.write_text(previous + "\n".join(lines) + "\n")
