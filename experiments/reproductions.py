@@ -1,0 +1,166 @@
+"""Write the numbers of ``docs/reproductions.md`` from the stored results, so the published
+tables and the runs behind them cannot drift apart.
+
+The tables are declared in ``experiments/reproductions.toml``: each has an ``id``, a header
+row and rows whose entries are either text (a label, a paper's number) or a *selector*, an
+inline table naming one stored cell and one of its columns::
+
+    { results = "seed002-mnist-table2-reduced", defense = "ensemble(members=2, kind=bagging)",
+      threat = "member(index=0)", attack = "fgsm(eps=0.3)", metric = "robust_accuracy" }
+
+``results`` names a file in ``experiments/results/`` (``NAME.json``): an export of a results
+file (``advx results DB --spec NAME --format json -o experiments/results/NAME.json``) or a
+``{"cells": [...]}`` file of the same rows. The other keys match the cells' label columns
+exactly (``dataset``, ``model``, ``defense``, ``threat``, ``attack``); a selector must match
+exactly one finished cell, or the script stops with a one-line error naming the table and
+the selector. ``metric`` is a cell column (``robust_accuracy``, ``clean_accuracy``,
+``detection_auc``, ``mean_l2``, ``seconds`` ...); ``fmt`` a Python format (``.4f`` by
+default), ``scale`` a factor (100 for percentages). A selector with ``path`` (keys and list
+indices) reads one value of a study's own JSON instead, e.g. ``experiments/seed003-rotation.py``'s.
+Keys a table gives under ``[table.where]`` apply to each of its selectors. A
+list of entries renders as its values joined by `` / `` (several numbers in one column).
+
+In the document each table sits between ``<!-- table: ID -->`` and ``<!-- /table -->``:
+
+    python experiments/reproductions.py            # rewrite the tables in docs/reproductions.md
+    python experiments/reproductions.py --check    # exit 1 if the document differs (a test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "reproductions.md"
+TABLES = HERE / "reproductions.toml"
+RESULTS = HERE / "results"
+LABELS = ("dataset", "model", "defense", "threat", "attack", "spec")
+BLOCK = re.compile(r"(<!-- table: (?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+class ReproductionError(Exception):
+    """A table that cannot be rendered: the message names the table and what is wrong."""
+
+
+def load_cells(name: str, results_dir: Path = RESULTS) -> list[dict[str, Any]]:
+    """The finished cells of ``results_dir/NAME.json`` (either export format)."""
+    path = results_dir / f"{name}.json"
+    if not path.is_file():
+        raise ReproductionError(f"no stored results {path}: export them with advx results DB --spec {name} --format json -o {path}")
+    data = json.loads(path.read_text())
+    cells = data["cells"] if isinstance(data, dict) else data
+    for c in cells:
+        c.setdefault("spec", c.get("spec_name"))
+    return [c for c in cells if c.get("status", "done") == "done"]
+
+
+def select(cells: list[dict[str, Any]], where: dict[str, Any], table: str) -> dict[str, Any]:
+    """The one cell whose label columns equal ``where``'s."""
+    unknown = set(where) - set(LABELS)
+    if unknown:
+        raise ReproductionError(f"table {table}: unknown selector key(s) {sorted(unknown)}; use {', '.join(LABELS)}")
+    hits = [c for c in cells if all(c.get(k) == v for k, v in where.items())]
+    if len(hits) != 1:
+        what = "no cell" if not hits else f"{len(hits)} cells"
+        raise ReproductionError(f"table {table}: {what} match {where}")
+    return hits[0]
+
+
+def render_entry(entry: Any, table: dict[str, Any], cache: dict[str, list], results_dir: Path) -> str:
+    if isinstance(entry, list):  # several values in one column: "a / b / c"
+        return " / ".join(render_entry(e, table, cache, results_dir) for e in entry)
+    if not isinstance(entry, dict):
+        return str(entry)
+    sel = {**table.get("where", {}), **entry}
+    name = sel.pop("results", None)
+    metric = sel.pop("metric", "robust_accuracy")
+    fmt = sel.pop("fmt", ".4f")
+    scale = sel.pop("scale", 1)
+    if name is None:
+        raise ReproductionError(f"table {table['id']}: a selector without results = ...: {entry}")
+    if "path" in entry:  # a value of a study's own JSON (not a matrix export): keys and list indices
+        value: Any = json.loads((results_dir / f"{name}.json").read_text())
+        for step in entry["path"]:
+            try:
+                value = value[step]
+            except (KeyError, IndexError, TypeError):
+                raise ReproductionError(f"table {table['id']}: {name}.json has no {entry['path']}") from None
+        return "-" if value is None else format(value * scale, fmt)
+    if name not in cache:
+        cache[name] = load_cells(name, results_dir)
+    cell = select(cache[name], sel, table["id"])
+    if metric not in cell:
+        raise ReproductionError(f"table {table['id']}: the cells of {name} have no column {metric!r}")
+    value = cell[metric]
+    return "-" if value is None else format(value, fmt)
+
+
+def render_table(table: dict[str, Any], results_dir: Path = RESULTS) -> str:
+    """One Markdown table: the header row, an alignment row, then the rows."""
+    header = table["columns"]
+    align = table.get("align") or ["---"] + ["---:"] * (len(header) - 1)
+    cache: dict[str, list] = {}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for row in table["rows"]:
+        if len(row) != len(header):
+            raise ReproductionError(f"table {table['id']}: a row has {len(row)} entries, the header {len(header)}: {row[0]}")
+        lines.append("| " + " | ".join(render_entry(e, table, cache, results_dir) for e in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_tables(path: Path = TABLES) -> dict[str, dict[str, Any]]:
+    tables = tomllib.loads(path.read_text())["table"]
+    ids = [t["id"] for t in tables]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ReproductionError(f"{path}: duplicate table id(s) {sorted(dup)}")
+    return {t["id"]: t for t in tables}
+
+
+def rewrite(doc: str, tables: dict[str, dict[str, Any]], results_dir: Path = RESULTS) -> str:
+    """``doc`` with every marked table rendered again; every declared table must be in it."""
+    seen: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        tid = m.group("id")
+        if tid not in tables:
+            raise ReproductionError(f"{DOC.name} marks table {tid!r}, which {TABLES.name} does not declare")
+        seen.append(tid)
+        return m.group(1) + render_table(tables[tid], results_dir) + m.group(4)
+
+    out = BLOCK.sub(sub, doc)
+    missing = sorted(set(tables) - set(seen))
+    if missing:
+        raise ReproductionError(f"{TABLES.name} declares table(s) {missing} that {DOC.name} does not mark")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the document differs from the stored results")
+    args = ap.parse_args(argv)
+    try:
+        doc = DOC.read_text()
+        new = rewrite(doc, load_tables())
+    except ReproductionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != doc:
+            print(f"{DOC} differs from the stored results: run python experiments/reproductions.py", file=sys.stderr)
+            return 1
+        print(f"{DOC}: every table matches the stored results")
+        return 0
+    DOC.write_text(new)
+    print(f"wrote {len(BLOCK.findall(new))} tables into {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
