@@ -53,7 +53,8 @@ def test_every_experiment_spec_validates():
     import advx
 
     reg = advx.Registry.discover()
-    specs = sorted((ROOT / "experiments").glob("*.toml"))
+    # every TOML in experiments/ is a matrix spec, except the declaration of the document's tables
+    specs = sorted(p for p in (ROOT / "experiments").glob("*.toml") if p.name != "reproductions.toml")
     assert len(specs) >= 6
     for path in specs:
         cells = advx.plan(advx.MatrixSpec.from_toml(path), reg)
