@@ -56,16 +56,6 @@ BOUNDS = (0.0, 1.0)
 EPS = {"fab": 0.15, "fab-l2": 1.0}
 
 
-@pytest.fixture(scope="module")
-def data(digits, digits_cnn):
-    """The digits CNN and its 100 first correctly classified test digits."""
-    model = digits_cnn.eval()
-    _, _, x, y = digits
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    return model, x[ok][:100].clone(), y[ok][:100].clone()
-
-
 def run(name, model, x, y, targeted=False, bounds=BOUNDS, **params):
     return REG.attack(name, **params).perturb(model, x, y, bounds, targeted=targeted)
 

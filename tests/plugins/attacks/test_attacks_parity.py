@@ -21,16 +21,6 @@ REG = advx.Registry.discover()
 BOUNDS = (0.0, 1.0)
 
 
-@pytest.fixture(scope="module")
-def data(digits, digits_cnn):
-    """100 correctly classified test digits (peers' DeepFool starts from the prediction)."""
-    model = digits_cnn.eval()
-    _, _, x, y = digits
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    return model, x[ok][:100].clone(), y[ok][:100].clone()
-
-
 def ours(name, model, x, y, **params):
     return REG.attack(name, **params).perturb(model, x, y, BOUNDS)
 
