@@ -231,15 +231,24 @@ class PluginRef:
         return d
 
     def describe(self) -> str:
-        """Name plus the config values that the spec set."""
+        """Name plus the config values that the spec set; a nested plugin table (a defense
+        inside a defense) reads as its own description, ``member_defense=distillation``."""
         if not self.params:
             return self.name
-        return self.name + "(" + ", ".join(f"{k}={v}" for k, v in self.params) + ")"
+        return self.name + "(" + ", ".join(f"{k}={_describe_value(v)}" for k, v in self.params) + ")"
 
     def with_seed(self, seed: int) -> PluginRef:
         """This model trained with another seed (the gray-box attacker's copy)."""
         assert self.train is not None
         return replace(self, train=self.train.model_copy(update={"seed": seed}))
+
+
+def _describe_value(v: Any) -> str:
+    if isinstance(v, dict) and isinstance(v.get("name"), str):
+        rest = {k: x for k, x in v.items() if k != "name"}
+        inner = ", ".join(f"{k}={_describe_value(x)}" for k, x in sorted(rest.items()))
+        return v["name"] + (f"({inner})" if inner else "")
+    return str(v)
 
 
 def validate_strict(config_cls: type[BaseModel], params: dict[str, Any], where: str) -> BaseModel:

@@ -161,6 +161,11 @@ def test_composed_defense_key_differs_from_each_part(registry):
     cells = advx.plan(spec, registry)
     assert len({c.key for c in cells}) == 4
     assert len({json_key(c.defense.key()) for c in cells}) == 4
+    # the nested table reads as a plugin description in labels, not as a Python dict
+    assert [c.defense.describe() for c in cells][2:] == [
+        "ensemble(kind=bagging, members=5, member_defense=adversarial-training)",
+        "ensemble(kind=bagging, members=5, member_defense=adversarial-training(rho=0.3))",
+    ]
 
 
 def json_key(k):
