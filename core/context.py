@@ -200,17 +200,27 @@ class DefenseContext:
         A changed training split must still be described by the ``extra_key`` of what is
         trained on it (a subclass may add it to every key, as the ensemble's members do).
         """
-        return DefenseContext(
-            dataset=self.dataset,
-            model=model or self.model,
-            train_config=train_config or self.train_config,
-            device=self.device,
-            registry=self.registry,
-            cache_dir=self.cache_dir,
-            train_split=train_split or (lambda: self.train_data),
-            on_train=self.on_train,
-            on_epoch=self.on_epoch,
-        )
+        return DefenseContext(**self.inherited(model or self.model, train_config or self.train_config, train_split))
+
+    def inherited(
+        self, model: Model, train_config: TrainConfig, train_split: Callable[[], torch.utils.data.Dataset] | None
+    ) -> dict[str, Any]:
+        """The constructor arguments of a context for a part of this defense: the same
+        dataset, device, registry, cache and recording hooks (so the part's training time is
+        reported with the cell's), the given model and training config, and the given
+        training split or this context's. ``derive`` and context subclasses (the ensemble's
+        members) build from it, so what a part inherits is said once."""
+        return {
+            "dataset": self.dataset,
+            "model": model,
+            "train_config": train_config,
+            "device": self.device,
+            "registry": self.registry,
+            "cache_dir": self.cache_dir,
+            "train_split": train_split or (lambda: self.train_data),
+            "on_train": self.on_train,
+            "on_epoch": self.on_epoch,
+        }
 
     # -- other plugins ------------------------------------------------------------------------
 

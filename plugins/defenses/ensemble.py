@@ -222,18 +222,7 @@ class MemberContext(DefenseContext):
     """
 
     def __init__(self, parent: DefenseContext, model, train_config, data_key: Any, data: Callable[[], Any] | None) -> None:
-        super().__init__(
-            dataset=parent.dataset,
-            model=model,
-            train_config=train_config,
-            device=parent.device,
-            registry=parent.registry,
-            cache_dir=parent.cache_dir,
-            train_split=data or (lambda: parent.train_data),
-            # the kernel's recording hooks, so members' training time is reported with them
-            on_train=parent.on_train,
-            on_epoch=parent.on_epoch,
-        )
+        super().__init__(**parent.inherited(model, train_config, data))
         self.data_key = data_key
 
     def _key(self, extra: Any) -> Any:
