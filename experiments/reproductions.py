@@ -48,16 +48,34 @@ class ReproductionError(Exception):
     """A table that cannot be rendered: the message names the table and what is wrong."""
 
 
-def load_cells(name: str, results_dir: Path = RESULTS) -> list[dict[str, Any]]:
-    """The finished cells of ``results_dir/NAME.json`` (either export format)."""
-    path = results_dir / f"{name}.json"
-    if not path.is_file():
-        raise ReproductionError(f"no stored results {path}: export them with advx results DB --spec {name} --format json -o {path}")
-    data = json.loads(path.read_text())
-    cells = data["cells"] if isinstance(data, dict) else data
-    for c in cells:
-        c.setdefault("spec", c.get("spec_name"))
-    return [c for c in cells if c.get("status", "done") == "done"]
+class Results:
+    """The stored results files of one rendering, each read and parsed once."""
+
+    def __init__(self, results_dir: Path = RESULTS) -> None:
+        self.dir = results_dir
+        self._json: dict[str, Any] = {}
+        self._cells: dict[str, list[dict[str, Any]]] = {}
+
+    def json(self, name: str) -> Any:
+        """``results_dir/NAME.json`` as parsed."""
+        if name not in self._json:
+            path = self.dir / f"{name}.json"
+            if not path.is_file():
+                raise ReproductionError(
+                    f"no stored results {path}: export them with advx results DB --spec {name} --format json -o {path}"
+                )
+            self._json[name] = json.loads(path.read_text())
+        return self._json[name]
+
+    def cells(self, name: str) -> list[dict[str, Any]]:
+        """The finished cells of ``NAME.json`` (either export format)."""
+        if name not in self._cells:
+            data = self.json(name)
+            cells = data["cells"] if isinstance(data, dict) else data
+            for c in cells:
+                c.setdefault("spec", c.get("spec_name"))
+            self._cells[name] = [c for c in cells if c.get("status", "done") == "done"]
+        return self._cells[name]
 
 
 def select(cells: list[dict[str, Any]], where: dict[str, Any], table: str) -> dict[str, Any]:
@@ -72,9 +90,9 @@ def select(cells: list[dict[str, Any]], where: dict[str, Any], table: str) -> di
     return hits[0]
 
 
-def render_entry(entry: Any, table: dict[str, Any], cache: dict[str, list], results_dir: Path) -> str:
+def render_entry(entry: Any, table: dict[str, Any], results: Results) -> str:
     if isinstance(entry, list):  # several values in one column: "a / b / c"
-        return " / ".join(render_entry(e, table, cache, results_dir) for e in entry)
+        return " / ".join(render_entry(e, table, results) for e in entry)
     if not isinstance(entry, dict):
         return str(entry)
     sel = {**table.get("where", {}), **entry}
@@ -85,32 +103,31 @@ def render_entry(entry: Any, table: dict[str, Any], cache: dict[str, list], resu
     if name is None:
         raise ReproductionError(f"table {table['id']}: a selector without results = ...: {entry}")
     if "path" in entry:  # a value of a study's own JSON (not a matrix export): keys and list indices
-        value: Any = json.loads((results_dir / f"{name}.json").read_text())
+        value: Any = results.json(name)
         for step in entry["path"]:
             try:
                 value = value[step]
             except (KeyError, IndexError, TypeError):
                 raise ReproductionError(f"table {table['id']}: {name}.json has no {entry['path']}") from None
         return "-" if value is None else format(value * scale, fmt)
-    if name not in cache:
-        cache[name] = load_cells(name, results_dir)
-    cell = select(cache[name], sel, table["id"])
+    cell = select(results.cells(name), sel, table["id"])
     if metric not in cell:
         raise ReproductionError(f"table {table['id']}: the cells of {name} have no column {metric!r}")
     value = cell[metric]
     return "-" if value is None else format(value, fmt)
 
 
-def render_table(table: dict[str, Any], results_dir: Path = RESULTS) -> str:
+def render_table(table: dict[str, Any], results: Results | Path = RESULTS) -> str:
     """One Markdown table: the header row, an alignment row, then the rows."""
+    if not isinstance(results, Results):
+        results = Results(results)
     header = table["columns"]
     align = table.get("align") or ["---"] + ["---:"] * (len(header) - 1)
-    cache: dict[str, list] = {}
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in table["rows"]:
         if len(row) != len(header):
             raise ReproductionError(f"table {table['id']}: a row has {len(row)} entries, the header {len(header)}: {row[0]}")
-        lines.append("| " + " | ".join(render_entry(e, table, cache, results_dir) for e in row) + " |")
+        lines.append("| " + " | ".join(render_entry(e, table, results) for e in row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,13 +143,14 @@ def load_tables(path: Path = TABLES) -> dict[str, dict[str, Any]]:
 def rewrite(doc: str, tables: dict[str, dict[str, Any]], results_dir: Path = RESULTS) -> str:
     """``doc`` with every marked table rendered again; every declared table must be in it."""
     seen: list[str] = []
+    results = Results(results_dir)  # every results file read once for the whole document
 
     def sub(m: re.Match) -> str:
         tid = m.group("id")
         if tid not in tables:
             raise ReproductionError(f"{DOC.name} marks table {tid!r}, which {TABLES.name} does not declare")
         seen.append(tid)
-        return m.group(1) + render_table(tables[tid], results_dir) + m.group(4)
+        return m.group(1) + render_table(tables[tid], results) + m.group(4)
 
     out = BLOCK.sub(sub, doc)
     missing = sorted(set(tables) - set(seen))
