@@ -107,7 +107,12 @@ class ResultStore:
                 raise ConfigError(f"results path {p!r}: folder {str(folder)!r} is not writable (use --db elsewhere)")
         self._check_file()
         try:
-            if readonly:
+            if readonly and not self._has_tables():
+                # An empty file (``touch``ed, or created by another tool's first connect)
+                # reads as an empty results file rather than failing on its first query.
+                self.conn = sqlite3.connect(":memory:")
+                self.conn.executescript(_ddl())
+            elif readonly:
                 self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=30)
             else:
                 self.conn = sqlite3.connect(p, timeout=30)
@@ -148,6 +153,15 @@ class ResultStore:
                 f"{p!r} was written by another advx version (results schema {version}, this advx reads {SCHEMA_VERSION}); "
                 "use a new --db file"
             )
+
+    def _has_tables(self) -> bool:
+        if self.path.stat().st_size == 0:
+            return False
+        conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
+        finally:
+            conn.close()
 
     def _check_columns(self) -> None:
         """A file written by an advx with another schema is refused, never half-updated."""

@@ -100,6 +100,24 @@ def test_foreign_sqlite_file_is_refused_unchanged(tmp_path):
     assert db.read_bytes() == before
 
 
+@pytest.mark.parametrize("how", ["touched", "sqlite without tables"])
+def test_an_empty_results_file_reads_as_empty_and_is_left_unchanged(tmp_path, how):
+    """``touch r.db`` or a bare ``sqlite3 r.db`` leaves a file with no tables: reading it
+    (``advx results``, ``--dry-run``) shows no cells instead of failing on a missing table."""
+    db = tmp_path / "r.db"
+    if how == "touched":
+        db.touch()
+    else:
+        sqlite3.connect(db).execute("SELECT 1").fetchall()
+    before = db.read_bytes()
+    with advx.ResultStore(db, readonly=True) as store:
+        assert store.cells() == []
+    spec = tmp_path / "s.toml"
+    spec.write_text('[[datasets]]\nname = "digits"\n[[models]]\nname = "mlp"\n[[attacks]]\nname = "fgsm"\neps = 0.1\n')
+    assert main(["run", str(spec), "--db", str(db), "--dry-run"]) == 0
+    assert db.read_bytes() == before
+
+
 def test_output_format_from_extension(tmp_path, capsys):
     db = tmp_path / "r.db"
     advx.run_matrix(tiny(tmp_path), store=db)
