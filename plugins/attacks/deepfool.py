@@ -7,7 +7,13 @@ current class y is at distance |f_k| / ||w_k||, with f_k = z_k - z_y and w_k its
 gradient. The step goes to the nearest boundary, r_i = (|f_k*| / ||w_k*||^2) w_k* (plus
 1e-4 in the direction, as the authors' code, so the step never lands exactly on the
 boundary). Steps accumulate in r; the iterate is x + (1 + overshoot) r, clipped to the
-valid range, until its label changes or ``steps`` is reached. Defaults: overshoot 0.02,
+valid range, until its label changes or ``steps`` is reached. The paper has no box
+constraint; with one, r is reset after every clip to what the clipped iterate applies,
+r = (x_i - x) / (1 + overshoot), so the next linearisation starts from the point actually
+evaluated (as adv-lib's; Foolbox keeps accumulating the unclipped r, whose clipped-away
+components each later step has to undo). On the benchmark's MNIST batch this gives a
+smaller L2 on 99% of the examples (mean 1.522 against 1.531, success equal) in 7% fewer
+backward passes (benchmarks/results/attacks-cpu-dfcw.md). Defaults: overshoot 0.02,
 50 iterations (the paper's code); the candidate classes are the ``candidates`` classes
 of highest clean logit (10, as the paper's code and Foolbox; ``None`` = all).
 
@@ -97,6 +103,7 @@ class DeepFool(Attack):
             r.add_(self._step(logits, leaf, rows, y_a, cand, targeted))
             x_a = torch.add(x0, r, alpha=1.0 + c.overshoot)
             clip_to_bounds_l2_(x_a, x0, c.eps, bounds)
+            torch.sub(x_a, x0, out=r).div_(1.0 + c.overshoot)  # r: what the clipped iterate applies
             out.index_copy_(0, active, x_a)
         return out
 
