@@ -13,7 +13,7 @@ r = (x_i - x) / (1 + overshoot), so the next linearisation starts from the point
 evaluated (as adv-lib's; Foolbox keeps accumulating the unclipped r, whose clipped-away
 components each later step has to undo). On the benchmark's MNIST batch this gives a
 smaller L2 on 99% of the examples (mean 1.522 against 1.531, success equal) in 7% fewer
-backward passes (benchmarks/results/attacks-cpu-dfcw.md). Defaults: overshoot 0.02,
+backward passes (the 256-image batch of benchmarks/attacks.py). Defaults: overshoot 0.02,
 50 iterations (the paper's code); the candidate classes are the ``candidates`` classes
 of highest clean logit (10, as the paper's code and Foolbox; ``None`` = all).
 
