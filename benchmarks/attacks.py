@@ -483,6 +483,18 @@ def peer_versions():
     return v
 
 
+def paired_speedup(peer, ours):
+    """``(median of peer/ours over rounds, rounds ours was faster, rounds)``.
+
+    Each round times every library once, back to back (round-robin), so the ratio within a
+    round cancels what drifts between rounds (machine load, clock); the median of those
+    ratios resolves differences of a few percent that the ratio of two medians, each
+    carrying the drift, leaves inside the noise."""
+    pairs = list(zip(peer["seconds_all"], ours["seconds_all"]))
+    ratios = [p / o for p, o in pairs]
+    return statistics.median(ratios), sum(r > 1.0 for r in ratios), len(ratios)
+
+
 def markdown(meta, results):
     lines = [
         "# Attack speed: advx vs peers, and vs the model's floor",
@@ -494,7 +506,8 @@ def markdown(meta, results):
         f"after: {', '.join(f'{v:.2f}' for v in meta['load_average_after'])}",
         "- peers: " + ", ".join(f"{k} {v}" for k, v in meta["peers"].items() if v) ,
         f"- timing: median of {meta['repeats']} calls ({meta['slow_repeats']} for deepfool and cw-l2) after one untimed call "
-        "(warm-up, in which the passes per example are counted by hooks); libraries timed round-robin",
+        "(warm-up, in which the passes per example are counted by hooks); libraries timed round-robin; "
+        "advx speed-up = median over rounds of the peer's time / ours in the same round (paired), with the rounds ours won",
         "- floor = one forward + summed cross-entropy + input-gradient backward on the same model, on the batch the attack "
         "returned (the CPU speed of the model depends on pixel values: ~10% slower on perturbed than on clean digits), timed as a loop of "
         "min(passes, 10) such steps right before each timed call; ratio = time / (backward passes per example x floor), median over calls",
@@ -509,8 +522,9 @@ def markdown(meta, results):
         "- torchattacks' DeepFool loops over images one at a time and compounds the overshoot at every step (it does not "
         "accumulate the perturbation as the paper does); torchattacks' CW has no binary search over c, so it runs "
         "binary_search_steps x steps iterations at the initial c;",
-        "- adv-lib has no FGSM (its pgd_linf with one step returns only iterates it evaluated, i.e. the clean input), and its "
-        "DeepFool compounds the overshoot per step like torchattacks'; ART's CW-L2 is not timed (numpy, minutes per call here);",
+        "- adv-lib has no FGSM (its pgd_linf with one step returns only iterates it evaluated, i.e. the clean input); its "
+        "DeepFool is the same algorithm as ours (clip the iterate, continue from it: equal norms), so there the time is the "
+        "whole difference; ART's CW-L2 is not timed (numpy, minutes per call here);",
         "- Foolbox computes success (one extra forward) inside every call, as its API returns it; ART's time includes its "
         "numpy conversions, which are its API;",
         "- apgd-ce: steps + 1 gradient passes (one at the random start, as AutoAttack's); unbroken examples come back at their "
@@ -535,12 +549,15 @@ def markdown(meta, results):
             "| attack | library | ms / batch | images/s | x floor | fwd / ex | bwd / ex | success | mean L2 (successes) | advx speed-up |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        ours_t = {r["attack"]: r["seconds"] for r in rows if r["library"] == "advx" and "seconds" in r}
+        ours_r = {r["attack"]: r for r in rows if r["library"] == "advx" and "seconds" in r}
         for r in rows:
             if "error" in r:
                 lines.append(f"| {r['attack']} | {r['library']} | error: {r['error'][:80]} | | | | | | | |")
                 continue
-            speed = "" if r["library"] == "advx" else f"{r['seconds'] / ours_t[r['attack']]:.2f}x"
+            speed = ""
+            if r["library"] != "advx" and r["attack"] in ours_r:
+                s, won, n = paired_speedup(r, ours_r[r["attack"]])
+                speed = f"{s:.3f}x ({won}/{n})"
             l2 = r.get("mean_l2_success")
             lines.append(
                 f"| {r['attack']} | {r['library']} | {r['seconds'] * 1e3:.1f} | {r['images_per_s']:.0f} | {r['ratio_to_floor']:.2f} | "
@@ -567,15 +584,15 @@ def markdown(meta, results):
             for peer, need in (("torchattacks", 5.0), ("foolbox", 1.0), ("adv-lib", 1.0)):
                 p = got.get(("deepfool", peer))
                 if p is not None:
-                    s = p["seconds"] / r["seconds"]
-                    lines.append(f"- {case} deepfool vs {peer}: {s:.2f}x faster (target >= {need}x) {'MET' if s >= need else 'MISSED'}")
+                    s, won, n = paired_speedup(p, r)
+                    lines.append(f"- {case} deepfool vs {peer}: {s:.3f}x faster, {won}/{n} rounds (target >= {need}x) {'MET' if s >= need else 'MISSED'}")
         r = got.get(("cw-l2", "advx"))
         if r is not None:  # equal steps: torchattacks runs binary_search_steps x steps at one c
             for peer in ("torchattacks", "adv-lib"):
                 p = got.get(("cw-l2", peer))
                 if p is not None:
-                    s = p["seconds"] / r["seconds"]
-                    lines.append(f"- {case} cw-l2 vs {peer}: {s:.2f}x faster (target >= 1.0x) {'MET' if s >= 1.0 else 'MISSED'}")
+                    s, won, n = paired_speedup(p, r)
+                    lines.append(f"- {case} cw-l2 vs {peer}: {s:.3f}x faster, {won}/{n} rounds (target >= 1.0x) {'MET' if s >= 1.0 else 'MISSED'}")
     lines.append("")
     return "\n".join(lines)
 
