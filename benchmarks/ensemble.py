@@ -6,12 +6,17 @@ For mnist-cnn (1x28x28) and cifar-cnn (3x32x32) with 2, 5 and 10 members, times
 * ``forward+backward``: the same plus the gradient of the summed cross-entropy with respect
   to the input, which is what every step of FGSM/BIM/PGD costs;
 
-three ways: ``vectorised`` (``StackedEnsemble``: members stacked with
-``torch.func.stack_module_state``, one ``vmap`` call), ``loop`` (the same members called
-one after another, outputs stacked, the same reduction) and ``one member`` (a single
-network). It reports the vectorised/loop ratio and the ratio of the vectorised ensemble to
-one member; a vectorised M-member ensemble should cost at most about M members (no loop
-overhead on top). Members are freshly initialised networks in eval mode (timing does not
+four ways: ``vectorised`` (``StackedEnsemble``: members stacked with
+``torch.func.stack_module_state``, one ``vmap`` call on a GPU, views of the stacked
+parameters called in turn on a CPU), ``loop`` (the same members called one after another,
+outputs stacked, the same reduction), ``one member`` (a single network) and ``one member,
+M x batch`` (a single network on the batch repeated M times: the same arithmetic and the
+same memory of saved activations as M members, with no ensemble around it). It reports the
+vectorised/loop ratio and the ratio of the vectorised ensemble to one member; a vectorised
+M-member ensemble should cost at most about M members (no loop overhead on top). The
+``M x batch`` reference tells the two costs apart on a CPU: an M-member ensemble keeps M
+members' activations alive between forward and backward, which one member at the same
+batch does not, and that memory traffic costs time even with no overhead at all. Members are freshly initialised networks in eval mode (timing does not
 depend on the weights). Timings are the median of ``--repeats`` runs, the three variants
 measured round-robin so that a change of machine load hits all of them alike.
 
@@ -75,12 +80,13 @@ def step(model, x, y, backward: bool, device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(models: dict, x, y, backward: bool, repeats: int, device) -> dict[str, float]:
-    for m in models.values():  # warm-up
+def bench(variants: dict, backward: bool, repeats: int, device) -> dict[str, float]:
+    """Median seconds per variant; ``variants`` maps a name to ``(module, x, y)``."""
+    for m, x, y in variants.values():  # warm-up
         step(m, x, y, backward, device)
-    times: dict[str, list[float]] = {k: [] for k in models}
+    times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
-        for k, m in models.items():
+        for k, (m, x, y) in variants.items():
             t0 = time.perf_counter()
             step(m, x, y, backward, device)
             times[k].append(time.perf_counter() - t0)
@@ -109,9 +115,15 @@ def main() -> None:
             for i in range(m):
                 torch.manual_seed(i)
                 nets.append(advx.build_model(plugin, info).to(device).eval())
-            variants = {"vectorised": StackedEnsemble(nets).to(device).eval(), "loop": Loop(nets).eval(), "one member": nets[0]}
+            x_m, y_m = x.repeat(m, *([1] * (x.dim() - 1))), y.repeat(m)
+            variants = {
+                "vectorised": (StackedEnsemble(nets).to(device).eval(), x, y),
+                "loop": (Loop(nets).eval(), x, y),
+                "one member": (nets[0], x, y),
+                "one member, M x batch": (nets[0], x_m, y_m),
+            }
             for backward in (False, True):
-                t = bench(variants, x, y, backward, args.repeats, device)
+                t = bench(variants, backward, args.repeats, device)
                 row = {
                     "model": model_name,
                     "members": m,
@@ -120,14 +132,17 @@ def main() -> None:
                     "ms_vectorised": 1e3 * t["vectorised"],
                     "ms_loop": 1e3 * t["loop"],
                     "ms_one_member": 1e3 * t["one member"],
+                    "ms_one_member_m_batch": 1e3 * t["one member, M x batch"],
                     "vectorised_over_loop": t["vectorised"] / t["loop"],
                     "vectorised_over_one_member": t["vectorised"] / t["one member"],
                     "loop_over_one_member": t["loop"] / t["one member"],
+                    "vectorised_over_one_member_m_batch": t["vectorised"] / t["one member, M x batch"],
                 }
                 rows.append(row)
                 print(
                     f"{model_name:10s} M={m:2d} {row['pass']:16s} vec {row['ms_vectorised']:8.2f} ms  loop {row['ms_loop']:8.2f} ms  "
-                    f"one {row['ms_one_member']:7.2f} ms  vec/loop {row['vectorised_over_loop']:.2f}  vec/one {row['vectorised_over_one_member']:.2f}",
+                    f"one {row['ms_one_member']:7.2f} ms  one@Mx {row['ms_one_member_m_batch']:8.2f} ms  vec/loop {row['vectorised_over_loop']:.2f}  "
+                    f"vec/one {row['vectorised_over_one_member']:.2f}  vec/(one@Mx) {row['vectorised_over_one_member_m_batch']:.2f}",
                     flush=True,
                 )
     meta = {
@@ -150,13 +165,15 @@ def main() -> None:
         f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
         f"{meta['threads']} torch threads, median of {args.repeats} round-robin runs. Milliseconds per batch.",
         "",
-        "| model | members | batch | pass | vectorised ms | loop ms | one member ms | vectorised / loop | vectorised / one member | loop / one member |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | members | batch | pass | vectorised ms | loop ms | one member ms | one member, M x batch ms | vectorised / loop "
+        "| vectorised / one member | loop / one member | vectorised / (one member, M x batch) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['members']} | {r['batch']} | {r['pass']} | {r['ms_vectorised']:.2f} | {r['ms_loop']:.2f} | "
-            f"{r['ms_one_member']:.2f} | {r['vectorised_over_loop']:.2f} | {r['vectorised_over_one_member']:.2f} | {r['loop_over_one_member']:.2f} |"
+            f"{r['ms_one_member']:.2f} | {r['ms_one_member_m_batch']:.2f} | {r['vectorised_over_loop']:.2f} | "
+            f"{r['vectorised_over_one_member']:.2f} | {r['loop_over_one_member']:.2f} | {r['vectorised_over_one_member_m_batch']:.2f} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
