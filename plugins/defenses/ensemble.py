@@ -45,8 +45,6 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from advx import ConfigError, Defense, DefenseConfig, DefenseContext, Ensemble, as_tensor_dataset, hookimpl, take
 
-#: members per vmapped call on a CPU (see ``_MemberGroup.forward``)
-
 # -- the module -------------------------------------------------------------------------------
 
 
