@@ -384,8 +384,13 @@ def main(argv=None):
     ap.add_argument("--slow-repeats", type=int, default=3, help="repeats for deepfool and cw-l2")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--tag", default="", help="suffix of the result files: attacks-<device><tag>.json/.md")
+    ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.allocator)")
     args = ap.parse_args(argv)
 
+    # One process for every library, so the tuning (as `advx run` applies it) helps ours and
+    # the peers' alike; it removes the page-fault churn that made CPU timings vary by tens of
+    # percent from call to call.
+    args.allocator_tuned = False if args.default_allocator else advx.tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     reg = advx.Registry.discover()
@@ -438,6 +443,7 @@ def write(args, device, started, load_before, results):
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
+        "allocator_tuned": args.allocator_tuned,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -501,7 +507,8 @@ def markdown(meta, results):
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}; torch {meta['torch']}, Python {meta['python']}",
-        f"- device: {meta['device']}; CPU: {meta['cpu']} ({meta['cpu_count']} cores visible, {meta['threads']} torch thread(s))",
+        f"- device: {meta['device']}; CPU: {meta['cpu']} ({meta['cpu_count']} cores visible, {meta['threads']} torch thread(s)); "
+        f"glibc malloc {'tuned (advx.tune_cpu_allocator, for every library)' if meta.get('allocator_tuned') else 'untuned'}",
         f"- load average (1/5/15 min) before: {', '.join(f'{v:.2f}' for v in meta['load_average_before'])}; "
         f"after: {', '.join(f'{v:.2f}' for v in meta['load_average_after'])}",
         "- peers: " + ", ".join(f"{k} {v}" for k, v in meta["peers"].items() if v) ,

@@ -99,7 +99,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--members", type=int, nargs="+", default=[2, 5, 10])
+    ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.allocator)")
     args = ap.parse_args()
+    tuned = False if args.default_allocator else advx.tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -155,6 +157,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "repeats": args.repeats,
+        "allocator_tuned": tuned,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"ensemble-{device.type}"
@@ -163,7 +166,8 @@ def main() -> None:
         f"# Ensemble benchmark ({meta['device']})",
         "",
         f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
-        f"{meta['threads']} torch threads, median of {args.repeats} round-robin runs. Milliseconds per batch.",
+        f"{meta['threads']} torch threads, glibc malloc {'tuned' if tuned else 'untuned'} (advx.allocator), "
+        f"median of {args.repeats} round-robin runs. Milliseconds per batch.",
         "",
         "| model | members | batch | pass | vectorised ms | loop ms | one member ms | one member, M x batch ms | vectorised / loop "
         "| vectorised / one member | loop / one member | vectorised / (one member, M x batch) |",

@@ -15,6 +15,8 @@ from ._version import __version__
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     # _version
+    # allocator
+    "tune_cpu_allocator": ".allocator",
     # context
     "DefenseContext": ".context",
     "TrainRecord": ".context",
@@ -102,7 +104,7 @@ _EXPORTS: dict[str, str] = {
 #: submodules reachable as attributes (``advx.metrics.METRICS``) without an explicit import
 _SUBMODULES = frozenset(
     {
-        "cli", "context", "crafting", "data", "embedding", "engine", "errors", "flags", "guards", "hookspecs",
+        "allocator", "cli", "context", "crafting", "data", "embedding", "engine", "errors", "flags", "guards", "hookspecs",
         "interfaces", "labels", "metrics", "protocols", "registry", "report", "results", "schema", "scoring", "spec",
         "testing", "threats", "training",
     }

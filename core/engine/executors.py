@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..allocator import tune_cpu_allocator
 from ..errors import AdvxError
 from ..registry import Registry
 from .execute import CellOutcome, execute_cell
@@ -54,6 +55,7 @@ class InProcessExecutor(Executor):
 
 
 def _worker(worker: int, device: str, cells: list[Cell], cache_dir: str | None, out: Any, threads: int) -> None:
+    tune_cpu_allocator()  # a spawned process starts with glibc's defaults
     torch.set_num_threads(threads)
     dev = torch.device(device)
     if dev.type == "cuda":

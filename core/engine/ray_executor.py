@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..allocator import tune_cpu_allocator
 from ..errors import ConfigError
 from ..registry import Registry
 from ..threats import GrayBox, Transfer
@@ -51,6 +52,7 @@ def _ray():
 
 
 def _workspace(added: list, device: str, cache_dir: str | None) -> Workspace:
+    tune_cpu_allocator()  # Ray workers are processes of their own
     torch.set_num_threads(1)  # one Ray CPU, one thread: tasks do not fight over cores
     reg = Registry.discover()
     for kind, cls, package in added:

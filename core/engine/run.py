@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..allocator import tune_cpu_allocator
 from ..errors import ConfigError, format_validation_error
 from ..registry import Registry
 from ..results import ResultStore
@@ -95,6 +96,7 @@ def run_matrix(
     ``cell_not_applicable``.
     """
     spec = load_spec(spec, device)
+    tune_cpu_allocator()  # a matrix is thousands of same-sized passes: keep their memory (see advx.allocator)
     registry = registry or Registry.discover()
     cells = plan(spec, registry)
     devices = resolve_devices(spec.matrix.device)
