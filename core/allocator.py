@@ -4,14 +4,16 @@ PyTorch allocates CPU tensors with the C library's ``malloc``. glibc serves bloc
 mmap threshold (128 KiB, raised dynamically to at most 32 MiB) with a fresh ``mmap`` and
 returns them with ``munmap`` when freed, so every large activation of every forward pass
 comes back as new pages the kernel must fault in and zero. An attack runs thousands of
-forward and backward passes on same-sized batches: on the 2-core CPU of
-``benchmarks/allocator.py`` that churn made an mnist-cnn forward+backward at batch 500 cost
-2.3x what it costs with the memory kept (58,000-65,000 page faults per step against none), and
-1.5x at batch 128, and it made CPU timings vary by tens of percent from call to call.
+forward and backward passes on same-sized batches: on the 2-core development CPU that churn
+made forward+backward passes on a run's batch sizes 1.93x slower for mnist-cnn and 1.77x for
+cifar-cnn (55,000 and 193,000 page faults per step against 88 and 1,200;
+``benchmarks/results/allocator-cpu.md``), and it made CPU timings vary by tens of percent
+from call to call.
 
 ``tune_cpu_allocator`` raises glibc's mmap and trim thresholds (``mallopt``) so that freed
 blocks stay in the heap and the next batch reuses them. The cost is memory: the process keeps
-up to its peak usage instead of shrinking between passes. The kernel applies it when it runs
+what it freed instead of shrinking between passes (peak resident memory 618 to 728 MB for
+mnist-cnn, 1,240 to 1,856 MB for cifar-cnn in that benchmark). The kernel applies it when it runs
 a matrix (the ``advx`` command, ``run_matrix`` and its worker processes); code that embeds
 ``run_attack``/``evaluate`` in a process of its own may call it too. Set
 ``ADVX_MALLOC_TUNING=0`` to leave the allocator alone. Elsewhere (macOS, Windows, musl) it
