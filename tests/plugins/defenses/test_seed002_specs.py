@@ -10,7 +10,10 @@ import pytest
 import advx
 
 EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
-MINE = ["seed002-mnist-table2", "seed002-mnist-table4", "seed002-mnist-relu-logits", "seed002-mnist-distillation-cw"]
+MINE = [
+    "seed002-mnist-table2", "seed002-mnist-table4", "seed002-mnist-relu-logits", "seed002-mnist-distillation-cw",
+    "seed002-cifar10-table2",
+]
 
 
 def test_each_seed002_defense_spec_has_a_quick_variant_with_the_same_axes(registry):
