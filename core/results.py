@@ -105,9 +105,9 @@ class ResultStore:
                 raise ConfigError(f"results file {p!r} is read-only: advx cannot write results there (use --db elsewhere)")
             if not self.path.exists() and not _writable(folder):
                 raise ConfigError(f"results path {p!r}: folder {str(folder)!r} is not writable (use --db elsewhere)")
-        self._check_file()
+        has_tables = self._check_file()
         try:
-            if readonly and not self._has_tables():
+            if readonly and not has_tables:
                 # An empty file (``touch``ed, or created by another tool's first connect)
                 # reads as an empty results file rather than failing on its first query.
                 self.conn = sqlite3.connect(":memory:")
@@ -127,11 +127,12 @@ class ResultStore:
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{p!r} is not an advx results file ({exc})") from None
 
-    def _check_file(self) -> None:
-        """Refuse, without writing a byte, any existing file that is not an advx results file."""
+    def _check_file(self) -> bool:
+        """Refuse, without writing a byte, any existing file that is not an advx results file;
+        True when the file holds tables (False: missing, empty, or an SQLite file without any)."""
         p = str(self.path)
         if not self.path.exists() or self.path.stat().st_size == 0:
-            return
+            return False
         with open(self.path, "rb") as f:
             head = f.read(16)
         if head != b"SQLite format 3\x00":
@@ -140,7 +141,7 @@ class ResultStore:
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables:
-                return
+                return False
             if "cells" not in tables or "meta" not in tables:
                 raise DataError(f"{p!r} is an SQLite database of another application, not advx results; use another --db path")
             version = dict(conn.execute("SELECT key, value FROM meta").fetchall()).get("schema_version")
@@ -153,15 +154,7 @@ class ResultStore:
                 f"{p!r} was written by another advx version (results schema {version}, this advx reads {SCHEMA_VERSION}); "
                 "use a new --db file"
             )
-
-    def _has_tables(self) -> bool:
-        if self.path.stat().st_size == 0:
-            return False
-        conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True)
-        try:
-            return conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
-        finally:
-            conn.close()
+        return True
 
     def _check_columns(self) -> None:
         """A file written by an advx with another schema is refused, never half-updated."""
