@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .allocator import tune_cpu_allocator
 from .errors import AdvxError
 
 DEFAULT_SPEC = """\
@@ -582,7 +581,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_cpu_allocator()  # the command owns its process (see advx.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
