@@ -18,7 +18,12 @@ M-member ensemble should cost at most about M members (no loop overhead on top).
 members' activations alive between forward and backward, which one member at the same
 batch does not, and that memory traffic costs time even with no overhead at all. Members are freshly initialised networks in eval mode (timing does not
 depend on the weights). Timings are the median of ``--repeats`` runs, the three variants
-measured round-robin so that a change of machine load hits all of them alike.
+measured round-robin so that a change of machine load hits all of them alike. The ratio to one
+member is also given paired (the median over rounds of the within-round ratio, with the
+number of rounds in which M members cost at most M times one member): the one-member
+reference is the shortest and noisiest timing, and a ratio of two medians moved by 30%
+between rows of one run. On a CPU a fifth variant, ``vmap``, forces the stacked members into
+one vmapped call, the choice ``StackedEnsemble`` makes on a GPU.
 
     python benchmarks/ensemble.py [--repeats 15] [--threads 2] [--device cpu]
 
@@ -43,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import advx
-from advx.plugins.defenses.ensemble import StackedEnsemble
+from advx.plugins.defenses.ensemble import StackedEnsemble, _MemberGroup
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -80,8 +85,13 @@ def step(model, x, y, backward: bool, device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(variants: dict, backward: bool, repeats: int, device) -> dict[str, float]:
-    """Median seconds per variant; ``variants`` maps a name to ``(module, x, y)``."""
+def bench(variants: dict, backward: bool, repeats: int, device) -> dict[str, list[float]]:
+    """Seconds per round for each variant; ``variants`` maps a name to ``(module, x, y)``.
+
+    All variants run once per round, in turn, so that the i-th times of two variants were
+    measured under the same machine load: their ratio, round by round (``paired``), is much
+    steadier than the ratio of two medians taken over different moments.
+    """
     for m, x, y in variants.values():  # warm-up
         step(m, x, y, backward, device)
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -90,7 +100,29 @@ def bench(variants: dict, backward: bool, repeats: int, device) -> dict[str, flo
             t0 = time.perf_counter()
             step(m, x, y, backward, device)
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s time divided by ``b``'s in the same round."""
+    return statistics.median(ta / tb for ta, tb in zip(times[a], times[b]))
+
+
+class ForcedVmap(torch.nn.Module):
+    """The stacked ensemble with its members in one ``vmap`` call even on a CPU (where
+    ``StackedEnsemble`` calls them in turn), to keep that choice measured."""
+
+    def __init__(self, ensemble: StackedEnsemble) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x):
+        saved = _MemberGroup.loop_devices
+        _MemberGroup.loop_devices = ()
+        try:
+            return self.ensemble(x)
+        finally:
+            _MemberGroup.loop_devices = saved
 
 
 def main() -> None:
@@ -118,14 +150,19 @@ def main() -> None:
                 torch.manual_seed(i)
                 nets.append(advx.build_model(plugin, info).to(device).eval())
             x_m, y_m = x.repeat(m, *([1] * (x.dim() - 1))), y.repeat(m)
+            ensemble = StackedEnsemble(nets).to(device).eval()
             variants = {
-                "vectorised": (StackedEnsemble(nets).to(device).eval(), x, y),
+                "vectorised": (ensemble, x, y),
                 "loop": (Loop(nets).eval(), x, y),
                 "one member": (nets[0], x, y),
                 "one member, M x batch": (nets[0], x_m, y_m),
             }
+            if device.type in _MemberGroup.loop_devices:
+                variants["vmap"] = (ForcedVmap(ensemble), x, y)
             for backward in (False, True):
-                t = bench(variants, backward, args.repeats, device)
+                times = bench(variants, backward, args.repeats, device)
+                t = {k: statistics.median(v) for k, v in times.items()}
+                per_round = [a / b for a, b in zip(times["vectorised"], times["one member"])]
                 row = {
                     "model": model_name,
                     "members": m,
@@ -139,12 +176,19 @@ def main() -> None:
                     "vectorised_over_one_member": t["vectorised"] / t["one member"],
                     "loop_over_one_member": t["loop"] / t["one member"],
                     "vectorised_over_one_member_m_batch": t["vectorised"] / t["one member, M x batch"],
+                    "paired_vectorised_over_one_member": paired(times, "vectorised", "one member"),
+                    "rounds_within_m": sum(r <= m for r in per_round),
+                    "paired_vectorised_over_one_member_m_batch": paired(times, "vectorised", "one member, M x batch"),
+                    "ms_vmap": 1e3 * t["vmap"] if "vmap" in t else None,
+                    "paired_vmap_over_vectorised": paired(times, "vmap", "vectorised") if "vmap" in t else None,
                 }
                 rows.append(row)
                 print(
                     f"{model_name:10s} M={m:2d} {row['pass']:16s} vec {row['ms_vectorised']:8.2f} ms  loop {row['ms_loop']:8.2f} ms  "
                     f"one {row['ms_one_member']:7.2f} ms  one@Mx {row['ms_one_member_m_batch']:8.2f} ms  vec/loop {row['vectorised_over_loop']:.2f}  "
-                    f"vec/one {row['vectorised_over_one_member']:.2f}  vec/(one@Mx) {row['vectorised_over_one_member_m_batch']:.2f}",
+                    f"vec/one {row['vectorised_over_one_member']:.2f}  vec/(one@Mx) {row['vectorised_over_one_member_m_batch']:.2f}  "
+                    f"paired vec/one {row['paired_vectorised_over_one_member']:.2f} ({row['rounds_within_m']}/{args.repeats} rounds <= {m}x)"
+                    + (f"  vmap/vec {row['paired_vmap_over_vectorised']:.2f}" if row["ms_vmap"] is not None else ""),
                     flush=True,
                 )
     meta = {
@@ -167,17 +211,23 @@ def main() -> None:
         "",
         f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
         f"{meta['threads']} torch threads, glibc malloc {'tuned' if tuned else 'untuned'} (advx.allocator), "
-        f"median of {args.repeats} round-robin runs. Milliseconds per batch.",
+        f"median of {args.repeats} round-robin runs. Milliseconds per batch. \"Paired\" ratios are the median over rounds "
+        "of the two variants' ratio within a round; \"rounds <= M x\" counts the rounds in which M members cost at most M "
+        "times one member. \"vmap\" (CPU only) is the same stacked ensemble forced into one vmapped call.",
         "",
         "| model | members | batch | pass | vectorised ms | loop ms | one member ms | one member, M x batch ms | vectorised / loop "
-        "| vectorised / one member | loop / one member | vectorised / (one member, M x batch) |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vectorised / one member | loop / one member | vectorised / (one member, M x batch) | paired: vectorised / one member "
+        "| rounds <= M x | paired: vectorised / (one member, M x batch) | vmap ms | paired: vmap / vectorised |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['members']} | {r['batch']} | {r['pass']} | {r['ms_vectorised']:.2f} | {r['ms_loop']:.2f} | "
             f"{r['ms_one_member']:.2f} | {r['ms_one_member_m_batch']:.2f} | {r['vectorised_over_loop']:.2f} | "
-            f"{r['vectorised_over_one_member']:.2f} | {r['loop_over_one_member']:.2f} | {r['vectorised_over_one_member_m_batch']:.2f} |"
+            f"{r['vectorised_over_one_member']:.2f} | {r['loop_over_one_member']:.2f} | {r['vectorised_over_one_member_m_batch']:.2f} | "
+            f"{r['paired_vectorised_over_one_member']:.2f} | {r['rounds_within_m']}/{args.repeats} | "
+            f"{r['paired_vectorised_over_one_member_m_batch']:.2f} | "
+            + (f"{r['ms_vmap']:.2f} | {r['paired_vmap_over_vectorised']:.2f} |" if r["ms_vmap"] is not None else "- | - |")
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

@@ -130,11 +130,12 @@ class _MemberGroup(nn.Module):
 
         if x.device.type in self.loop_devices:
             # On a CPU the members run one after another on views of the stacked tensors:
-            # a vmapped call builds activations M times larger than one member's, which leave
-            # the caches (mnist-cnn, 10 members, batch 128, one thread, idle machine: forward+
-            # backward 12.8x one member vmapped in chunks of 2, 9.9x looped; one vmapped call
-            # over all 10 was 2-4x the loop), and each member's convolution is already one
-            # full BLAS call. A GPU, where launch overhead dominates, gets all members in one call.
+            # each member's convolution is already one full BLAS call, and a vmapped call
+            # builds activations M times larger than one member's. With glibc malloc untuned
+            # (``advx.evaluate``) one vmapped call over 10 mnist-cnn members was 2-4x the loop;
+            # tuned (``advx.allocator``, as in every matrix run) it costs the same as the loop
+            # (0.96-1.09x, benchmarks/results/ensemble-cpu.md), so the loop is never worse.
+            # A GPU, where launch overhead dominates, gets all members in one call.
             return torch.stack(
                 [call({n: t[j] for n, t in params.items()}, {n: t[j] for n, t in buffers.items()}, x) for j in range(self.size)]
             )
