@@ -216,6 +216,7 @@ class PluginRef:
     train: TrainConfig | None = None  # models only
     label: str | None = None
     params: tuple[tuple[str, Any], ...] = ()  # the values the spec set explicitly (for display)
+    train_params: tuple[tuple[str, Any], ...] = ()  # training values shown to tell models apart (see expand)
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
@@ -233,9 +234,10 @@ class PluginRef:
     def describe(self) -> str:
         """Name plus the config values that the spec set; a nested plugin table (a defense
         inside a defense) reads as its own description, ``member_defense=distillation``."""
-        if not self.params:
+        shown = [(k, v) for k, v in self.params] + [(f"train.{k}", v) for k, v in self.train_params]
+        if not shown:
             return self.name
-        return self.name + "(" + ", ".join(f"{k}={_describe_value(v)}" for k, v in self.params) + ")"
+        return self.name + "(" + ", ".join(f"{k}={_describe_value(v)}" for k, v in shown) + ")"
 
     def with_seed(self, seed: int) -> PluginRef:
         """This model trained with another seed (the gray-box attacker's copy)."""
@@ -304,4 +306,22 @@ def expand(tables: list[PluginTable], kind: str, registry: Registry, where: str,
             shown = tuple((k, full[k]) for k in params)
             label = table.label if isinstance(table, ModelTable) else None
             out.append(PluginRef(kind, table.name, cfg, train, label, shown))  # type: ignore[arg-type]
+    return _tell_apart_by_training(out) if kind == "model" else out
+
+
+def _tell_apart_by_training(models: list[PluginRef]) -> list[PluginRef]:
+    """Models that read the same but train differently (a spread over training seeds) get the
+    training values that differ among them in their description, ``mnist-cnn(train.seed=100)``,
+    so that their cells' labels (and ``advx results`` selections) differ too. Models that
+    already read differently keep their description as it was."""
+    by_text: dict[str, list[int]] = {}
+    for i, m in enumerate(models):
+        by_text.setdefault(m.describe(), []).append(i)
+    out = list(models)
+    for same in by_text.values():
+        dumps = [models[i].train.model_dump(mode="json") for i in same]  # type: ignore[union-attr]
+        differing = [k for k in dumps[0] if len({json.dumps(d[k], sort_keys=True) for d in dumps}) > 1]
+        if len(same) > 1 and differing:
+            for i, d in zip(same, dumps):
+                out[i] = replace(models[i], train_params=tuple((k, d[k]) for k in differing))
     return out

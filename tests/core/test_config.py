@@ -124,3 +124,25 @@ def test_class_ratio_rounds_half_up(registry):
     ds = advx.as_tensor_dataset(torch.zeros(5, 1), torch.zeros(5))
     cfg = registry.get("dataset", "digits").Config(class_ratios={0: 0.5})
     assert len(apply_class_ratios(ds, cfg)) == 3
+
+
+def test_models_that_differ_only_in_training_read_apart(registry):
+    """A spread over training seeds: the cells' labels name the differing training values
+    (``advx results`` and the reproductions select cells by label); a lone model, or models
+    that already read apart, keep their plain description."""
+    spec = MatrixSpec(
+        matrix={"samples": 10},
+        datasets=[{"name": "synthetic"}],
+        models=[
+            {"name": "mlp", "train": {"epochs": 1, "seed": 100}},
+            {"name": "mlp", "train": {"epochs": 1, "seed": 200}},
+            {"name": "mlp", "hidden": [16], "train": {"epochs": 2}},
+        ],
+        attacks=[{"name": "fgsm"}],
+    )
+    cells = advx.plan(spec, registry)
+    assert [c.model.describe() for c in cells] == ["mlp(train.seed=100)", "mlp(train.seed=200)", "mlp(hidden=[16])"]
+    assert len({c.key for c in cells}) == 3 and len({c.title() for c in cells}) == 3
+    plain = MatrixSpec(matrix={"samples": 10}, datasets=[{"name": "synthetic"}], models=[{"name": "mlp", "train": {"seed": 3}}],
+                       attacks=[{"name": "fgsm"}])
+    assert advx.plan(plain, registry)[0].model.describe() == "mlp"
