@@ -8,7 +8,7 @@ Members differ by ``kind``:
   overrides of the cell's model config (default: the base network, one with more filters,
   one with an extra conv layer, as in seed 002) or a whole model table ``{name = ...}``;
 * ``bagging``: member i is trained on its own bootstrap replicate (n draws with replacement
-  from the n training examples, seeded by ``seed`` and i);
+  from the n training examples, seeded by ``seed`` + the cell's training seed, and i);
 * ``gaussian-noise``: member i is trained on its own copy of the training images with
   Gaussian noise of std ``noise_std`` added once (clipped to the valid range), so that the
   members see "similar but different training sets", as the paper puts it.
@@ -276,7 +276,13 @@ class EnsembleDefense(Defense):
         member_defense: dict[str, Any] | None = Field(
             None, description="a defense table applied to every member, e.g. {name = 'adversarial-training'}"
         )
-        seed: int = Field(0, description="seed of the bootstrap replicates and of the training noise")
+        seed: int = Field(
+            0,
+            description=(
+                "seed of the bootstrap replicates and of the training noise, added to the cell's training seed "
+                "(so that a model trained with another seed also draws other replicates)"
+            ),
+        )
 
         @field_validator("member_defense")
         @classmethod
@@ -298,14 +304,18 @@ class EnsembleDefense(Defense):
         """Member ``index``'s model, training config (seed + index) and training data."""
         c = self.config
         train = ctx.train_config.model_copy(update={"seed": ctx.train_config.seed + index})
-        seed = _member_seed(c.seed, index)
+        # The data's seed follows the training seed: a spread over training seeds (or the
+        # gray-box attacker's copy, trained with another seed) must not reuse one set of
+        # replicates. With training seed 0 it is ``seed`` itself, as it always was.
+        data_seed = c.seed + ctx.train_config.seed
+        seed = _member_seed(data_seed, index)
         data_key: Any = None
         data = None
         if c.kind == "bagging":
-            data_key = {"bagging": {"replicate": index, "seed": c.seed}}
+            data_key = {"bagging": {"replicate": index, "seed": data_seed}}
             data = lambda: bootstrap_replicate(ctx.train_data, seed)  # noqa: E731
         elif c.kind == "gaussian-noise":
-            data_key = {"gaussian-noise": {"member": index, "std": c.noise_std, "seed": c.seed}}
+            data_key = {"gaussian-noise": {"member": index, "std": c.noise_std, "seed": data_seed}}
             data = lambda: noisy_copy(ctx.train_data, c.noise_std, ctx.info.bounds, seed)  # noqa: E731
         return MemberContext(ctx, self.member_model(ctx, index), train, data_key, data)
 

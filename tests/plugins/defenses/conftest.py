@@ -22,11 +22,11 @@ class RecordingContext(advx.DefenseContext):
         return self.build_model(model).eval()
 
 
-def make_ctx(registry, cache_dir, *, dataset="digits", model="mnist-cnn", model_params=None, epochs=2, cls=advx.DefenseContext, **kw):
+def make_ctx(registry, cache_dir, *, dataset="digits", model="mnist-cnn", model_params=None, epochs=2, seed=0, cls=advx.DefenseContext, **kw):
     return cls(
         dataset=registry.dataset(dataset),
         model=registry.create("model", model, model_params or {}),
-        train_config=advx.TrainConfig(epochs=epochs, seed=0),
+        train_config=advx.TrainConfig(epochs=epochs, seed=seed),
         device=torch.device("cpu"),
         registry=registry,
         cache_dir=str(cache_dir),

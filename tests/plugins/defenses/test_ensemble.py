@@ -98,6 +98,21 @@ def test_bagging_members_see_different_bootstrap_replicates(registry, ctx):
     assert not torch.equal(advx.take(other_seed.member_context(ctx, 0).train_data, n)[0].flatten(1), reps[0])
 
 
+def test_member_data_follows_the_training_seed(registry, ctx, cache):
+    """A spread over training seeds draws other replicates (and other noise) for each seed;
+    ``seed`` offsets them, and with training seed 0 it alone decides them, as before."""
+    n = len(ctx.train_data)
+    seeded = make_ctx(registry, cache, seed=7)
+    for kind in ("bagging", "gaussian-noise"):
+        d = registry.create("defense", "ensemble", {"members": 2, "kind": kind})
+        first = advx.take(d.member_context(ctx, 0).train_data, n)[0]
+        other = advx.take(d.member_context(seeded, 0).train_data, n)[0]
+        assert not torch.equal(first, other), kind
+        assert d.member_context(ctx, 0).data_key != d.member_context(seeded, 0).data_key  # and are cached apart
+        offset = registry.create("defense", "ensemble", {"members": 2, "kind": kind, "seed": 7})
+        assert torch.equal(advx.take(offset.member_context(ctx, 0).train_data, n)[0], other), kind
+
+
 def test_gaussian_noise_members_train_on_noisy_copies_of_noise_std(registry, ctx):
     n = len(ctx.train_data)
     clean = advx.take(ctx.train_data, n)[0]
