@@ -18,7 +18,9 @@ the selector. ``metric`` is a cell column (``robust_accuracy``, ``clean_accuracy
 default), ``scale`` a factor (100 for percentages). A selector with ``path`` (keys and list
 indices) reads one value of a study's own JSON instead, e.g. ``experiments/seed003-rotation.py``'s.
 Keys a table gives under ``[table.where]`` apply to each of its selectors. A
-list of entries renders as its values joined by `` / `` (several numbers in one column).
+list of entries renders as its values joined by `` / `` (several numbers in one column), and
+``{ spread = [selector, ...] }`` as their mean, sample standard deviation and range,
+``0.0682 ± 0.0120 (0.0551-0.0800)`` (one study run with several training seeds).
 
 In the document each table sits between ``<!-- table: ID -->`` and ``<!-- /table -->``:
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import tomllib
 from pathlib import Path
@@ -95,11 +98,25 @@ def render_entry(entry: Any, table: dict[str, Any], results: Results) -> str:
         return " / ".join(render_entry(e, table, results) for e in entry)
     if not isinstance(entry, dict):
         return str(entry)
+    if "spread" in entry:  # runs of one study with other seeds: "mean ± sd (min-max)"
+        fmt = {**table.get("where", {}), **entry}.get("fmt", ".4f")
+        values = [value_of(e, table, results) for e in entry["spread"]]
+        if len(values) < 2 or any(v is None for v in values):
+            raise ReproductionError(f"table {table['id']}: a spread needs two or more values, got {values}")
+        mean = statistics.mean(values)
+        return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+    value = value_of(entry, table, results)
+    display = {**table.get("where", {}), **entry}
+    return "-" if value is None else format(value * display.get("scale", 1), display.get("fmt", ".4f"))
+
+
+def value_of(entry: dict[str, Any], table: dict[str, Any], results: Results) -> Any:
+    """The stored value a selector names (unformatted, unscaled)."""
     sel = {**table.get("where", {}), **entry}
     name = sel.pop("results", None)
     metric = sel.pop("metric", "robust_accuracy")
-    fmt = sel.pop("fmt", ".4f")
-    scale = sel.pop("scale", 1)
+    for display in ("fmt", "scale"):
+        sel.pop(display, None)
     if name is None:
         raise ReproductionError(f"table {table['id']}: a selector without results = ...: {entry}")
     if "path" in entry:  # a value of a study's own JSON (not a matrix export): keys and list indices
@@ -109,12 +126,11 @@ def render_entry(entry: Any, table: dict[str, Any], results: Results) -> str:
                 value = value[step]
             except (KeyError, IndexError, TypeError):
                 raise ReproductionError(f"table {table['id']}: {name}.json has no {entry['path']}") from None
-        return "-" if value is None else format(value * scale, fmt)
+        return value
     cell = select(results.cells(name), sel, table["id"])
     if metric not in cell:
         raise ReproductionError(f"table {table['id']}: the cells of {name} have no column {metric!r}")
-    value = cell[metric]
-    return "-" if value is None else format(value, fmt)
+    return cell[metric]
 
 
 def render_table(table: dict[str, Any], results: Results | Path = RESULTS) -> str:

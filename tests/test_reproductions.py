@@ -82,3 +82,14 @@ def test_a_path_selector_reads_a_studys_own_json(results):
     t["rows"] = [[{"results": "study", "path": ["pairs", "6->9"]}]]
     with pytest.raises(rep.ReproductionError, match="has no"):
         rep.render_table(t, results)
+
+
+def test_a_spread_renders_mean_sample_sd_and_range_of_its_selectors(results):
+    seeds = [dict(CELLS[0], model=f"m(train.seed={s})", robust_accuracy=v) for s, v in ((0, 0.10), (100, 0.20), (200, 0.60))]
+    (results / "seeds.json").write_text(json.dumps(seeds))
+    entry = {"spread": [{"results": "seeds", "model": f"m(train.seed={s})"} for s in (0, 100, 200)], "fmt": ".2f"}
+    t = {"id": "t", "columns": ["FGSM"], "rows": [[entry]], "where": {"attack": "fgsm(eps=0.3)"}}
+    assert rep.render_table(t, results).splitlines()[-1] == "| 0.30 ± 0.26 (0.10-0.60) |"  # sd with n - 1
+    t["rows"] = [[{"spread": [{"results": "seeds", "model": "m(train.seed=0)"}]}]]
+    with pytest.raises(rep.ReproductionError, match="two or more"):
+        rep.render_table(t, results)
