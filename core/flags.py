@@ -23,7 +23,9 @@ and four that each cell measures while it runs (``advx.diagnostics``, stored in 
 ``metrics.diagnostics``):
 
 * ``zero-gradients``: more than 10% of the probe inputs have an all-zero, NaN or infinite
-  loss gradient through the attacked module;
+  loss gradient through the attacked module (the loss is the cross-entropy, whatever the
+  attack's own loss: a margin attack such as ``cw-l2`` may still move inputs where it is
+  zero, as on seed 002's bagging + distillation ensemble under ``member-mean``);
 * ``random-forward-without-eot``: the evaluated model's forward pass is random but the
   attack used no EOT (set ``eot`` on the threat model, or declare the randomness with
   ``advx.InputTransform.randomized`` so the default applies);
