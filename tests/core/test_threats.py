@@ -91,6 +91,35 @@ def test_member_mean_with_another_loss_follows_each_member(ensemble):
     torch.testing.assert_close(_grad(view, x, loss), expected, atol=1e-6, rtol=1e-5)
 
 
+def test_member_mean_with_a_margin_loss_is_the_mean_of_the_members_logit_margins():
+    """cw-l2's margin through Grad.2 (docs/reproductions.md, bagging + distillation): a loss whose
+    output gradient sums to zero reaches each member as the gradient of its own *logit* margin,
+    which a saturated softmax (logits scaled 1000x, like a distilled network at T = 1) does not
+    zero. On the averaged prediction the true class's log-probability has a zero gradient
+    there, so the same margin moves only through the other class's."""
+
+    class Scaled(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return 1000 * self.net(x)
+
+    ens = TinyEnsemble([Scaled(_net(0)), Scaled(_net(1))]).eval()
+    x = torch.rand(6, 12)
+    y = ens(x).argmax(1)
+    t = (y + 1) % 3
+    margin = lambda z: (z.gather(1, y[:, None]) - z.gather(1, t[:, None])).sum()  # noqa: E731
+    expected = sum(_grad(ens.member(i), x, margin) for i in range(2)) / 2
+    got = _grad(MemberMeanView(ens).eval(), x, margin)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-5)
+    assert (got.abs().sum(1) > 0).all()
+    true_class = lambda z: z.gather(1, y[:, None]).sum()  # noqa: E731
+    assert _grad(ens, x, true_class).abs().max() < 1e-6  # saturated: log mean p_y is flat
+    assert not torch.allclose(_grad(ens, x, margin), got, atol=1e-2)  # white-box follows another direction
+
+
 def test_member_view_is_one_member(ensemble):
     x, y = torch.rand(5, 12), torch.tensor([0, 1, 2, 0, 1])
     t = threat_class("member")(threat_class("member").Config(index=1))
