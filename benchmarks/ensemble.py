@@ -17,7 +17,7 @@ M-member ensemble should cost at most about M members (no loop overhead on top).
 ``M x batch`` reference tells the two costs apart on a CPU: an M-member ensemble keeps M
 members' activations alive between forward and backward, which one member at the same
 batch does not, and that memory traffic costs time even with no overhead at all. Members are freshly initialised networks in eval mode (timing does not
-depend on the weights). Timings are the median of ``--repeats`` runs, the three variants
+depend on the weights). Timings are the median of ``--repeats`` runs, the variants
 measured round-robin so that a change of machine load hits all of them alike. The ratio to one
 member is also given paired (the median over rounds of the within-round ratio, with the
 number of rounds in which M members cost at most M times one member): the one-member
@@ -103,9 +103,14 @@ def bench(variants: dict, backward: bool, repeats: int, device) -> dict[str, lis
     return times
 
 
+def round_ratios(times: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """``a``'s time divided by ``b``'s in the same round, round by round."""
+    return [ta / tb for ta, tb in zip(times[a], times[b])]
+
+
 def paired(times: dict[str, list[float]], a: str, b: str) -> float:
     """Median over rounds of ``a``'s time divided by ``b``'s in the same round."""
-    return statistics.median(ta / tb for ta, tb in zip(times[a], times[b]))
+    return statistics.median(round_ratios(times, a, b))
 
 
 class ForcedVmap(torch.nn.Module):
@@ -162,7 +167,7 @@ def main() -> None:
             for backward in (False, True):
                 times = bench(variants, backward, args.repeats, device)
                 t = {k: statistics.median(v) for k, v in times.items()}
-                per_round = [a / b for a, b in zip(times["vectorised"], times["one member"])]
+                per_round = round_ratios(times, "vectorised", "one member")
                 row = {
                     "model": model_name,
                     "members": m,
@@ -176,7 +181,7 @@ def main() -> None:
                     "vectorised_over_one_member": t["vectorised"] / t["one member"],
                     "loop_over_one_member": t["loop"] / t["one member"],
                     "vectorised_over_one_member_m_batch": t["vectorised"] / t["one member, M x batch"],
-                    "paired_vectorised_over_one_member": paired(times, "vectorised", "one member"),
+                    "paired_vectorised_over_one_member": statistics.median(per_round),
                     "rounds_within_m": sum(r <= m for r in per_round),
                     "paired_vectorised_over_one_member_m_batch": paired(times, "vectorised", "one member, M x batch"),
                     "ms_vmap": 1e3 * t["vmap"] if "vmap" in t else None,
