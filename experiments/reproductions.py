@@ -98,16 +98,16 @@ def render_entry(entry: Any, table: dict[str, Any], results: Results) -> str:
         return " / ".join(render_entry(e, table, results) for e in entry)
     if not isinstance(entry, dict):
         return str(entry)
+    display = {**table.get("where", {}), **entry}
+    fmt = display.get("fmt", ".4f")
     if "spread" in entry:  # runs of one study with other seeds: "mean ± sd (min-max)"
-        fmt = {**table.get("where", {}), **entry}.get("fmt", ".4f")
         values = [value_of(e, table, results) for e in entry["spread"]]
         if len(values) < 2 or any(v is None for v in values):
             raise ReproductionError(f"table {table['id']}: a spread needs two or more values, got {values}")
         mean = statistics.mean(values)
         return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
     value = value_of(entry, table, results)
-    display = {**table.get("where", {}), **entry}
-    return "-" if value is None else format(value * display.get("scale", 1), display.get("fmt", ".4f"))
+    return "-" if value is None else format(value * display.get("scale", 1), fmt)
 
 
 def value_of(entry: dict[str, Any], table: dict[str, Any], results: Results) -> Any:
