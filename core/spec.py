@@ -318,10 +318,9 @@ def _tell_apart_by_training(models: list[PluginRef]) -> list[PluginRef]:
     for i, m in enumerate(models):
         by_text.setdefault(m.describe(), []).append(i)
     out = list(models)
-    for same in by_text.values():
+    for same in (s for s in by_text.values() if len(s) > 1):
         dumps = [models[i].train.model_dump(mode="json") for i in same]  # type: ignore[union-attr]
         differing = [k for k in dumps[0] if len({json.dumps(d[k], sort_keys=True) for d in dumps}) > 1]
-        if len(same) > 1 and differing:
-            for i, d in zip(same, dumps):
-                out[i] = replace(models[i], train_params=tuple((k, d[k]) for k in differing))
+        for i, d in zip(same, dumps):
+            out[i] = replace(models[i], train_params=tuple((k, d[k]) for k in differing))
     return out
