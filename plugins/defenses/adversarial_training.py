@@ -29,21 +29,37 @@ def make_attack(ctx, table: dict[str, Any]):
 
 
 def adversarial_loss(attack, rho: float, bounds: tuple[float, float], num_classes: int):
-    """``loss_fn(net, x, y)`` of adversarial training with ``attack``."""
+    """``loss_fn(net, x, y)`` of adversarial training with ``attack``.
+
+    Every call (one optimiser step) hands the attack the step's index as its batch seed, as
+    the kernel does per batch in an evaluation: a randomised attack (PGD's random start)
+    then draws a fresh start at every step, where it would otherwise reuse one noise
+    pattern for the whole training. The index counts this loss function's calls, and a
+    training run is never resumed in the middle, so a rerun draws the same starts.
+    With ``rho = 0`` (Madry et al.) the clean forward is skipped: it would cost a pass
+    and a dropout draw for a term of weight 0.
+    """
+    step = 0
 
     def loss_fn(net, x, y):
-        clean = F.cross_entropy(net(x), y)
+        nonlocal step
+        # the clean pass first, as it always ran: it draws the dropout mask before the
+        # attack does, so FGSM-trained checkpoints are what they were
+        clean = F.cross_entropy(net(x), y) if rho > 0.0 else None
         if rho == 1.0:
             return clean
         was_training = net.training
         net.eval()
+        attack.begin_batch(step)
+        step += 1
         try:
             labels, targeted = resolve_labels(net, x, y, attack.config.label_mode, num_classes)
             x_adv = attack.perturb(net, x.detach().clone(), labels, bounds, targeted=targeted).detach()
         finally:
             net.train(was_training)
         check_budget(attack.name, x, x_adv, attack.norm, attack.eps, bounds)
-        return rho * clean + (1.0 - rho) * F.cross_entropy(net(x_adv), y)
+        adversarial = F.cross_entropy(net(x_adv), y)
+        return adversarial if clean is None else rho * clean + (1.0 - rho) * adversarial
 
     return loss_fn
 

@@ -67,6 +67,25 @@ def test_adversarial_training_uses_the_configured_attack_and_keys_it(registry, r
         _at_call(registry, recording, attack={"name": "fgsm", "eps": -1})
 
 
+def test_randomised_attack_draws_a_fresh_start_at_every_training_step(registry, recording, batch):
+    """PGD's random start must differ between optimiser steps (one noise pattern for a whole
+    training is not Madry et al.'s training), and a rerun of the training must draw the same
+    starts; with rho 0 the loss is the adversarial term alone."""
+    x, y = batch
+    net = _net()
+    table = {"name": "pgd", "eps": 0.1, "steps": 1, "alpha": 1e-6}  # the loss is almost that of the start
+    first = _at_call(registry, recording, rho=0.0, attack=table)["loss_fn"]
+    losses = [float(first(net, x, y)) for _ in range(3)]
+    assert len(set(losses)) == 3
+    again = _at_call(registry, recording, rho=0.0, attack=table)["loss_fn"]
+    assert [float(again(net, x, y)) for _ in range(3)] == losses
+    # rho 0 is the adversarial cross-entropy alone: the step-0 example, remade by hand
+    pgd = registry.create("attack", "pgd", {k: v for k, v in table.items() if k != "name"})
+    pgd.begin_batch(0)
+    x_adv = pgd.perturb(net, x.clone(), y, (0.0, 1.0))
+    assert losses[0] == pytest.approx(float(F.cross_entropy(net(x_adv), y)), abs=1e-6)
+
+
 def test_adversarially_trained_twin_is_more_robust_to_fgsm_on_digits(registry, tmp_path, digits):
     _, info, x, y = digits
     ctx = make_ctx(registry, tmp_path, epochs=10)
