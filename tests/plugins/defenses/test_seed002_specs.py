@@ -12,7 +12,7 @@ import advx
 EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
 MINE = [
     "seed002-mnist-table2", "seed002-mnist-table4", "seed002-mnist-relu-logits", "seed002-mnist-distillation-cw",
-    "seed002-cifar10-table2", "seed002-mnist-table4-seeds",
+    "seed002-cifar10-table2", "seed002-mnist-table4-seeds", "seed002-mnist-madry",
 ]
 
 
