@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .errors import AdvxError, ConfigError, DataError
 from .interfaces import Dataset, DatasetInfo, Defense, Model, Plugin
+from .joint import TrainRequest, train_models_together
 from .training import LossFn, TrainConfig, TrainResult, atomic_save, build_model, cache_dir, train_model
 
 if TYPE_CHECKING:
@@ -134,24 +135,50 @@ class DefenseContext:
         """
         if (loss_fn is not None or train_data is not None) and extra_key is None:
             raise ConfigError("DefenseContext.train: a custom loss_fn or train_data needs an extra_key describing it")
-        plugin = model or self.model
-        # a partial table changes only what it names: {"seed": 5} is the cell's training with seed 5
-        cfg = train if isinstance(train, TrainConfig) else TrainConfig.model_validate({**self.train_config.model_dump(), **dict(train or {})})
-        what = description or f"{plugin.name} for a defense"
+        req = self.train_request(model, train, extra_key, train_data, description)
         kwargs: dict[str, Any] = {} if loss_fn is None else {"loss_fn": loss_fn}
         res: TrainResult = train_model(
             self.dataset,
-            plugin,
-            cfg,
+            req.model,
+            req.train,
             self.device,
             cache=self.cache_dir,
-            extra_key=extra_key,
-            train_data=train_data if train_data is not None else (lambda: self.train_data),
-            on_epoch=None if self.on_epoch is None else (lambda e, s: self.on_epoch(what, e, cfg.epochs, s["loss"])),  # type: ignore[misc]
+            extra_key=req.extra_key,
+            train_data=req.train_data,
+            on_epoch=None if self.on_epoch is None else (lambda e, s: self.on_epoch(req.description, e, req.train.epochs, s["loss"])),  # type: ignore[misc]
             **kwargs,
         )
-        self._record(TrainRecord("model", res.key, res.seconds, res.cached, what))
+        self._record(TrainRecord("model", res.key, res.seconds, res.cached, req.description))
         return res.model.to(self.device).eval()
+
+    def train_request(
+        self,
+        model: Model | None = None,
+        train: TrainConfig | Mapping[str, Any] | None = None,
+        extra_key: Any = None,
+        train_data: torch.utils.data.Dataset | None = None,
+        description: str | None = None,
+    ) -> TrainRequest:
+        """What ``train`` would train, with the same defaults, as a ``TrainRequest`` for
+        ``train_together`` (cross-entropy only: a custom loss is trained with ``train``)."""
+        if train_data is not None and extra_key is None:
+            raise ConfigError("DefenseContext.train_request: train_data needs an extra_key describing it")
+        plugin = model or self.model
+        # a partial table changes only what it names: {"seed": 5} is the cell's training with seed 5
+        cfg = train if isinstance(train, TrainConfig) else TrainConfig.model_validate({**self.train_config.model_dump(), **dict(train or {})})
+        data = train_data if train_data is not None else (lambda: self.train_data)
+        return TrainRequest(plugin, cfg, data, extra_key, description or f"{plugin.name} for a defense")
+
+    def train_together(self, requests: Sequence[TrainRequest]) -> list[nn.Module]:
+        """Train several networks through the cache, those of one architecture and training
+        (apart from the seed) together as one stacked network (``advx.joint``), and return them
+        in eval mode on ``ctx.device``, in order. Each network is recorded with its share of
+        its group's time."""
+        hook = None if self.on_epoch is None else (lambda what, e, n, s: self.on_epoch(what, e, n, s["loss"]))  # type: ignore[misc]
+        results = train_models_together(self.dataset, requests, self.device, self.cache_dir, hook)
+        for req, res in zip(requests, results):
+            self._record(TrainRecord("model", res.key, res.seconds, res.cached, req.description))
+        return [res.model.to(self.device).eval() for res in results]
 
     def artifact(self, name: str, extra_key: Any, compute: Callable[[], Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """Fitted state (tensors) computed once and cached on disk, e.g. a detector's mixtures.

@@ -135,6 +135,17 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+def load_checkpoint(path: Path, net: nn.Module) -> dict[str, Any]:
+    """Load a cached checkpoint into ``net`` (``weights_only=True``); returns the stored blob.
+    A damaged file is a one-line ``DataError`` naming it, not a traceback."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(blob["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file must not stop the run
+        raise DataError(f"cached checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to retrain") from None
+    return blob
+
+
 def cross_entropy_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(model(x), y)
 
@@ -221,11 +232,7 @@ def train_model(
     torch.manual_seed(cfg.seed)
     net = build_model(model, info)
     if path is not None and path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(blob["state_dict"])
-        except Exception as exc:  # noqa: BLE001 - a damaged cache file must not stop the run
-            raise DataError(f"cached checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to retrain") from None
+        blob = load_checkpoint(path, net)
         net.to(device).eval()
         return TrainResult(net, key, True, time.perf_counter() - t0, blob.get("history", []), path)
     if callable(train_data):  # a loader: the split is read only when training is needed

@@ -199,3 +199,22 @@ def test_stacked_ensemble_groups_only_identical_architectures():
     x = torch.randn(5, 4)
     assert torch.allclose(ens.member_logits(x), torch.stack([a(x), c(x), b(x)]), atol=1e-6)
     assert not ens.member(0).training
+
+
+def test_train_together_trains_the_members_as_one_group(registry, cache):
+    """``train_together``: "yes" trains the members as one stacked network (keys that name the
+    group), "no" member by member; "auto" is "no" on a CPU; a member defense always trains
+    member by member."""
+    base = {"members": 3, "kind": "bagging"}
+    apart = _train_keys(registry, cache, {**base, "train_together": "no"})
+    assert _train_keys(registry, cache, base) == apart  # auto, on a CPU
+    together = _train_keys(registry, cache, {**base, "train_together": "yes"})
+    assert len(set(together)) == 3 and not set(together) & set(apart)
+    assert _train_keys(registry, cache, {**base, "train_together": "yes"}) == together  # found again in the cache
+    nested = {**base, "member_defense": {"name": "gaussian-augmentation"}}
+    assert _train_keys(registry, cache, {**nested, "train_together": "yes"}) == _train_keys(registry, cache, nested)
+    c = make_ctx(registry, cache)
+    ens = registry.create("defense", "ensemble", {**base, "train_together": "yes"}).apply(None, c)
+    x = advx.take(c.train_data, 64)[0]
+    logits = ens.member_logits(x)
+    assert logits.shape[0] == 3 and not torch.allclose(logits[0], logits[1])
