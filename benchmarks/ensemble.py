@@ -28,6 +28,13 @@ one vmapped call, the choice ``StackedEnsemble`` makes on a GPU.
     python benchmarks/ensemble.py [--repeats 15] [--threads 2] [--device cpu]
 
 Writes ``benchmarks/results/ensemble-<device>.json`` and ``.md``.
+
+``--train`` times training instead: one epoch of ``--steps`` optimiser steps (Adam, the
+model's batch, random data of its own per member) for M members trained ``apart`` (``fit``,
+one after another, as the ensemble does on a CPU), ``together`` (``advx.joint.fit_together``:
+one vmapped step over all members, as it does on a GPU) and ``one member``, round-robin, with
+the paired ratios together / apart and together / one member. Writes
+``benchmarks/results/ensemble-train-<device>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ import torch
 import torch.nn.functional as F
 
 import advx
+from advx.joint import fit_together
 from advx.plugins.defenses.ensemble import StackedEnsemble, _MemberGroup
+from advx.training import fit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -74,6 +83,11 @@ class Loop(torch.nn.Module):
         return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(self.members))
 
 
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step(model, x, y, backward: bool, device) -> None:
     if backward:
         xr = x.clone().requires_grad_(True)
@@ -81,8 +95,7 @@ def step(model, x, y, backward: bool, device) -> None:
     else:
         with torch.no_grad():
             model(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
 
 
 def bench(variants: dict, backward: bool, repeats: int, device) -> dict[str, list[float]]:
@@ -130,6 +143,93 @@ class ForcedVmap(torch.nn.Module):
             _MemberGroup.loop_devices = saved
 
 
+def train_rounds(plugin, info, batch: int, m: int, steps: int, repeats: int, device) -> dict[str, list[float]]:
+    """Seconds per round for M members trained apart, together, and one member trained alone
+    (one epoch of ``steps`` steps each); fresh networks every round, built outside the timing."""
+    gen = torch.Generator().manual_seed(0)
+    n = steps * batch
+    datas = [
+        advx.as_tensor_dataset(torch.rand((n, *info.input_shape), generator=gen), torch.randint(info.num_classes, (n,), generator=gen))
+        for _ in range(m)
+    ]
+    cfgs = [advx.TrainConfig(epochs=1, batch_size=batch, seed=i) for i in range(m)]
+
+    def fresh() -> list[torch.nn.Module]:
+        nets = []
+        for i in range(m):
+            torch.manual_seed(i)
+            nets.append(advx.build_model(plugin, info).to(device))
+        return nets
+
+    variants = {
+        "apart": lambda nets: [fit(net, d, c, device) for net, d, c in zip(nets, datas, cfgs)],
+        "together": lambda nets: fit_together(nets, datas, cfgs, device),
+        "one member": lambda nets: fit(nets[0], datas[0], cfgs[0], device),
+    }
+    for run in variants.values():  # warm-up
+        run(fresh())
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for k, run in variants.items():
+            nets = fresh()
+            sync(device)
+            t0 = time.perf_counter()
+            run(nets)
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def train_main(args, registry, device, meta: dict) -> None:
+    rows = []
+    for model_name, (info, batch) in MODELS.items():
+        plugin = registry.model(model_name)
+        for m in args.members:
+            times = train_rounds(plugin, info, batch, m, args.steps, args.repeats, device)
+            t = {k: statistics.median(v) for k, v in times.items()}
+            row = {
+                "model": model_name,
+                "members": m,
+                "batch": batch,
+                "steps": args.steps,
+                "ms_per_step_apart": 1e3 * t["apart"] / args.steps,
+                "ms_per_step_together": 1e3 * t["together"] / args.steps,
+                "ms_per_step_one_member": 1e3 * t["one member"] / args.steps,
+                "paired_together_over_apart": paired(times, "together", "apart"),
+                "rounds_together_faster": sum(r < 1 for r in round_ratios(times, "together", "apart")),
+                "paired_together_over_one_member": paired(times, "together", "one member"),
+                "paired_apart_over_one_member": paired(times, "apart", "one member"),
+            }
+            rows.append(row)
+            print(
+                f"{model_name:10s} M={m:2d} train step: apart {row['ms_per_step_apart']:8.2f} ms  together {row['ms_per_step_together']:8.2f} ms  "
+                f"one {row['ms_per_step_one_member']:7.2f} ms  together/apart {row['paired_together_over_apart']:.2f} "
+                f"({row['rounds_together_faster']}/{args.repeats} rounds faster)  together/one {row['paired_together_over_one_member']:.2f}",
+                flush=True,
+            )
+    stem = RESULTS / f"ensemble-train-{device.type}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [
+        f"# Ensemble training benchmark ({meta['device']})",
+        "",
+        f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
+        f"{meta['threads']} torch threads, glibc malloc {'tuned' if meta['allocator_tuned'] else 'untuned'} (advx.allocator), "
+        f"median of {args.repeats} round-robin runs of one epoch of {args.steps} Adam steps. Milliseconds per optimiser step "
+        "(of all M members). \"Paired\" ratios are the median over rounds of the two variants' ratio within a round.",
+        "",
+        "| model | members | batch | apart ms/step | together ms/step | one member ms/step | paired: together / apart "
+        "| rounds together faster | paired: together / one member | paired: apart / one member |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['members']} | {r['batch']} | {r['ms_per_step_apart']:.2f} | {r['ms_per_step_together']:.2f} | "
+            f"{r['ms_per_step_one_member']:.2f} | {r['paired_together_over_apart']:.2f} | {r['rounds_together_faster']}/{args.repeats} | "
+            f"{r['paired_together_over_one_member']:.2f} | {r['paired_apart_over_one_member']:.2f} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
@@ -137,12 +237,30 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--members", type=int, nargs="+", default=[2, 5, 10])
     ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.allocator)")
+    ap.add_argument("--train", action="store_true", help="time training apart vs together instead (see the docstring)")
+    ap.add_argument("--steps", type=int, default=20, help="--train: optimiser steps per timed epoch")
     args = ap.parse_args()
     tuned = False if args.default_allocator else advx.tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     registry = advx.Registry.discover()
+    meta = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "advx": advx.__version__,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "repeats": args.repeats,
+        "allocator_tuned": tuned,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.train:
+        train_main(args, registry, device, meta)
+        return
     rows = []
     for model_name, (info, batch) in MODELS.items():
         plugin = registry.model(model_name)
@@ -196,19 +314,6 @@ def main() -> None:
                     + (f"  vmap/vec {row['paired_vmap_over_vectorised']:.2f}" if row["ms_vmap"] is not None else ""),
                     flush=True,
                 )
-    meta = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "advx": advx.__version__,
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "repeats": args.repeats,
-        "allocator_tuned": tuned,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"ensemble-{device.type}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
