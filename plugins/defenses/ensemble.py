@@ -3,7 +3,7 @@
 Members differ by ``kind``:
 
 * ``random-init``: the cell's architecture, member i trained with the cell's training seed + i
-  (member 0 is therefore the undefended base model, loaded from the cache);
+  (trained apart, member 0 is therefore the undefended base model, loaded from the cache);
 * ``mixed-architectures``: member i uses ``architectures[i % len]``, each entry either
   overrides of the cell's model config (default: the base network, one with more filters,
   one with an extra conv layer, as in seed 002) or a whole model table ``{name = ...}``;
