@@ -21,7 +21,8 @@ trained together, and with which members.
 Networks can be stacked when they have the same type, parameter shapes and settings, no
 buffers that differ between members and no running statistics (batch norm would update
 its buffers inside the vmapped call), the same training config apart from the seed, and
-training sets of one length. ``train_models_together`` trains every such group together
+training sets of one length. A group holds every member's training set in memory at once
+(10 bootstrap replicates of MNIST: about 1.9 GB). ``train_models_together`` trains every such group together
 and the rest one by one, so "together where possible" is the kernel's decision, not each
 plugin's.
 """
