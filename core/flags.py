@@ -19,6 +19,11 @@ the results of a matrix, so advx runs them after every ``advx run`` and on deman
   Square, random noise) must not beat a gradient attack of the same norm and eps, overall
   or on examples the gradient attack left unbroken, or the gradients are masked;
 
+* ``clean-at-chance``: the model's clean accuracy is no better than always answering the
+  most frequent class of the evaluated examples (read from the per-class counts): it has
+  not learned (a collapsed training), and every robust accuracy measured on it, equal to
+  its clean accuracy since nothing is left to break, says nothing about robustness;
+
 and four that each cell measures while it runs (``advx.diagnostics``, stored in the row's
 ``metrics.diagnostics``):
 
@@ -59,6 +64,7 @@ CHECKS = (
     "weaker-knowledge-stronger",
     "unbounded-not-zero",
     "gradient-free-stronger",
+    "clean-at-chance",
     "zero-gradients",
     "random-forward-without-eot",
     "not-converged",
@@ -215,7 +221,25 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                         )
                     )
 
-    # 6-9. what each cell measured while it ran
+    # 6. a model no better than the most frequent class has learned nothing to be robust with
+    at_chance: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in done:
+        counts = [int(c.get("n") or 0) for c in (_cfg(r, "metrics").get("per_class") or {}).values()]
+        clean = r.get("clean_accuracy")
+        if clean is not None and sum(counts) and clean <= max(counts) / sum(counts) + _tol(r):
+            at_chance[(r["dataset"], r["model"], r["defense"], max(counts) / sum(counts), clean)].append(r)
+    for (d, m, df, share, clean), cells in at_chance.items():
+        flags.append(
+            Flag(
+                "clean-at-chance",
+                f"{d} / {m} / {df}: clean accuracy {clean:.4f} is no better than always answering the most frequent "
+                f"class ({share:.4f} of the evaluated examples): the model has not learned, and the robust accuracy of "
+                f"its {len(cells)} cell(s) says nothing about robustness",
+                cells=_keys(*cells),
+            )
+        )
+
+    # 7-10. what each cell measured while it ran
     for r in done:
         diag = _cfg(r, "metrics").get("diagnostics") or {}
         traits = _cfg(r, "attack_traits")

@@ -102,3 +102,23 @@ def test_auc_of_a_perfect_and_a_useless_detector():
     assert abs(roc_auc(torch.rand(4000, generator=g), torch.rand(4000, generator=g)) - 0.5) < 0.02
     pts = roc_points(clean, adv)
     assert pts[0] == [0.0, 0.0] and [0.0, 1.0] in pts and pts[-1] == [1.0, 1.0] and len(pts) <= 101
+
+
+def _with_classes(r, clean, counts):
+    return {**r, "clean_accuracy": clean, "metrics": {"per_class": {str(c): {"n": n} for c, n in enumerate(counts)}}}
+
+
+def test_a_model_at_the_most_frequent_class_is_flagged_once_per_model():
+    """Seed 002's network trained on PGD examples alone collapsed to one answer: clean 0.1135,
+    the share of the digit 1 in MNIST's test set, and every attack 'left' 0.1135."""
+    counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    collapsed = [_with_classes(row(a, 0.3, 0.1135, n=10000), 0.1135, counts) for a in ("fgsm", "pgd")]
+    flags = sanity_flags(collapsed)
+    assert [f.check for f in flags] == ["clean-at-chance"]
+    assert "0.1135" in flags[0].message and "2 cell(s)" in flags[0].message and len(flags[0].cells) == 0  # rows carry no keys here
+    # a model that learned, or one barely above the majority on imbalanced data, is not flagged
+    assert checks([_with_classes(row("fgsm", 0.3, 0.05, n=10000), 0.9866, counts)]) == []
+    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.93, [900, 100])]) == []
+    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.90, [900, 100])]) == ["clean-at-chance"]
+    # rows without per-class counts (older results) are left alone
+    assert checks([{**row("fgsm", 0.3, 0.1), "clean_accuracy": 0.1}]) == []
