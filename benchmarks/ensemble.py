@@ -207,26 +207,36 @@ def train_main(args, registry, device, meta: dict) -> None:
                 f"({row['rounds_together_faster']}/{args.repeats} rounds faster)  together/one {row['paired_together_over_one_member']:.2f}",
                 flush=True,
             )
-    stem = RESULTS / f"ensemble-train-{device.type}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [
-        f"# Ensemble training benchmark ({meta['device']})",
-        "",
-        f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
-        f"{meta['threads']} torch threads, glibc malloc {'tuned' if meta['allocator_tuned'] else 'untuned'} (advx.allocator), "
-        f"median of {args.repeats} round-robin runs of one epoch of {args.steps} Adam steps. Milliseconds per optimiser step "
-        "(of all M members). \"Paired\" ratios are the median over rounds of the two variants' ratio within a round.",
-        "",
+    table = [
         "| model | members | batch | apart ms/step | together ms/step | one member ms/step | paired: together / apart "
         "| rounds together faster | paired: together / one member | paired: apart / one member |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
+        table.append(
             f"| {r['model']} | {r['members']} | {r['batch']} | {r['ms_per_step_apart']:.2f} | {r['ms_per_step_together']:.2f} | "
             f"{r['ms_per_step_one_member']:.2f} | {r['paired_together_over_apart']:.2f} | {r['rounds_together_faster']}/{args.repeats} | "
             f"{r['paired_together_over_one_member']:.2f} | {r['paired_apart_over_one_member']:.2f} |"
         )
+    what = (
+        f"median of {args.repeats} round-robin runs of one epoch of {args.steps} Adam steps. Milliseconds per optimiser step "
+        "(of all M members). \"Paired\" ratios are the median over rounds of the two variants' ratio within a round."
+    )
+    write_results(f"ensemble-train-{device.type}", "Ensemble training benchmark", meta, rows, what, table)
+
+
+def write_results(stem_name: str, title: str, meta: dict, rows: list[dict], what: str, table: list[str]) -> None:
+    """``benchmarks/results/<stem_name>.json`` (meta and rows) and ``.md`` (a line on how it ran, then ``table``)."""
+    stem = RESULTS / stem_name
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [
+        f"# {title} ({meta['device']})",
+        "",
+        f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
+        f"{meta['threads']} torch threads, glibc malloc {'tuned' if meta['allocator_tuned'] else 'untuned'} (advx.allocator), " + what,
+        "",
+        *table,
+    ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -314,24 +324,14 @@ def main() -> None:
                     + (f"  vmap/vec {row['paired_vmap_over_vectorised']:.2f}" if row["ms_vmap"] is not None else ""),
                     flush=True,
                 )
-    stem = RESULTS / f"ensemble-{device.type}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [
-        f"# Ensemble benchmark ({meta['device']})",
-        "",
-        f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
-        f"{meta['threads']} torch threads, glibc malloc {'tuned' if tuned else 'untuned'} (advx.allocator), "
-        f"median of {args.repeats} round-robin runs. Milliseconds per batch. \"Paired\" ratios are the median over rounds "
-        "of the two variants' ratio within a round; \"rounds <= M x\" counts the rounds in which M members cost at most M "
-        "times one member. \"vmap\" (CPU only) is the same stacked ensemble forced into one vmapped call.",
-        "",
+    table = [
         "| model | members | batch | pass | vectorised ms | loop ms | one member ms | one member, M x batch ms | vectorised / loop "
         "| vectorised / one member | loop / one member | vectorised / (one member, M x batch) | paired: vectorised / one member "
         "| rounds <= M x | paired: vectorised / (one member, M x batch) | vmap ms | paired: vmap / vectorised |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
+        table.append(
             f"| {r['model']} | {r['members']} | {r['batch']} | {r['pass']} | {r['ms_vectorised']:.2f} | {r['ms_loop']:.2f} | "
             f"{r['ms_one_member']:.2f} | {r['ms_one_member_m_batch']:.2f} | {r['vectorised_over_loop']:.2f} | "
             f"{r['vectorised_over_one_member']:.2f} | {r['loop_over_one_member']:.2f} | {r['vectorised_over_one_member_m_batch']:.2f} | "
@@ -339,7 +339,12 @@ def main() -> None:
             f"{r['paired_vectorised_over_one_member_m_batch']:.2f} | "
             + (f"{r['ms_vmap']:.2f} | {r['paired_vmap_over_vectorised']:.2f} |" if r["ms_vmap"] is not None else "- | - |")
         )
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    what = (
+        f"median of {args.repeats} round-robin runs. Milliseconds per batch. \"Paired\" ratios are the median over rounds "
+        "of the two variants' ratio within a round; \"rounds <= M x\" counts the rounds in which M members cost at most M "
+        "times one member. \"vmap\" (CPU only) is the same stacked ensemble forced into one vmapped call."
+    )
+    write_results(f"ensemble-{device.type}", "Ensemble benchmark", meta, rows, what, table)
 
 
 if __name__ == "__main__":
