@@ -177,7 +177,8 @@ class DefenseContext:
         hook = None if self.on_epoch is None else (lambda what, e, n, s: self.on_epoch(what, e, n, s["loss"]))  # type: ignore[misc]
         results = train_models_together(self.dataset, requests, self.device, self.cache_dir, hook)
         for req, res in zip(requests, results):
-            self._record(TrainRecord("model", res.key, res.seconds, res.cached, req.description))
+            what = req.description if res.group_size == 1 else f"{req.description} (one of {res.group_size} trained together: its share of the time)"
+            self._record(TrainRecord("model", res.key, res.seconds, res.cached, what))
         return [res.model.to(self.device).eval() for res in results]
 
     def artifact(self, name: str, extra_key: Any, compute: Callable[[], Mapping[str, Tensor]]) -> dict[str, Tensor]:

@@ -210,7 +210,7 @@ def _train_group(dataset, info, reqs: list[TrainRequest], device, cache, on_epoc
         out = []
         for net, key, path in zip(nets, keys, paths):
             blob = load_checkpoint(path, net)
-            out.append(TrainResult(net.to(device).eval(), key, True, (time.perf_counter() - t0) / len(reqs), blob.get("history", []), path))
+            out.append(TrainResult(net.to(device).eval(), key, True, (time.perf_counter() - t0) / len(reqs), blob.get("history", []), path, len(reqs)))
         return out
     datas = [r.train_data() if callable(r.train_data) else r.train_data for r in reqs]
     if len({len(d) for d in datas}) > 1:  # type: ignore[arg-type]
@@ -224,7 +224,7 @@ def _train_group(dataset, info, reqs: list[TrainRequest], device, cache, on_epoc
         if path is not None:
             state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
             atomic_save({"state_dict": state, "history": history, "key": key}, path)
-        out.append(TrainResult(net.eval(), key, False, seconds, history, path))
+        out.append(TrainResult(net.eval(), key, False, seconds, history, path, len(reqs)))
     return out
 
 

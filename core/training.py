@@ -160,6 +160,9 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     path: Path | None = None
+    #: networks trained together with this one (``advx.joint``), itself included; ``seconds``
+    #: is then its share of the group's time
+    group_size: int = 1
 
 
 def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -54,6 +54,7 @@ def test_group_is_cached_under_its_own_keys_and_loaded_again(registry, tmp_path)
     first = train_models_together(ds, reqs, cache=tmp_path)
     alone = [training_key(ds, r.model, r.train, "cpu", r.extra_key) for r in reqs]
     assert not any(r.cached for r in first) and all(r.path.exists() for r in first)
+    assert [r.group_size for r in first] == [2, 2]
     assert not {r.key for r in first} & set(alone)  # never confused with a member trained alone
     second = train_models_together(ds, reqs, cache=tmp_path)
     assert all(r.cached for r in second) and [r.key for r in second] == [r.key for r in first]
@@ -76,6 +77,7 @@ def test_what_cannot_be_stacked_trains_alone_under_its_own_key(registry):
         TrainRequest(registry.model("mnist-cnn", filters=8), cfg, datas[0], "c"),
     ]
     res = train_models_together(ds, mixed, cache=False)
+    assert [r.group_size for r in res] == [1, 1, 1]
     assert [r.key for r in res] == [training_key(ds, r.model, r.train, "cpu", r.extra_key) for r in mixed]
     # another optimiser setting is another group
     lr = [TrainRequest(registry.model("mnist-cnn"), cfg, datas[0], "a"), TrainRequest(registry.model("mnist-cnn"), cfg.model_copy(update={"lr": 0.01}), datas[1], "b")]
