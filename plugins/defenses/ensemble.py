@@ -283,8 +283,9 @@ class EnsembleDefense(Defense):
             "auto",
             description=(
                 "train members of one architecture together, one vmapped step for all (advx.joint); auto: on a GPU, "
-                "where one call replaces M. On a CPU it costs what training them apart costs, and apart each member "
-                "keeps its own checkpoint (shared with other ensembles, resumed member by member). Never with member_defense"
+                "where one call replaces M. On a CPU it is 8-17% slower than training them apart (benchmarks/results/"
+                "ensemble-train-cpu.md), and apart each member keeps its own checkpoint (shared with other ensembles, resumed "
+                "member by member). Never with member_defense"
             ),
         )
         seed: int = Field(
