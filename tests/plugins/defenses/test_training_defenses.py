@@ -75,10 +75,10 @@ def test_randomised_attack_draws_a_fresh_start_at_every_training_step(registry, 
     net = _net()
     table = {"name": "pgd", "eps": 0.1, "steps": 1, "alpha": 1e-6}  # the loss is almost that of the start
     first = _at_call(registry, recording, rho=0.0, attack=table)["loss_fn"]
-    losses = [float(first(net, x, y)) for _ in range(3)]
+    losses = [float(first(net, x, y).detach()) for _ in range(3)]
     assert len(set(losses)) == 3
     again = _at_call(registry, recording, rho=0.0, attack=table)["loss_fn"]
-    assert [float(again(net, x, y)) for _ in range(3)] == losses
+    assert [float(again(net, x, y).detach()) for _ in range(3)] == losses
     # rho 0 is the adversarial cross-entropy alone: the step-0 example, remade by hand
     pgd = registry.create("attack", "pgd", {k: v for k, v in table.items() if k != "name"})
     pgd.begin_batch(0)
