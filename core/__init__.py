@@ -72,6 +72,7 @@ _EXPORTS: dict[str, str] = {
     "PluginConfig": ".interfaces",
     # joint
     "TrainRequest": ".joint",
+    "architecture_signature": ".joint",
     # labels
     "resolve_labels": ".labels",
     # protocols
@@ -138,7 +139,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .errors import AdvxError, BudgetViolationError, ConfigError, DataError, ModelCheckError, PluginConflictError, PluginLoadError, PluginNotFoundError
     from .embedding import AttackReport, evaluate, run_attack
     from .guards import check_budget, check_model
-    from .joint import TrainRequest
+    from .joint import TrainRequest, architecture_signature
     from .hookspecs import hookimpl, hookspec
     from .interfaces import Attack, AttackConfig, Classifier, Dataset, DatasetConfig, DatasetInfo, Defense, DefenseConfig, Model, ModelConfig, Normalize, NormalizedModel, Plugin, PluginConfig
     from .labels import resolve_labels

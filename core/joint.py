@@ -72,22 +72,26 @@ class TrainRequest:
     description: str = ""
 
 
-def _settings(net: nn.Module) -> tuple:
-    """Types, tensor shapes and plain settings of every submodule (what must match to stack)."""
-    out = []
+def architecture_signature(net: nn.Module) -> tuple:
+    """What networks must share to run as one stacked network (hashable): the type, name and
+    plain settings of every submodule, and the name, shape and dtype of every tensor. The
+    settings count because a flag like ``relu_logits`` changes the forward without changing
+    any tensor shape, so shapes alone cannot decide what may be stacked. The ensemble plugin
+    groups its members for evaluation by the same signature."""
+    modules = []
     for name, m in net.named_modules():
         plain = tuple(sorted((k, v) for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple))))
-        out.append((name, type(m).__qualname__, plain))
+        modules.append((name, type(m), plain))
     tensors = tuple((n, tuple(t.shape), t.dtype) for n, t in list(net.named_parameters()) + list(net.named_buffers()))
-    return tuple(out), tensors
+    return tuple(modules), tensors
 
 
 def stackable(nets: Sequence[nn.Module]) -> str | None:
     """Why ``nets`` cannot be trained as one stacked network, or ``None`` if they can."""
     if len(nets) < 2:
         return "fewer than two networks"
-    first = _settings(nets[0])
-    if any(_settings(n) != first for n in nets[1:]):
+    first = architecture_signature(nets[0])
+    if any(architecture_signature(n) != first for n in nets[1:]):
         return "the networks differ in architecture or settings"
     if any(getattr(m, "track_running_stats", False) for m in nets[0].modules()):
         return "running statistics (batch norm) would be updated inside the vmapped call"
@@ -229,4 +233,4 @@ def _train_group(dataset, info, reqs: list[TrainRequest], device, cache, on_epoc
     return out
 
 
-__all__ = ["TrainRequest", "fit_together", "stackable", "train_models_together"]
+__all__ = ["TrainRequest", "architecture_signature", "fit_together", "stackable", "train_models_together"]

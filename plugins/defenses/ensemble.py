@@ -45,29 +45,17 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from advx import ConfigError, Defense, DefenseConfig, DefenseContext, Ensemble, as_tensor_dataset, hookimpl, take
+from advx import ConfigError, Defense, DefenseConfig, DefenseContext, Ensemble, architecture_signature, as_tensor_dataset, hookimpl, take
 
 # -- the module -------------------------------------------------------------------------------
 
 
-def _plain_attributes(module: nn.Module) -> tuple:
-    """Non-tensor settings of every submodule (a flag like ``relu_logits`` changes the forward
-    without changing any parameter shape, so shapes alone cannot decide what may be stacked)."""
-    out = []
-    for name, m in module.named_modules():
-        attrs = tuple(
-            sorted((k, v) for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple)))
-        )
-        out.append((name, type(m).__qualname__, attrs))
-    return tuple(out)
-
-
 def stack_signature(module: nn.Module) -> Any:
-    """What two modules must share to be evaluated as one vmapped call; ``None``: never stacked."""
+    """What two modules must share to be evaluated as one vmapped call (the kernel's
+    ``architecture_signature``, also what joint training stacks by); ``None``: never stacked."""
     if any(isinstance(m, Ensemble) for m in module.modules()):
         return None  # a nested ensemble is called as it is
-    tensors = tuple((n, tuple(t.shape), t.dtype) for n, t in list(module.named_parameters()) + list(module.named_buffers()))
-    return (type(module), tensors, _plain_attributes(module))
+    return architecture_signature(module)
 
 
 class _MemberGroup(nn.Module):
