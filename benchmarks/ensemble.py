@@ -143,6 +143,15 @@ class ForcedVmap(torch.nn.Module):
             _MemberGroup.loop_devices = saved
 
 
+def members(plugin, info, m: int, device) -> list[torch.nn.Module]:
+    """``m`` freshly initialised networks of ``plugin``, member ``i`` built after ``manual_seed(i)``."""
+    nets = []
+    for i in range(m):
+        torch.manual_seed(i)
+        nets.append(advx.build_model(plugin, info).to(device))
+    return nets
+
+
 def train_rounds(plugin, info, batch: int, m: int, steps: int, repeats: int, device) -> dict[str, list[float]]:
     """Seconds per round for M members trained apart, together, and one member trained alone
     (one epoch of ``steps`` steps each); fresh networks every round, built outside the timing."""
@@ -155,11 +164,7 @@ def train_rounds(plugin, info, batch: int, m: int, steps: int, repeats: int, dev
     cfgs = [advx.TrainConfig(epochs=1, batch_size=batch, seed=i) for i in range(m)]
 
     def fresh() -> list[torch.nn.Module]:
-        nets = []
-        for i in range(m):
-            torch.manual_seed(i)
-            nets.append(advx.build_model(plugin, info).to(device))
-        return nets
+        return members(plugin, info, m, device)
 
     variants = {
         "apart": lambda nets: [fit(net, d, c, device) for net, d, c in zip(nets, datas, cfgs)],
@@ -278,10 +283,7 @@ def main() -> None:
         x = torch.rand((batch, *info.input_shape), generator=gen).to(device)
         y = torch.randint(10, (batch,), generator=gen).to(device)
         for m in args.members:
-            nets = []
-            for i in range(m):
-                torch.manual_seed(i)
-                nets.append(advx.build_model(plugin, info).to(device).eval())
+            nets = [net.eval() for net in members(plugin, info, m, device)]
             x_m, y_m = x.repeat(m, *([1] * (x.dim() - 1))), y.repeat(m)
             ensemble = StackedEnsemble(nets).to(device).eval()
             variants = {

@@ -226,8 +226,9 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
     for r in done:
         counts = [int(c.get("n") or 0) for c in (_cfg(r, "metrics").get("per_class") or {}).values()]
         clean = r.get("clean_accuracy")
-        if clean is not None and sum(counts) and clean <= max(counts) / sum(counts) + _tol(r):
-            at_chance[(r["dataset"], r["model"], r["defense"], max(counts) / sum(counts), clean)].append(r)
+        share = max(counts) / sum(counts) if sum(counts) else None
+        if clean is not None and share is not None and clean <= share + _tol(r):
+            at_chance[(r["dataset"], r["model"], r["defense"], share, clean)].append(r)
     for (d, m, df, share, clean), cells in at_chance.items():
         flags.append(
             Flag(
