@@ -329,3 +329,87 @@ def test_already_misclassified_examples_cost_deepfool_nothing(model, xy):
 def test_invalid_config_names_the_field(name, params, field):
     with pytest.raises(advx.ConfigError, match=field):
         attack(name, **params)
+
+
+# ---- every config field pinned -----------------------------------------------------------
+# (name, field, a, b, what changes): "output" for fields that change the examples returned,
+# "passes" for abort_early, whose job is to stop early with nearly the same result. The
+# base of each row is FAST's settings, with a budget small enough that some examples survive
+# (so that more steps, restarts or a larger eps have something left to change).
+PINS = [
+    ("fgsm", "eps", 0.05, 0.1, "output"),
+    *[(n, f, a, b, "output") for n in ("bim", "pgd") for f, a, b in (("eps", 0.05, 0.1), ("alpha", 0.005, 0.02), ("steps", 2, 10))],
+    *[("iterative-l2", f, a, b, "output") for f, a, b in (("eps", 0.3, 0.6), ("alpha", 0.02, 0.1), ("steps", 2, 10))],
+    *[("pgd-l2", f, a, b, "output") for f, a, b in (("eps", 0.3, 0.6), ("alpha", 0.02, 0.1), ("steps", 2, 10))],
+    *[(n, f, a, b, "output") for n in ("pgd", "pgd-l2") for f, a, b in (("random_start", True, False), ("seed", 0, 1), ("restarts", 1, 3))],
+    ("deepfool", "eps", None, 0.3, "output"),
+    ("deepfool", "steps", 1, 50, "output"),
+    ("deepfool", "overshoot", 0.02, 0.5, "output"),
+    ("deepfool", "candidates", 2, 10, "output"),
+    ("cw-l2", "eps", None, 0.3, "output"),
+    ("cw-l2", "kappa", 0.0, 5.0, "output"),
+    ("cw-l2", "initial_const", 0.01, 1.0, "output"),
+    ("cw-l2", "binary_search_steps", 1, 3, "output"),
+    ("cw-l2", "steps", 10, 30, "output"),
+    ("cw-l2", "lr", 0.01, 0.05, "output"),
+    ("cw-l2", "abort_early", True, False, "passes"),
+]
+PIN_BASE = {**FAST, "bim": {"eps": 0.05, "alpha": 0.01, "steps": 10}, "pgd": {"eps": 0.05, "alpha": 0.01, "steps": 10},
+            "iterative-l2": {"eps": 0.3, "steps": 10}, "pgd-l2": {"eps": 0.3, "steps": 10}}
+# abort_early checks the loss every steps/10 iterations; at lr 0.05 it still falls at every
+# check for 100 steps on these digits, at lr 0.2 it stops falling and the search step ends early
+PIN_EXTRA = {("cw-l2", "abort_early"): {"steps": 100, "lr": 0.2}}
+
+
+def test_every_field_of_the_classic_attacks_is_pinned():
+    """The label_mode of the kernel's AttackConfig is the kernel's (tests/core); every field an
+    attack declares itself is in PINS."""
+    declared = {(n, f) for n in ALL for f in REG.get("attack", n).Config.model_fields if f != "label_mode"}
+    assert declared == {(n, f) for n, f, *_ in PINS}
+
+
+@pytest.mark.parametrize("name,field,a,b,what", PINS, ids=[f"{p[0]}-{p[1]}" for p in PINS])
+def test_config_fields_change_what_the_attack_does(name, field, a, b, what, model, xy):
+    from advx import PassCounter
+
+    x, y = xy
+    x, y = x[:64], y[:64]
+    runs = []
+    for value in (a, b):
+        counter = PassCounter(model)
+        params = {**PIN_BASE[name], **PIN_EXTRA.get((name, field), {}), field: value}
+        out = attack(name, **params).perturb(counter, x, y, BOUNDS)
+        runs.append((out, counter.forwards))
+    (out_a, passes_a), (out_b, passes_b) = runs
+    if what == "output":
+        assert not torch.equal(out_a, out_b), f"{name}.{field} = {a} and = {b} returned the same examples"
+    else:
+        assert passes_a != passes_b, f"{name}.{field} = {a} and = {b} cost the same passes"
+
+
+def test_cw_kappa_is_the_margin_every_returned_example_has(model, xy):
+    """kappa is CW's confidence: an example counts (and is returned) only when some wrong
+    logit beats the true one by more than kappa; a larger kappa buys it with a larger L2."""
+    x, y = xy
+    x, y = x[:64], y[:64]
+    out = {k: attack("cw-l2", **{**FAST["cw-l2"], "kappa": k}).perturb(model, x, y, BOUNDS) for k in (0.0, 5.0)}
+    with torch.no_grad():
+        logits = model(out[5.0])
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -float("inf")).amax(1)
+    moved = (out[5.0] != x).flatten(1).any(1)
+    assert moved.sum() > 32
+    assert bool((other[moved] - true[moved] > 5.0 - 1e-4).all())
+    both = moved & (out[0.0] != x).flatten(1).any(1)
+    assert float(l2(out[5.0], x)[both].mean()) > 1.2 * float(l2(out[0.0], x)[both].mean())
+
+
+def test_deepfool_overshoot_scales_the_step_past_the_boundary(model, xy):
+    """DeepFool's iterate is x + (1 + overshoot) r: a larger overshoot lands examples that
+    need the same number of linearisations further out, in proportion."""
+    x, y = xy
+    x, y = x[:64], y[:64]
+    a = attack("deepfool", overshoot=0.02).perturb(model, x, y, BOUNDS)
+    b = attack("deepfool", overshoot=0.5).perturb(model, x, y, BOUNDS)
+    ratio = float(l2(b, x).sum() / l2(a, x).sum())
+    assert ratio > 1.2, ratio
