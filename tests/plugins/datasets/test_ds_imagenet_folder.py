@@ -99,6 +99,16 @@ def test_nested_data_dir_and_env(reg, tmp_path, monkeypatch):
     assert len(reg.dataset("imagenet-folder", image_size=8).load("test")) == 2
 
 
+def test_train_dir_and_test_dir_name_the_split_folders(reg, tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    _write_folder(tmp_path, Image, {"training": {"a": [(8, 8)] * 3, "b": [(8, 8)]}, "testing": {"a": [(8, 8)], "b": [(8, 8)] * 2}})
+    ds = reg.dataset("imagenet-folder", data_dir=str(tmp_path), image_size=8, train_dir="training", test_dir="testing")
+    assert advx.take(ds.load("train"), 10)[1].tolist() == [0, 0, 0, 1]
+    assert advx.take(ds.load("test"), 10)[1].tolist() == [0, 1, 1]
+    with pytest.raises(advx.DataError, match="val"):
+        reg.dataset("imagenet-folder", data_dir=str(tmp_path), image_size=8).load("test")
+
+
 def test_missing_folder_and_split(reg, tmp_path, isolated):
     pytest.importorskip("PIL.Image")
     with pytest.raises(advx.DataError) as ei:

@@ -144,6 +144,10 @@ def test_lenet5_options():
     kinds = {type(m) for m in net.modules()}
     assert nn.ReLU in kinds and nn.MaxPool2d in kinds and nn.Tanh not in kinds and nn.AvgPool2d not in kinds
     assert net.c1.in_channels == 3 and not any(net.pad.pad)  # 32x32 needs no padding
+    # input_size: MNIST padded to 36x36 instead of 32x32, so C1 sees 36x36 and C5 a 3x3 map
+    big = REGISTRY.model("lenet5", input_size=36).build(MNIST)
+    shapes = feature_shapes(big, torch.zeros(1, 1, 28, 28), (nn.Conv2d,))
+    assert shapes[0] == (6, 32, 32) and shapes[1] == (16, 12, 12)
 
 
 # -- conv-f: seed 004 model F (Defense-GAN's model F) -------------------------------------

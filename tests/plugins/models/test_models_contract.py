@@ -203,3 +203,51 @@ def test_model_modules_import_only_the_public_api():
                 assert mod.split(".")[0] in allowed, f"{path.name} imports {mod}"
                 assert mod != "advx" or isinstance(node, ast.ImportFrom), f"{path.name}: use 'from advx import ...'"
                 assert not mod.startswith("advx."), f"{path.name} imports internal module {mod}"
+
+
+# Every field of every model this module checks, with a value other than its default. The
+# network built with it must differ from the default one: in its layers (repr: shapes,
+# rates, options), its parameters, or its output, in eval or in train mode, for one seed.
+# conv-f's pad_small only matters for inputs under 11x11, so it is built on digits.
+FIELD_VALUES = {
+    "cifar-cnn": {"filters": 16, "extra_conv": True, "hidden": 64, "block_dropout": (0.1, 0.1, 0.1), "dropout": 0.1},
+    "conv-f": {"filters": 32, "third_conv": True, "pad_small": False},
+    "lenet5": {"activation": "relu", "pooling": "max", "c3_connections": "full", "input_size": 36},
+    "mlp": {"hidden": (50,)},
+    "mnist-cnn": {"filters": 16, "extra_conv": True, "hidden": 64, "dropout": 0.1, "relu_logits": True},
+    "wide-resnet": {"depth": 16, "widen_factor": 1, "dropout": 0.5},  # SMALL builds it with 0.3
+}
+
+
+def test_every_model_field_has_a_value_to_pin():
+    for name in MODELS:
+        fields = set(REGISTRY.get("model", name).Config.model_fields) - {"normalize"}  # the kernel's, below
+        assert fields == set(FIELD_VALUES[name]), name
+
+
+def _fingerprint(net: nn.Module, x: torch.Tensor) -> tuple:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        train_out = net.train()(x)
+        eval_out = net.eval()(x)
+    return repr(net), [tuple(p.shape) for p in net.parameters()], eval_out, train_out
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and a[1] == b[1] and all(
+        u.shape == v.shape and torch.equal(u, v) for u, v in zip(a[2:], b[2:])
+    )
+
+
+@pytest.mark.parametrize("name,field", [(n, f) for n in MODELS for f in [*FIELD_VALUES[n], "normalize"]])
+def test_every_model_field_changes_the_network(name, field):
+    shape_key = "digits" if (name, field) == ("conv-f", "pad_small") else "mnist"
+    value = FIELD_VALUES[name].get(field, False)  # normalize: off
+    x = torch.rand(4, *SHAPES[shape_key][0], generator=torch.Generator().manual_seed(0))
+    base = _fingerprint(build(name, shape_key), x)
+    if (name, field) == ("conv-f", "pad_small"):
+        with pytest.raises(advx.ConfigError, match="pad_small"):  # too small without the padding
+            build(name, shape_key, **{field: value})
+        return
+    changed = _fingerprint(build(name, shape_key, **{field: value}), x)
+    assert not _same(base, changed), f"{name}.{field} = {value!r} built the same network as the default"
