@@ -374,3 +374,20 @@ def test_old_results_file_is_a_clear_error(tmp_path):
         c.execute("CREATE TABLE cells (cell_key TEXT PRIMARY KEY, status TEXT)")
     with pytest.raises(advx.DataError, match="another advx version"):
         advx.ResultStore(db)
+
+
+def test_sample_seed_draws_a_seeded_subset_of_the_test_set(tmp_path, cache):
+    """Without sample_seed a cell evaluates the first ``samples`` test examples; with it, a
+    sorted random subset drawn by that seed (the same for every cell, so cells compare)."""
+
+    def indices(seed, name):
+        spec = small_spec(cache, [{"name": "fgsm", "eps": 0.1}], matrix={"sample_seed": seed, "samples": 16})
+        db = tmp_path / f"{name}.db"
+        res = advx.run_matrix(spec, store=db)
+        with advx.ResultStore(db) as store:
+            return store.samples(res.rows[0]["cell_key"])["idx"].tolist()
+
+    assert indices(None, "first") == list(range(16))
+    one, again, two = indices(1, "one"), indices(1, "again"), indices(2, "two")
+    assert one == again == sorted(one) and len(set(one)) == 16 and one != list(range(16)) and one != two
+    assert max(one) < 500  # digits' test split

@@ -86,3 +86,27 @@ def test_normalisation_is_a_layer_of_the_model(registry):
     raw = advx.build_model(registry.model("mnist-cnn", normalize=False), registry.dataset("digits").info())
     assert not isinstance(raw, NormalizedModel)
     assert "fc1" in net.hidden_states(torch.rand(2, 1, 8, 8))
+
+
+# Every TrainConfig field, with a value other than the default (momentum only acts with SGD,
+# which the other value of each row does not change).
+TRAIN_VALUES = {
+    "epochs": ({"epochs": 1}, {"epochs": 2}),
+    "batch_size": ({"batch_size": 128}, {"batch_size": 32}),
+    "optimizer": ({"optimizer": "adam"}, {"optimizer": "sgd"}),
+    "lr": ({"lr": 1e-3}, {"lr": 1e-2}),
+    "momentum": ({"optimizer": "sgd", "momentum": 0.9}, {"optimizer": "sgd", "momentum": 0.0}),
+    "weight_decay": ({"weight_decay": 0.0}, {"weight_decay": 0.1}),
+    "seed": ({"seed": 0}, {"seed": 1}),
+}
+
+
+def test_every_train_field_changes_the_weights_and_the_key(registry):
+    assert set(TRAIN_VALUES) == set(advx.TrainConfig.model_fields)
+    ds, model = registry.dataset("digits"), registry.model("mlp", hidden=(32,))
+    for field, (a, b) in TRAIN_VALUES.items():
+        ca, cb = advx.TrainConfig(**{"epochs": 1, **a}), advx.TrainConfig(**{"epochs": 1, **b})
+        assert training_key(ds, model, ca, "cpu") != training_key(ds, model, cb, "cpu"), field
+        wa = advx.train_model(ds, model, ca, cache=False).model
+        wb = advx.train_model(ds, model, cb, cache=False).model
+        assert not weights_equal(wa, wb), field
