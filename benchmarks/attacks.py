@@ -290,10 +290,10 @@ def import_adv_lib():
 # ---- the run ---------------------------------------------------------------------------
 
 
-def load_case(reg, case, device, batch):
+def load_case(reg, case, device, batch, data_root=SHARED_DATA):
     """(model in eval mode, x, y, bounds, num_classes, how the model was obtained)."""
     c = CASES[case]
-    data_dir = SHARED_DATA / c["data_dir"]
+    data_dir = Path(data_root) / c["data_dir"]
     model_plugin = reg.model(c["model"])
     if data_dir.is_dir():
         ds = reg.dataset(c["dataset"], data_dir=str(data_dir), download=False, **c.get("dataset_params", {}))
@@ -383,6 +383,7 @@ def main(argv=None):
     ap.add_argument("--peers", default="torchattacks,foolbox,ART,adv-lib", help="peer libraries to time (comma-separated)")
     ap.add_argument("--slow-repeats", type=int, default=3, help="repeats for deepfool and cw-l2")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--data", default=str(SHARED_DATA), help="folder holding mnist/ and cifar-10/ (default: ../shared/data)")
     ap.add_argument("--tag", default="", help="suffix of the result files: attacks-<device><tag>.json/.md")
     ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.allocator)")
     args = ap.parse_args(argv)
@@ -398,7 +399,7 @@ def main(argv=None):
     started = dt.datetime.now(dt.timezone.utc)
     results = []
     for case in args.cases.split(","):
-        model, x, y, bounds, num_classes, how = load_case(reg, case, device, CASES[case]["batch"])
+        model, x, y, bounds, num_classes, how = load_case(reg, case, device, CASES[case]["batch"], args.data)
         fl = floor_time(model, x, y, device, n=11)
         print(f"[{case}] {how}; batch {len(x)}; floor {fl * 1e3:.2f} ms", flush=True)
         c = CASES[case]

@@ -227,12 +227,15 @@ def train_main(args, registry, device, meta: dict) -> None:
         f"median of {args.repeats} round-robin runs of one epoch of {args.steps} Adam steps. Milliseconds per optimiser step "
         "(of all M members). \"Paired\" ratios are the median over rounds of the two variants' ratio within a round."
     )
-    write_results(f"ensemble-train-{device.type}", "Ensemble training benchmark", meta, rows, what, table)
+    write_results(f"ensemble-train-{device.type}", "Ensemble training benchmark", meta, rows, what, table, args.out)
 
 
-def write_results(stem_name: str, title: str, meta: dict, rows: list[dict], what: str, table: list[str]) -> None:
-    """``benchmarks/results/<stem_name>.json`` (meta and rows) and ``.md`` (a line on how it ran, then ``table``)."""
-    stem = RESULTS / stem_name
+def write_results(
+    stem_name: str, title: str, meta: dict, rows: list[dict], what: str, table: list[str], out: Path | str = RESULTS
+) -> None:
+    """``<out>/<stem_name>.json`` (meta and rows) and ``.md`` (a line on how it ran, then ``table``)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    stem = Path(out) / stem_name
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# {title} ({meta['device']})",
@@ -248,6 +251,7 @@ def write_results(stem_name: str, title: str, meta: dict, rows: list[dict], what
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--out", default=str(RESULTS), help="folder of the result files (default: benchmarks/results)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--members", type=int, nargs="+", default=[2, 5, 10])
@@ -272,7 +276,6 @@ def main() -> None:
         "repeats": args.repeats,
         "allocator_tuned": tuned,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     if args.train:
         train_main(args, registry, device, meta)
         return
@@ -346,7 +349,7 @@ def main() -> None:
         "of the two variants' ratio within a round; \"rounds <= M x\" counts the rounds in which M members cost at most M "
         "times one member. \"vmap\" (CPU only) is the same stacked ensemble forced into one vmapped call."
     )
-    write_results(f"ensemble-{device.type}", "Ensemble benchmark", meta, rows, what, table)
+    write_results(f"ensemble-{device.type}", "Ensemble benchmark", meta, rows, what, table, args.out)
 
 
 if __name__ == "__main__":
