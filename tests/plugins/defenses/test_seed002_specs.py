@@ -13,7 +13,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
 MINE = [
     "seed002-mnist-table2", "seed002-mnist-table4", "seed002-mnist-relu-logits", "seed002-mnist-distillation-cw",
     "seed002-cifar10-table2", "seed002-mnist-table4-seeds", "seed002-mnist-madry",
-    "seed002-mnist-single-seeds", "seed002-mnist-madry-seeds", "seed002-mnist-table2-seeds",
+    "seed002-mnist-single-seeds", "seed002-mnist-madry-seeds", "seed002-mnist-table2-seeds", "seed002-mnist-madry-small-eps",
 ]
 
 
