@@ -19,10 +19,15 @@ the results of a matrix, so advx runs them after every ``advx run`` and on deman
   Square, random noise) must not beat a gradient attack of the same norm and eps, overall
   or on examples the gradient attack left unbroken, or the gradients are masked;
 
-* ``clean-at-chance``: the model's clean accuracy is no better than always answering the
-  most frequent class of the evaluated examples (read from the per-class counts): it has
-  not learned (a collapsed training), and every robust accuracy measured on it, equal to
-  its clean accuracy since nothing is left to break, says nothing about robustness;
+* ``clean-at-chance``: the model is no better than chance on the clean examples: its mean
+  per-class clean accuracy (balanced accuracy, from the per-class results) is within three
+  standard errors of 1/K, what a model guessing with any fixed distribution over the K
+  classes gets, however imbalanced the data (without per-class accuracies: its clean
+  accuracy is no better than always answering the most frequent class). It has not learned
+  (a collapsed training), and every robust accuracy measured on it, about its clean
+  accuracy since nothing is left to break, says nothing about robustness. Mean per-class
+  accuracy also catches a model that answers one class for all but a few inputs, whose
+  plain accuracy sits a hair above the majority share;
 
 and four that each cell measures while it runs (``advx.diagnostics``, stored in the row's
 ``metrics.diagnostics``):
@@ -50,6 +55,7 @@ Differences smaller than two examples' worth of accuracy are ignored.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +106,41 @@ def _cfg(row: dict[str, Any], key: str) -> dict[str, Any]:
 def _tol(*rows: dict[str, Any]) -> float:
     n = min(int(r.get("n") or 1) for r in rows)
     return 2.0 / max(n, 1)
+
+
+def _at_chance(r: dict[str, Any]) -> str | None:
+    """Why the row's model is no better than chance on its clean examples, or ``None``.
+
+    Chance is 1/K for the mean per-class accuracy (a model guessing with any fixed
+    distribution over the K classes present gets exactly that on average), with three
+    standard errors of such a guesser as the margin: each class's accuracy is a proportion
+    of its n_c examples, of variance at most 1/(4 n_c), so the mean's standard error is at
+    most sqrt(sum 1/(4 n_c)) / K (0.005 for MNIST's test set, 0.02 for digits'). Rows
+    without per-class accuracies fall back on the most frequent class's share.
+    """
+    per = [c for c in (_cfg(r, "metrics").get("per_class") or {}).values() if int(c.get("n") or 0) > 0]
+    clean = r.get("clean_accuracy")
+    if len(per) < 2 or clean is None:
+        return None
+    counts = [int(c["n"]) for c in per]
+    recalls = [c.get("clean_accuracy") for c in per]
+    if all(v is not None for v in recalls):
+        k = len(per)
+        balanced = sum(recalls) / k
+        margin = 3.0 * math.sqrt(sum(1.0 / (4 * n) for n in counts)) / k
+        if balanced <= 1.0 / k + margin:
+            return (
+                f"clean accuracy {clean:.4f}, mean per-class accuracy {balanced:.4f}, is no better than chance "
+                f"(1/{k} = {1.0 / k:.4f}, + {margin:.4f} for three standard errors of a guessing model)"
+            )
+        return None
+    share = max(counts) / sum(counts)
+    if clean <= share + _tol(r):
+        return (
+            f"clean accuracy {clean:.4f} is no better than always answering the most frequent class "
+            f"({share:.4f} of the evaluated examples)"
+        )
+    return None
 
 
 def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
@@ -221,21 +262,18 @@ def sanity_flags(rows: list[dict[str, Any]], samples: Any = None) -> list[Flag]:
                         )
                     )
 
-    # 6. a model no better than the most frequent class has learned nothing to be robust with
+    # 6. a model no better than chance has learned nothing to be robust with
     at_chance: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in done:
-        counts = [int(c.get("n") or 0) for c in (_cfg(r, "metrics").get("per_class") or {}).values()]
-        clean = r.get("clean_accuracy")
-        share = max(counts) / sum(counts) if sum(counts) else None
-        if clean is not None and share is not None and clean <= share + _tol(r):
-            at_chance[(r["dataset"], r["model"], r["defense"], share, clean)].append(r)
-    for (d, m, df, share, clean), cells in at_chance.items():
+        why = _at_chance(r)
+        if why is not None:
+            at_chance[(r["dataset"], r["model"], r["defense"], why)].append(r)
+    for (d, m, df, why), cells in at_chance.items():
         flags.append(
             Flag(
                 "clean-at-chance",
-                f"{d} / {m} / {df}: clean accuracy {clean:.4f} is no better than always answering the most frequent "
-                f"class ({share:.4f} of the evaluated examples): the model has not learned, and the robust accuracy of "
-                f"its {len(cells)} cell(s) says nothing about robustness",
+                f"{d} / {m} / {df}: {why}: the model has not learned, and the robust accuracy of its {len(cells)} "
+                "cell(s) says nothing about robustness",
                 cells=_keys(*cells),
             )
         )

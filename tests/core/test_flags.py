@@ -104,21 +104,61 @@ def test_auc_of_a_perfect_and_a_useless_detector():
     assert pts[0] == [0.0, 0.0] and [0.0, 1.0] in pts and pts[-1] == [1.0, 1.0] and len(pts) <= 101
 
 
-def _with_classes(r, clean, counts):
-    return {**r, "clean_accuracy": clean, "metrics": {"per_class": {str(c): {"n": n} for c, n in enumerate(counts)}}}
+def _with_classes(r, clean, counts, recalls=None):
+    """``r`` with per-class counts, and per-class clean accuracies where ``recalls`` is given."""
+    per = {str(c): {"n": n, **({} if recalls is None else {"clean_accuracy": recalls[c]})} for c, n in enumerate(counts)}
+    return {**r, "clean_accuracy": clean, "metrics": {"per_class": per}}
+
+
+MNIST_TEST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _one_answer(counts, cls, extra_right=0):
+    """Per-class accuracies and accuracy of a model answering ``cls`` but for ``extra_right``
+    inputs of other classes that it gets right."""
+    others = sum(n for c, n in enumerate(counts) if c != cls)
+    recalls = [1.0 if c == cls else extra_right / others for c in range(len(counts))]
+    return (counts[cls] + extra_right) / sum(counts), recalls
 
 
 def test_a_model_at_the_most_frequent_class_is_flagged_once_per_model():
     """Seed 002's network trained on PGD examples alone collapsed to one answer: clean 0.1135,
     the share of the digit 1 in MNIST's test set, and every attack 'left' 0.1135."""
-    counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    collapsed = [_with_classes(row(a, 0.3, 0.1135, n=10000), 0.1135, counts) for a in ("fgsm", "pgd")]
+    clean, recalls = _one_answer(MNIST_TEST, 1)
+    collapsed = [_with_classes(row(a, 0.3, 0.1135, n=10000), clean, MNIST_TEST, recalls) for a in ("fgsm", "pgd")]
     flags = sanity_flags(collapsed)
     assert [f.check for f in flags] == ["clean-at-chance"]
-    assert "0.1135" in flags[0].message and "2 cell(s)" in flags[0].message and len(flags[0].cells) == 0  # rows carry no keys here
-    # a model that learned, or one barely above the majority on imbalanced data, is not flagged
-    assert checks([_with_classes(row("fgsm", 0.3, 0.05, n=10000), 0.9866, counts)]) == []
-    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.93, [900, 100])]) == []
-    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.90, [900, 100])]) == ["clean-at-chance"]
+    msg = flags[0].message
+    assert "0.1135" in msg and "mean per-class accuracy 0.1000" in msg and "2 cell(s)" in msg and len(flags[0].cells) == 0
+    # a model that learned is not flagged
+    learned = [0.99, 0.995, 0.98, 0.985, 0.99, 0.98, 0.985, 0.98, 0.975, 0.97]
+    assert checks([_with_classes(row("fgsm", 0.3, 0.05, n=10000), 0.9866, MNIST_TEST, learned)]) == []
+
+
+def test_a_model_that_answers_one_class_for_all_but_a_few_inputs_is_flagged():
+    """Seeds 100 and 200 of the same training: "1" for every input but 3 and 10 others (clean
+    0.1138 and 0.1145), a hair above the majority share that the plain accuracy is held to."""
+    for extra in (3, 10):
+        clean, recalls = _one_answer(MNIST_TEST, 1, extra)
+        assert clean > 0.1135 + 2 / 10000  # the majority rule alone would let it through
+        assert checks([_with_classes(row("fgsm", 0.3, 0.1135, n=10000), clean, MNIST_TEST, recalls)]) == ["clean-at-chance"]
+    # a weak model that learned something is not: seed 002's rho-0 probe reached 0.36
+    weak = [0.6, 0.8, 0.2, 0.3, 0.3, 0.1, 0.4, 0.4, 0.2, 0.3]
+    assert checks([_with_classes(row("fgsm", 0.3, 0.1, n=10000), 0.36, MNIST_TEST, weak)]) == []
+    # the margin is three standard errors of a guessing model: wider on a small test set
+    small = [50] * 10
+    assert checks([_with_classes(row("fgsm", 0.3, 0.1, n=500), 0.15, small, [0.15] * 10)]) == ["clean-at-chance"]
+    assert checks([_with_classes(row("fgsm", 0.3, 0.1, n=500), 0.2, small, [0.2] * 10)]) == []
+
+
+def test_mean_per_class_accuracy_judges_chance_on_imbalanced_data():
+    """On 900/100 data, 0.90 plain accuracy is chance (always the majority), and so is 0.5 mean
+    per-class accuracy however the plain accuracy comes out; a model right on both classes is not."""
+    counts = [900, 100]
+    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.90, counts, [1.0, 0.0])]) == ["clean-at-chance"]
+    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.91, counts, [0.96, 0.55])]) == []
+    # without per-class accuracies (older results): the majority share
+    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.93, counts)]) == []
+    assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.90, counts)]) == ["clean-at-chance"]
     # rows without per-class counts (older results) are left alone
     assert checks([{**row("fgsm", 0.3, 0.1), "clean_accuracy": 0.1}]) == []
