@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import advx
+from advx import PassCounter
 
 REG = advx.Registry.discover()
 BOUNDS = (0.0, 1.0)
@@ -297,8 +298,6 @@ def test_pgd_restarts_keep_every_success(model, xy):
 
 
 def test_already_misclassified_examples_cost_deepfool_nothing(model, xy):
-    from advx import PassCounter
-
     x, y = xy
     counter = PassCounter(model)
     with torch.no_grad():
@@ -370,8 +369,6 @@ def test_every_field_of_the_classic_attacks_is_pinned():
 
 @pytest.mark.parametrize("name,field,a,b,what", PINS, ids=[f"{p[0]}-{p[1]}" for p in PINS])
 def test_config_fields_change_what_the_attack_does(name, field, a, b, what, model, xy):
-    from advx import PassCounter
-
     x, y = xy
     x, y = x[:64], y[:64]
     runs = []
