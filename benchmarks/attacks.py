@@ -385,7 +385,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--data", default=str(SHARED_DATA), help="folder holding mnist/ and cifar-10/ (default: ../shared/data)")
     ap.add_argument("--tag", default="", help="suffix of the result files: attacks-<device><tag>.json/.md")
-    ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.allocator)")
+    ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.runtime.allocator)")
     args = ap.parse_args(argv)
 
     # One process for every library, so the tuning (as `advx run` applies it) helps ours and

@@ -31,7 +31,7 @@ Writes ``benchmarks/results/ensemble-<device>.json`` and ``.md``.
 
 ``--train`` times training instead: one epoch of ``--steps`` optimiser steps (Adam, the
 model's batch, random data of its own per member) for M members trained ``apart`` (``fit``,
-one after another, as the ensemble does on a CPU), ``together`` (``advx.joint.fit_together``:
+one after another, as the ensemble does on a CPU), ``together`` (``advx.runtime.joint.fit_together``:
 one vmapped step over all members, as it does on a GPU) and ``one member``, round-robin, with
 the paired ratios together / apart and together / one member. Writes
 ``benchmarks/results/ensemble-train-<device>.json`` and ``.md``.
@@ -55,9 +55,9 @@ import torch
 import torch.nn.functional as F
 
 import advx
-from advx.joint import fit_together
+from advx.runtime.joint import fit_together
 from advx.plugins.defenses.ensemble import StackedEnsemble, _MemberGroup
-from advx.training import fit
+from advx.runtime.training import fit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -241,7 +241,7 @@ def write_results(
         f"# {title} ({meta['device']})",
         "",
         f"`{meta['command']}` on {meta['date']}: torch {meta['torch']}, {meta['cpu_count']} CPUs, "
-        f"{meta['threads']} torch threads, glibc malloc {'tuned' if meta['allocator_tuned'] else 'untuned'} (advx.allocator), " + what,
+        f"{meta['threads']} torch threads, glibc malloc {'tuned' if meta['allocator_tuned'] else 'untuned'} (advx.runtime.allocator), " + what,
         "",
         *table,
     ]
@@ -255,7 +255,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--members", type=int, nargs="+", default=[2, 5, 10])
-    ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.allocator)")
+    ap.add_argument("--default-allocator", action="store_true", help="leave glibc malloc untuned (see advx.runtime.allocator)")
     ap.add_argument("--train", action="store_true", help="time training apart vs together instead (see the docstring)")
     ap.add_argument("--steps", type=int, default=20, help="--train: optimiser steps per timed epoch")
     args = ap.parse_args()

@@ -9,11 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .crafting import PassCounter
-from .guards import check_budget
-from .interfaces import Attack, Classifier
-from .protocols import Detector
-from .registry import NAME_RE
+from advx.runtime.crafting import PassCounter
+from advx.runtime.guards import check_budget
+from advx.contract.interfaces import Attack, Classifier
+from advx.contract.protocols import Detector
+from advx.contract.registry import NAME_RE
+
+#: the tier of tests: what a plugin package's own test suite imports
+__all__ = ["TinyNet", "GridDetector", "BreakableModel", "breakable_model", "check_attack"]
 
 
 class TinyNet(Classifier):

@@ -24,12 +24,12 @@ def main() -> None:
     args = ap.parse_args()
     cells = []
     for db in args.dbs:
-        for row in advx.ResultStore(db, readonly=True).cells(status="done", decode=True):
+        for row in advx.ResultStore(db, readonly=True).cells(status="done"):
             entry = {k: row.get(k) for k in KEYS}
             entry["spec"] = row.get("spec_name")
             entry["threat_config"] = row.get("threat_config")
             entry["defense_config"] = row.get("defense_config")
-            entry["roc_fpr_tpr"] = (row.get("metrics") or {}).get("roc")
+            entry["roc_fpr_tpr"] = row.details.get("roc")
             cells.append(entry)
     with open(args.out, "w") as f:
         json.dump({"machine": "2-core x86-64 CPU, no GPU", "cells": cells}, f, indent=1)

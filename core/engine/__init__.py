@@ -11,11 +11,11 @@ One concern per module, imported in this order (no cycles):
 * ``run``: ``run_matrix``, which plans, skips finished cells, executes and stores.
 """
 
-from .execute import CellOutcome, execute_cell
-from .executors import Executor, InProcessExecutor, MultiDeviceExecutor
-from .plan import Cell, plan
-from .run import DryRun, MatrixResult, dry_run, run_matrix
-from .workspace import Workspace
+from advx.engine.execute import CellOutcome, execute_cell
+from advx.engine.executors import Executor, InProcessExecutor, MultiDeviceExecutor
+from advx.engine.plan import Cell, plan
+from advx.engine.run import DryRun, MatrixResult, dry_run, run_matrix
+from advx.engine.workspace import Workspace
 
 __all__ = [
     "Cell",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from advx.contract.errors import ConfigError
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -24,32 +24,36 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._version import __version__
-from ..errors import AdvxError
-from ..diagnostics import PROBE, convergence, gradient_health, random_forward
-from ..guards import check_requires, preflight
-from ..protocols import bpda
-from ..interfaces import Attack
-from ..schema import EXAMPLE_KEYS
-from ..metrics import breakdown_by_class, breakdown_by_confidence, roc_points, summarize
-from ..scoring import score
-from .plan import Cell
-from .workspace import Workspace
+from advx._version import __version__
+from advx.contract.errors import AdvxError
+from advx.analysis.diagnostics import PROBE, convergence, gradient_health, random_forward
+from advx.runtime.guards import check_requires, preflight
+from advx.contract.protocols import bpda
+from advx.contract.interfaces import Attack
+from advx.store.schema import EXAMPLE_KEYS
+from advx.analysis.metrics import breakdown_by_class, breakdown_by_confidence, roc_points, summarize
+from advx.analysis.scoring import score
+from advx.analysis.rows import CellRow
+from advx.engine.plan import Cell
+from advx.engine.workspace import Workspace
 
 
 @dataclass
 class CellOutcome:
     """A finished cell: its result row, per-sample records and the trainings it triggered."""
 
-    row: dict[str, Any]
+    row: CellRow
     samples: dict[str, Tensor] | None = None
     trainings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
-    """The columns of a row known before the cell runs."""
+    """The fields of a row known before the cell runs (``CellRow`` keyword arguments)."""
     return {
         "cell_key": cell.key,
+        "status": "failed",
+        "identity": cell.identity(),
+        "threat_traits": cell.threat.traits(),
         "dataset": cell.dataset.describe(),
         "model": cell.model.describe(),
         "defense": cell.defense.describe(),
@@ -78,7 +82,7 @@ def diagnose(
     cell: Cell, ws: Workspace, attack: Attack, target: torch.nn.Module, view: torch.nn.Module, x: Tensor, y: Tensor,
     crafted: Any, reused: bool, info: Any,
 ) -> dict[str, Any]:
-    """The cell's evaluation diagnostics (see ``advx.diagnostics``), on the first ``PROBE`` examples."""
+    """The cell's evaluation diagnostics (see ``advx.analysis.diagnostics``), on the first ``PROBE`` examples."""
     n = min(PROBE, len(x))
     xp, yp = x[:n].to(ws.device), y[:n].to(ws.device)
     out: dict[str, Any] = {
@@ -129,7 +133,7 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
             crafted, reused = ws.crafted(cell, attack, view, x, y, idx, info)
             stage = f'scoring on defense "{cell.defense.name}"'
             samples = score(target, x, y, crafted, ws.device, crafted.batch_size or cell.options.batch_size, idx)
-            row.update(summarize(samples, None if reused else crafted.cost))
+            row["metrics"] = summarize(samples, None if reused else crafted.cost)
             row["crafted_by"] = crafted.origin if reused else None
             row["batch_size"] = crafted.batch_size
             details: dict[str, Any] = {
@@ -137,14 +141,14 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
                 "per_confidence": breakdown_by_confidence(samples),
                 "crafted_on": cell.threat.label(),
             }
-            if row.get("detection_auc") is not None:
+            if row["metrics"].get("detection_auc") is not None:
                 details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
             if crafted.info:
                 details["attack_info"] = {k: v.tolist() for k, v in crafted.info.items()}
             if cell.options.diagnostics:
                 stage = f'diagnostics of attack "{cell.attack.name}"'
                 details["diagnostics"] = diagnose(cell, ws, attack, target, view.module, x, y, crafted, reused, info)
-            row["metrics"] = details
+            row["details"] = details
             row["status"] = "done"
             k = cell.options.keep_examples
             if k:
@@ -157,7 +161,7 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
     except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the matrix goes on
         row["status"] = "failed"
         row["error"] = str(exc) if isinstance(exc, AdvxError) else f"{stage} raised {type(exc).__name__}: {exc}"
-        row["metrics"] = {"traceback": traceback.format_exc(limit=8)}
+        row["details"] = {"traceback": traceback.format_exc(limit=8)}
         samples = None
     trainings = ws.trainings[first_training:]
     train_seconds = sum(t.seconds for t in trainings)
@@ -165,4 +169,4 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
     row["train_seconds"] = train_seconds
     row["trainings"] = [t.as_dict() for t in trainings]
     row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return CellOutcome(row, samples, [t.as_dict() for t in trainings])
+    return CellOutcome(CellRow(**row), samples, [t.as_dict() for t in trainings])

@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from ..allocator import tune_cpu_allocator
-from ..errors import AdvxError
-from ..registry import Registry
-from .execute import CellOutcome, execute_cell
-from .plan import Cell
-from .workspace import Event, Workspace
+from advx.runtime.allocator import tune_cpu_allocator
+from advx.contract.errors import AdvxError
+from advx.contract.registry import Registry
+from advx.engine.execute import CellOutcome, execute_cell
+from advx.engine.plan import Cell
+from advx.engine.workspace import Event, Workspace
 
 
 class Executor(ABC):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import AdvxError, ConfigError
-from ..registry import Registry
-from ..spec import MatrixOptions, MatrixSpec, ModelTable, PluginRef, expand, sweep, validate_strict
-from ..threats import ThreatModel, threat_class
+from advx.contract.errors import AdvxError, ConfigError
+from advx.contract.interfaces import Dataset
+from advx.contract.registry import Registry
+from advx.engine.spec import MatrixOptions, MatrixSpec, ModelTable, PluginRef, expand, sweep, validate_strict
+from advx.contract.threats import ThreatModel
 
 
 def digest(obj: Any) -> str:
@@ -42,23 +43,48 @@ class Cell:
     _key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", digest(self._key_parts()))
+
+    def examples(self) -> dict[str, Any]:
+        """What selects the evaluated examples of the test split (cells sharing it share them).
+
+        ``samples`` counts only up to the test split's size (more selects the same examples)
+        and not at all when ``bucket_samples`` selects them."""
         o = self.options
-        key = digest(
-            {
-                "dataset": self.dataset.key(),
-                "model": self.model.key(),
-                "defense": self.defense.key(),
-                "threat": self.threat.key(),
-                "attack": self.attack.key(),
-                "samples": o.samples,
-                "seed": o.seed,
-                "sample_seed": o.sample_seed,
-                "bucket_samples": o.bucket_samples,
-                # speed options enter the key only when on, so existing keys stay valid
-                **({"kernels": [o.amp, o.channels_last, o.compile]} if (o.amp != "off" or o.channels_last or o.compile) else {}),
-            }
-        )
-        object.__setattr__(self, "_key", key)
+        samples: int | None = o.samples
+        if o.bucket_samples is not None:
+            samples = None
+        elif samples is not None and self.dataset.test_size is not None:
+            samples = min(samples, self.dataset.test_size)
+        return {"samples": samples, "sample_seed": o.sample_seed, "bucket_samples": o.bucket_samples}
+
+    def _key_parts(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "dataset": self.dataset.key(),
+            "model": self.model.key(),
+            "defense": self.defense.key(),
+            "threat": self.threat.key(),
+            "attack": self.attack.key(),
+            **self.examples(),
+            "seed": o.seed,
+            # speed options enter the key only when on, so existing keys stay valid
+            **({"kernels": [o.amp, o.channels_last, o.compile]} if (o.amp != "off" or o.channels_last or o.compile) else {}),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """The keys of the cell's parts, stored with its row: rows are grouped by these."""
+        parts = self._key_parts()
+        return {
+            "dataset": parts["dataset"],
+            "model": parts["model"],
+            "defense": parts["defense"],
+            "threat": parts["threat"],
+            "attack": parts["attack"],
+            "examples": self.examples(),
+            "seed": parts["seed"],
+            **({"kernels": parts["kernels"]} if "kernels" in parts else {}),
+        }
 
     @property
     def key(self) -> str:
@@ -81,7 +107,7 @@ def plan_threats(spec: MatrixSpec, registry: Registry, errors: list[AdvxError]) 
     for i, table in enumerate(spec.threats):
         prefix = f'threats[{i}] "{table.name}"'
         try:
-            cls = threat_class(table.name, f"threats[{i}]")
+            cls: type[ThreatModel] = registry.get("threat", table.name)  # type: ignore[assignment]
             params = table.params()
             source = None
             if cls.takes_source:
@@ -108,10 +134,31 @@ def plan_threats(spec: MatrixSpec, registry: Registry, errors: list[AdvxError]) 
     return out
 
 
-def plan(spec: MatrixSpec, registry: Registry) -> list[Cell]:
-    """All cells of ``spec``; every config validated first (one ``ConfigError`` listing every error)."""
+def identify(ref: PluginRef, registry: Registry, errors: list[AdvxError]) -> PluginRef:
+    """``ref`` with its data's identity and test size: the files are located (downloaded where
+    allowed) and fingerprinted now, so that missing data fails the plan before any work and
+    changed files change the cell keys."""
+    try:
+        plugin: Dataset = registry.create("dataset", ref.name, ref.config_dict())  # type: ignore[assignment]
+        return replace(ref, identity=plugin.identity(), test_size=plugin.test_size())
+    except AdvxError as exc:
+        errors.append(exc)
+    except Exception as exc:  # noqa: BLE001 - a broken dataset plugin is named, not a traceback
+        errors.append(ConfigError(f'dataset "{ref.name}" raised {type(exc).__name__}: {exc}'.splitlines()[0]))
+    return ref
+
+
+def plan(spec: MatrixSpec, registry: Registry, locate_data: bool = True) -> list[Cell]:
+    """All cells of ``spec``; every config validated first (one ``ConfigError`` listing every error).
+
+    The datasets' files are located and fingerprinted (``identify``), so missing data fails
+    here; ``locate_data=False`` only validates the configs (the cells' keys are then not
+    those a run computes: for checking a spec's shape, never for running it).
+    """
     errors: list[AdvxError] = []
     datasets = expand(spec.datasets, "dataset", registry, "datasets", errors)
+    if locate_data:
+        datasets = [identify(d, registry, errors) for d in datasets]
     models = expand(spec.models, "model", registry, "models", errors)
     defenses = expand(spec.defenses, "defense", registry, "defenses", errors)
     threats = plan_threats(spec, registry, errors)
@@ -119,7 +166,7 @@ def plan(spec: MatrixSpec, registry: Registry) -> list[Cell]:
     if len(errors) == 1:
         raise errors[0]
     if errors:
-        raise ConfigError("; ".join(str(e) for e in errors))
+        raise ConfigError("; ".join(dict.fromkeys(str(e) for e in errors)))
     return [
         Cell(d, m, df, t, a, spec.matrix)
         for d in datasets

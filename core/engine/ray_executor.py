@@ -30,14 +30,14 @@ from typing import Any
 
 import torch
 
-from ..allocator import tune_cpu_allocator
-from ..errors import ConfigError
-from ..registry import Registry
-from ..threats import GrayBox, Transfer
-from .execute import CellOutcome, base_row, execute_cell
-from .executors import Executor
-from .plan import Cell, digest
-from .workspace import Workspace
+from advx.runtime.allocator import tune_cpu_allocator
+from advx.contract.errors import ConfigError
+from advx.contract.registry import Registry
+from advx.analysis.rows import CellRow
+from advx.engine.execute import CellOutcome, base_row, execute_cell
+from advx.engine.executors import Executor
+from advx.engine.plan import Cell, digest
+from advx.engine.workspace import Workspace
 
 #: tries of a task whose worker died (Ray's max_retries)
 RETRIES = 1
@@ -124,16 +124,17 @@ class RayExecutor(Executor):
         bases: dict[str, tuple] = {}
         for c in cells:
             bases.setdefault(digest([c.dataset.key(), c.model.key()]), (c.dataset, c.model))
-            if isinstance(c.threat, Transfer) and c.threat.source is not None:
-                bases.setdefault(digest([c.dataset.key(), c.threat.source.key()]), (c.dataset, c.threat.source))
-            if isinstance(c.threat, GrayBox):
-                seed = c.threat.config.seed  # type: ignore[attr-defined]
-                copy = c.model.with_seed(seed if seed is not None else (c.model.train.seed if c.model.train else 0) + 1)
-                bases.setdefault(digest([c.dataset.key(), copy.key()]), (c.dataset, copy))
+            for n in c.threat.needs(c):
+                bases.setdefault(digest([c.dataset.key(), n.model.key()]), (c.dataset, n.model))
         trainings = self._wait(ray, [train.remote(added, device, cache_dir, ds, m) for ds, m in bases.values()])
         # 2. every defended model, once (defenses train or fit more)
-        defended = {c.model_group(): c for c in cells if c.defense.name != "none"}
-        trainings += self._wait(ray, [defend.remote(added, device, cache_dir, c.dataset, c.model, c.defense) for c in defended.values()])
+        defended: dict[str, tuple] = {}
+        for c in cells:
+            defended.setdefault(c.model_group(), (c.dataset, c.model, c.defense))
+            for n in c.threat.needs(c):
+                if n.defended:  # a gray-box copy, a defended substitute: defended once, here
+                    defended.setdefault(digest([c.dataset.key(), n.model.key(), c.defense.key()]), (c.dataset, n.model, c.defense))
+        trainings += self._wait(ray, [defend.remote(added, device, cache_dir, *d) for d in defended.values()])
         # 3. the cells, committed by the caller as each comes back
         pending = {}
         for c in cells:
@@ -150,8 +151,7 @@ class RayExecutor(Executor):
                 # Ray returns read-only arrays (shared memory): copy before handing them to torch
                 samples = None if samples is None else {k: torch.from_numpy(v.copy()) for k, v in samples.items()}
             except Exception as exc:  # noqa: BLE001 - a task that died (twice) is a failed cell with its cause
-                row = base_row(cell, torch.device(device))
-                row.update(status="failed", error=f"Ray task of this cell failed after {RETRIES + 1} tries: {_cause(exc)}", metrics={})
+                row = CellRow(**{**base_row(cell, torch.device(device)), "error": f"Ray task of this cell failed after {RETRIES + 1} tries: {_cause(exc)}"})
                 samples, cell_trainings = None, []
             if first:  # the trainings of steps 1 and 2 are reported with the first cell
                 cell_trainings = trainings + list(cell_trainings)

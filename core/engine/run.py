@@ -15,15 +15,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..allocator import tune_cpu_allocator
-from ..errors import ConfigError, format_validation_error
-from ..registry import Registry
-from ..results import ResultStore
-from ..spec import MatrixOptions, MatrixSpec
-from .devices import resolve_devices
-from .executors import Executor, InProcessExecutor, MultiDeviceExecutor
-from .plan import plan
-from .workspace import Event
+from advx.runtime.allocator import tune_cpu_allocator
+from advx.contract.errors import ConfigError, format_validation_error
+from advx.analysis.rows import CellRow
+from advx.contract.registry import Registry
+from advx.store.results import ResultStore
+from advx.engine.spec import MatrixOptions, MatrixSpec
+from advx.engine.devices import resolve_devices
+from advx.engine.executors import Executor, InProcessExecutor, MultiDeviceExecutor
+from advx.engine.plan import plan
+from advx.engine.workspace import Event
 
 
 @dataclass
@@ -33,7 +34,7 @@ class MatrixResult:
     Attributes:
         spec_name: the ``[matrix] name`` of the spec (``"matrix"`` when the spec has none).
         db: the results file, or ``None`` when no store was given.
-        rows: the result rows of the cells run now (columns: ``advx.schema.CELL_COLUMNS``).
+        rows: the ``CellRow`` of each cell run now.
         skipped: cells already in the store (not run again).
         failed: cells that failed now.
         not_applicable: cells whose threat model does not apply (recorded with a reason).
@@ -42,7 +43,7 @@ class MatrixResult:
 
     spec_name: str
     db: Path | None
-    rows: list[dict[str, Any]]
+    rows: list[CellRow]
     skipped: int
     failed: int
     not_applicable: int = 0
@@ -50,7 +51,7 @@ class MatrixResult:
 
     @property
     def done(self) -> int:
-        return sum(1 for r in self.rows if r.get("status") == "done")
+        return sum(1 for r in self.rows if r.status == "done")
 
 
 def load_spec(spec: MatrixSpec | dict[str, Any] | str | Path, device: str | None = None, **overrides: Any) -> MatrixSpec:
@@ -91,12 +92,13 @@ def run_matrix(
     ``spec`` is a ``MatrixSpec``, a dict of the same shape, or a TOML file path. ``store``
     is a ``ResultStore`` or a path (default: none, results only returned). ``device``
     overrides the spec's. ``rerun`` recomputes finished cells. ``on_event(event, cell,
-    payload)`` receives progress: ``plan``, ``cell_start``, ``train_start``,
+    payload)`` receives progress: ``notice`` (a line about the results file, e.g. that it was
+    migrated from an older advx), ``plan``, ``cell_start``, ``train_start``,
     ``train_epoch``, ``train_done``, ``batch``, ``cell_done``, ``cell_failed``,
     ``cell_not_applicable``.
     """
     spec = load_spec(spec, device)
-    tune_cpu_allocator()  # a matrix is thousands of same-sized passes: keep their memory (see advx.allocator)
+    tune_cpu_allocator()  # a matrix is thousands of same-sized passes: keep their memory (see advx.runtime.allocator)
     registry = registry or Registry.discover()
     cells = plan(spec, registry)
     devices = resolve_devices(spec.matrix.device)
@@ -104,32 +106,36 @@ def run_matrix(
     if store is not None and not isinstance(store, ResultStore):
         store = ResultStore(store)
         own_store = True
+    if store is not None and store.notice and on_event is not None:
+        on_event("notice", None, {"message": store.notice})  # e.g. the file was migrated from an older advx
     try:
         spec_hash = spec.spec_hash()
         if store is not None:
             store.add_members(spec.matrix.name, [c.key for c in cells])
         done = store.done_keys() if (store is not None and not rerun) else set()
+        if store is not None and done:
+            # cells migrated from an older file get the identity their (unchanged) key stands for
+            store.adopt_identity({c.key: c.identity() for c in cells if c.key in done})
         todo = [c for c in cells if c.key not in done]
         skipped = len(cells) - len(todo)
         if on_event is not None:
             on_event("plan", None, {"cells": len(cells), "todo": len(todo), "skipped": skipped})
         if executor is None:
             if spec.matrix.executor == "ray":
-                from .ray_executor import RayExecutor
+                from advx.engine.ray_executor import RayExecutor
 
                 executor = RayExecutor(spec.matrix.ray_address)
             else:
                 executor = MultiDeviceExecutor(devices) if len(devices) > 1 else InProcessExecutor()
         result = MatrixResult(spec.matrix.name, store.path if store is not None else None, [], skipped, 0)
         for cell, outcome in executor.map(todo, registry, devices[0], spec.matrix.cache_dir, on_event):
-            row = outcome.row
-            row["spec_name"] = spec.matrix.name
-            row["spec_hash"] = spec_hash
-            if store is not None:
-                store.record(row, outcome.samples, outcome.trainings)
+            row = outcome.row.replace(spec_name=spec.matrix.name, spec_hash=spec_hash)
+            if store is not None and not store.record(row, outcome.samples, outcome.trainings):
+                # another run finished this cell meanwhile: its result stands, not this failure
+                row = next(r for r in store.cells() if r.cell_key == row.cell_key)
             result.rows.append(row)
             result.trainings.extend(outcome.trainings)
-            status = row["status"]
+            status = row.status
             result.failed += status == "failed"
             result.not_applicable += status == "not-applicable"
             if on_event is not None:
@@ -165,8 +171,7 @@ def dry_run(
     models of the cells to run and the models their threat models craft on; a defense may
     train more when it is applied (ensemble members, adversarially trained twins).
     """
-    from ..threats import GrayBox, Transfer
-    from ..training import checkpoint_path
+    from advx.runtime.training import checkpoint_path
 
     spec = load_spec(spec, device)
     registry = registry or Registry.discover()
@@ -187,12 +192,8 @@ def dry_run(
 
     for c in todo:
         need(c.dataset, c.model, c.model.describe())
-        if isinstance(c.threat, Transfer) and c.threat.source is not None:
-            need(c.dataset, c.threat.source, c.threat.source.describe() + " (transfer source)")
-        if isinstance(c.threat, GrayBox):
-            seed = c.threat.config.seed  # type: ignore[attr-defined]
-            copy = c.model.with_seed(seed if seed is not None else (c.model.train.seed + 1 if c.model.train else 1))
-            need(c.dataset, copy, f"{c.model.describe()} seed {copy.train.seed} (gray-box copy)")  # type: ignore[union-attr]
-        if c.defense.name != "none":
+        for n in c.threat.needs(c):
+            need(c.dataset, n.model, f"{n.model.describe()} ({n.what})")
+        if registry.get("defense", c.defense.name).trains:  # type: ignore[attr-defined]
             trainings.setdefault(f"defense {c.defense.describe()} on {c.model.describe()} (may train further models when applied)", False)
     return DryRun(spec.matrix.name, todo, [c for c in cells if c.key in finished], list(trainings.items()))

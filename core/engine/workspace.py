@@ -2,7 +2,7 @@
 
 Work shared between cells is done once per process: each plugin is instantiated once per
 validated config, each dataset split loaded once, each model trained once (and cached on
-disk, see ``advx.training``), each defense applied once, and adversarial examples crafted
+disk, see ``advx.runtime.training``), each defense applied once, and adversarial examples crafted
 on a module that does not depend on the evaluated defense (a substitute, the undefended
 model, a gray-box copy) are kept in a byte-bounded LRU and reused by every cell that
 shares them. Every training and fitting is recorded (``trainings``), so its time is
@@ -19,17 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..context import DefenseContext, TrainRecord
-from ..crafting import Crafted, craft
-from ..data import load_split, subset, take
-from ..errors import AdvxError
-from ..interfaces import Attack, Dataset, DatasetInfo, Defense, Model, Plugin
-from ..metrics import BUCKETS
-from ..registry import Registry
-from ..spec import PluginRef
-from ..threats import AttackView
-from ..training import train_model
-from .plan import Cell, digest
+from advx.runtime.context import DefenseContext, TrainRecord
+from advx.runtime.crafting import Crafted, craft
+from advx.runtime.data import load_split, subset, take
+from advx.contract.errors import AdvxError
+from advx.contract.interfaces import Attack, Dataset, DatasetInfo, Defense, Model, Plugin
+from advx.analysis.metrics import BUCKETS
+from advx.contract.registry import Registry
+from advx.engine.spec import PluginRef
+from advx.contract.threats import AttackView
+from advx.runtime.training import train_model
+from advx.engine.plan import Cell, digest
 
 #: ``on_event(event, cell, payload)``: progress events (see ``advx.run_matrix``)
 Event = Callable[[str, "Cell | None", dict[str, Any]], None]

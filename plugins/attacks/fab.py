@@ -61,7 +61,7 @@ from advx import Attack, AttackConfig, hookimpl
 
 from ._common import TINY, is_success, per_example_view
 
-# The kernel's budget tolerance (advx.guards): relative and absolute.
+# The kernel's budget tolerance (advx.runtime.guards): relative and absolute.
 _REL_TOL, _ABS_TOL = 1e-5, 1e-6
 
 

@@ -52,6 +52,7 @@ class FileDatasetConfig(DatasetConfig):
 
     data_dir: str | None = Field(
         None,
+        json_schema_extra={"identity": False},  # where the files are, not which data
         description=(
             "directory holding the files (searched directly and in <data_dir>/<dataset name>/); "
             "default: $ADVX_DATA/<dataset name>, else ~/.cache/advx/data/<dataset name>"
@@ -59,10 +60,12 @@ class FileDatasetConfig(DatasetConfig):
     )
     download: bool = Field(
         True,
+        json_schema_extra={"identity": False},  # where the files are, not which data
         description="download missing files from the canonical source (md5-verified) when the network is reachable",
     )
     verify_checksums: bool = Field(
         False,
+        json_schema_extra={"identity": False},  # where the files are, not which data
         description=(
             "also check the md5 of files found locally against the official one (downloads are always "
             "checked; local files are always checked for structure)"

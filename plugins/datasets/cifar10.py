@@ -122,9 +122,9 @@ class Cifar10(Dataset):
         )
         return [found[k] for k in keys]
 
-    def fingerprint(self) -> list[str]:
-        """MD5 of the training files: a model trained on other files is another model."""
-        return files_fingerprint(list(self.files("train")))
+    def fingerprint(self, split="train") -> list[str]:
+        """MD5 of the files of ``split``: a model trained, or a cell evaluated, on other files is another."""
+        return files_fingerprint(list(self.files(split)))
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, 3, 32, 32) and int64 labels (N,) of ``split``; batches cached per process."""

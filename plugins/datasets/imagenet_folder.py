@@ -96,6 +96,7 @@ class ImagenetFolder(Dataset):
     class Config(DatasetConfig):
         data_dir: str | None = Field(
             None,
+            json_schema_extra={"identity": False},  # where the files are, not which data (the fingerprint says that)
             description=(
                 "folder holding train/ and/or val/ (searched directly and in <data_dir>/imagenet-folder/); "
                 "default: $ADVX_DATA/imagenet-folder, else ~/.cache/advx/data/imagenet-folder"
@@ -210,15 +211,15 @@ class ImagenetFolder(Dataset):
             raise DataError(f"{split_dir}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in its class folders")
         return out
 
-    def fingerprint(self) -> str:
-        """A hash of the training folder's file list with sizes and modification times.
+    def fingerprint(self, split="train") -> str:
+        """A hash of the ``split`` folder's file list with sizes and modification times.
 
         Hashing every image would cost a full read of the folder; a changed, added or
         removed file changes its size, time or the list, and so the training key.
         """
         root = self.root()
         h = hashlib.sha256()
-        for path, label in self.samples("train"):
+        for path, label in self.samples(split):
             st = path.stat()
             h.update(f"{path.relative_to(root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()

@@ -67,9 +67,9 @@ class _IdxDataset(Dataset):
         )
         return found[keys[0]], found[keys[1]]
 
-    def fingerprint(self) -> list[str]:
-        """MD5 of the training files: a model trained on other files is another model."""
-        return files_fingerprint(list(self.files("train")))
+    def fingerprint(self, split="train") -> list[str]:
+        """MD5 of the files of ``split``: a model trained, or a cell evaluated, on other files is another."""
+        return files_fingerprint(list(self.files(split)))
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, 28, 28) and labels (N,) of ``split``, read-only and cached."""

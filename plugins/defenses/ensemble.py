@@ -123,7 +123,7 @@ class _MemberGroup(nn.Module):
             # each member's convolution is already one full BLAS call, and a vmapped call
             # builds activations M times larger than one member's. With glibc malloc untuned
             # (``advx.evaluate``) one vmapped call over 10 mnist-cnn members was 2-4x the loop;
-            # tuned (``advx.allocator``, as in every matrix run) it costs the same as the loop
+            # tuned (``advx.runtime.allocator``, as in every matrix run) it costs the same as the loop
             # (0.96-1.09x, benchmarks/results/ensemble-cpu.md), so the loop is never worse.
             # A GPU, where launch overhead dominates, gets all members in one call.
             return torch.stack(
@@ -270,7 +270,7 @@ class EnsembleDefense(Defense):
         train_together: Literal["auto", "yes", "no"] = Field(
             "auto",
             description=(
-                "train members of one architecture together, one vmapped step for all (advx.joint); auto: on a GPU, "
+                "train members of one architecture together, one vmapped step for all (advx.runtime.joint); auto: on a GPU, "
                 "where one call replaces M. On a CPU it is 8-17% slower than training them apart (benchmarks/results/"
                 "ensemble-train-cpu.md), and apart each member keeps its own checkpoint (shared with other ensembles, resumed "
                 "member by member). Never with member_defense"

@@ -218,6 +218,12 @@ class IDefender(Defense):
         max_iter: int = Field(100, ge=1, le=10_000, description="EM iterations at most (scikit-learn's default)")
         seed: int = Field(0, description="random_state of the EM initialisation (k-means)")
 
+    @classmethod
+    def operating_point(cls, config):
+        """ID-95 / ID-99: the paper's name for the threshold that keeps ``keep`` percent."""
+        keep = config.get("keep")
+        return f"ID-{keep:g}" if isinstance(keep, (int, float)) else None
+
     def apply(self, model: nn.Module, ctx) -> nn.Module:
         c = self.config
         if not callable(getattr(model, "hidden_states", None)):

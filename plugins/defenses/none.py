@@ -11,6 +11,7 @@ class NoDefense(Defense):
     """No defense: the trained model as it is."""
 
     name: ClassVar[str] = "none"
+    trains: ClassVar[bool] = False
 
     def apply(self, model, ctx):
         return model

@@ -19,8 +19,8 @@ MINE = [
 
 def test_each_seed002_defense_spec_has_a_quick_variant_with_the_same_axes(registry):
     for stem in MINE:
-        full = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}.toml"), registry)
-        quick = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}-quick.toml"), registry)
+        full = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}.toml"), registry, locate_data=False)
+        quick = advx.plan(advx.MatrixSpec.from_toml(EXPERIMENTS / f"{stem}-quick.toml"), registry, locate_data=False)
         assert len(full) == len(quick), stem
         assert [c.attack.name for c in full] == [c.attack.name for c in quick]
         assert [c.threat.key() for c in full] == [c.threat.key() for c in quick]

@@ -61,14 +61,14 @@ def test_gradients_flow_through_rotation():
     assert t.differentiable and not t.randomized
     (g,) = torch.autograd.grad(t(x).pow(2).sum(), x)
     assert g.abs().sum() > 0
-    assert advx.protocols.non_differentiable_parts(nn.Sequential(t)) == []
+    assert advx.contract.protocols.non_differentiable_parts(nn.Sequential(t)) == []
 
 
 def test_random_rotation_is_declared_random_and_draws_from_its_range(registry):
     x = images()
     mod = registry.create("defense", "rotation", {"angle_range": [90, 90]}).apply(nn.Identity(), stub_ctx())
     assert isinstance(mod[0], RandomRotate) and mod[0].randomized
-    assert advx.protocols.randomized_parts(mod) == ["0"]
+    assert advx.contract.protocols.randomized_parts(mod) == ["0"]
     assert torch.allclose(mod(x), torch.rot90(x, 1, dims=(2, 3)), atol=1e-5)  # the range is used, angle is not
     wide = registry.create("defense", "rotation", {"angle_range": [-30, 30]}).apply(nn.Identity(), stub_ctx())
     assert not torch.equal(wide(x), wide(x))  # a fresh draw per call
@@ -121,7 +121,7 @@ def test_median_filter_equals_scipy(size):
 def test_non_differentiable_transforms_declare_it_and_bpda_passes_the_gradient(transform):
     assert transform.differentiable is False
     model = nn.Sequential(transform, nn.Flatten(), nn.Linear(81, 3)).eval()
-    assert advx.protocols.non_differentiable_parts(model) == ["0"]
+    assert advx.contract.protocols.non_differentiable_parts(model) == ["0"]
     x = images()
     with advx.bpda(model):
         xg = x.clone().requires_grad_(True)

@@ -1,0 +1,133 @@
+"""``advx run [SPEC]``: run a matrix spec (default: a small matrix on the embedded digits), or dry-run it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+from advx.cli.console import _Progress, _console, _print_flags, _print_problems, _print_trainings, _result_table
+from advx.cli.report import _report_path
+from advx.analysis.groups import worst_case_groups
+from advx.cli.results import _worst_case_table
+
+
+DEFAULT_SPEC = """\
+# The default matrix of `advx run` with no spec: the embedded digits dataset, no download;
+# fast (FGSM) against iterative (BIM, PGD) L-inf attacks, and the minimal L2 perturbation (DeepFool).
+[matrix]
+name = "digits-default"
+samples = 500
+batch_size = 250
+device = "cpu"
+seed = 0
+
+[[datasets]]
+name = "digits"
+
+[[models]]
+name = "mnist-cnn"
+train = { epochs = 30, batch_size = 64 }
+
+[[defenses]]
+name = "none"
+
+[[attacks]]
+name = "fgsm"
+eps = [0.05, 0.1, 0.2, 0.3]
+
+[[attacks]]
+name = "bim"
+eps = [0.1, 0.2]
+alpha = 0.025
+steps = 8
+
+[[attacks]]
+name = "pgd"
+eps = 0.2
+alpha = 0.02
+steps = 20
+
+[[attacks]]
+name = "deepfool"
+"""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from advx.engine import run_matrix
+    from advx.store.results import ResultStore
+    from advx.engine.spec import MatrixSpec
+
+    console = _console()
+    spec = MatrixSpec.from_toml(args.spec) if args.spec else MatrixSpec.from_toml_string(DEFAULT_SPEC, "default spec")
+    if args.cache_dir:
+        spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
+    if args.executor or args.address:
+        from advx.engine.run import load_spec
+
+        spec = load_spec(spec, executor=args.executor, ray_address=args.address)
+    if args.dry_run:
+        return _print_dry_run(console, spec, args)
+    if args.report and args.report is not True and Path(args.report).suffix.lower() not in (".html", ".htm"):
+        from advx.contract.errors import ConfigError
+
+        raise ConfigError(f"--report {args.report}: the report of a run is HTML; name it .html (or use advx report --format md)")
+    with _Progress(console) as progress:
+        try:
+            result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
+        except KeyboardInterrupt:
+            if progress.started:
+                progress.progress.stop()
+            kept = 0
+            if Path(args.db).exists():
+                with ResultStore(args.db, readonly=True) as store:
+                    kept = len(store.cells(spec.matrix.name, status="done"))
+            console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
+            return 130
+    if result.db is not None:
+        _record_spec_file(args.db, spec.matrix.name, args.spec)
+    with ResultStore(args.db, readonly=True) as store:
+        rows = store.cells(spec.matrix.name)
+        console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
+        _print_problems(console, rows)
+        if worst_case_groups(rows):
+            console.print(_worst_case_table(store, rows, only_groups=True))
+        _print_trainings(console, result.trainings)
+        _print_flags(console, rows, store.samples)
+    console.print(
+        f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
+        + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
+    )
+    if args.report:
+        from advx.report import write_report
+
+        out = _report_path(args.db, None if args.report is True else args.report, "html")
+        write_report(args.db, out, spec_name=spec.matrix.name)
+        console.print(f"report: {out}", soft_wrap=True)
+    return 1 if result.failed else 0
+
+
+def _record_spec_file(db: str, spec_name: str, spec_path: str | None) -> None:
+    """Remember in the results file where the spec came from (its path and git commit), for reports."""
+    from advx.report import spec_provenance
+    from advx.store.results import ResultStore
+
+    info = spec_provenance(spec_path) if spec_path else {"path": "built-in default spec of advx run", "git_commit": None}
+    with ResultStore(db) as store:
+        store.set_meta(f"spec:{spec_name}", json.dumps(info))
+
+
+def _print_dry_run(console, spec: Any, args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from advx.engine import dry_run
+
+    plan = dry_run(spec, store=args.db, device=args.device, rerun=args.rerun)
+    console.print(f"dry run of {escape(plan.spec_name)}: {len(plan.todo) + len(plan.done)} cells, {len(plan.todo)} to run, {len(plan.done)} already done in {escape(args.db)}; nothing is run")
+    for c in plan.todo:
+        console.print(f"  run   {escape(c.title())}", soft_wrap=True)
+    for c in plan.done:
+        console.print(f"  done  {escape(c.title())}", soft_wrap=True)
+    for what, cached in plan.trainings:
+        console.print(f"  {'cached' if cached else 'train'} {escape(what)}", soft_wrap=True)
+    return 0

@@ -1,0 +1,332 @@
+"""``MatrixSpec``: what a matrix evaluates, read from TOML or built in Python.
+
+A spec lists datasets, models, defenses, threat models and attacks, each table naming a
+plugin and giving its config. A list value sweeps: ``eps = [0.1, 0.2, 0.3]`` makes three
+attack configs (the cartesian product when several fields are lists), except for fields
+whose declared type is itself a list. Every plugin config is validated when the spec is
+expanded, before anything runs, and an invalid value fails with one line naming the table,
+the plugin and the field: ``attacks[1] "bim": alpha: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+import typing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from advx.contract.errors import AdvxError, ConfigError, format_validation_error
+from advx.contract.interfaces import DEFAULTS, PluginConfig
+from advx.contract.registry import Registry
+from advx.runtime.training import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+class MatrixOptions(BaseModel):
+    """The ``[matrix]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("matrix", description="name of the matrix, stored with every result")
+    samples: int = Field(1000, ge=1, description="evaluation samples per cell (capped at the test split)")
+    batch_size: int = Field(256, ge=1, description="examples per attack batch")
+    device: str = Field(
+        "cpu",
+        description="cpu, cuda or cuda:N; several, comma-separated (cuda:0,cuda:1) or cuda:all, run cells in parallel",
+    )
+    seed: int = Field(0, description="seed of sample selection and of randomised attacks")
+    sample_seed: int | None = Field(
+        None, description="draw the evaluation samples at random with this seed (default: the first N)"
+    )
+    bucket_samples: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "select up to this many samples per clean-confidence bucket (High >= 30%, Medium 15-30%, "
+            "Low < 15%) instead of the first N (seed 001)"
+        ),
+    )
+    cache_dir: str | None = Field(None, description="where trained checkpoints are cached (default: user cache)")
+    keep_examples: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description=(
+            "keep the first K clean and adversarial inputs of each cell in the results file, for the report's "
+            "gallery and `advx results --examples` (0: none; not part of the cell key)"
+        ),
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this machine (one process, or one per device); ray: Ray tasks (pip install 'advx[distributed]')",
+    )
+    ray_address: str | None = Field(None, description="address of an existing Ray cluster (default: start a local one)")
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off",
+        description="run attacks under autocast in this precision (speed; can change results, which is why it is part of the cell key)",
+    )
+    channels_last: bool = Field(False, description="models and batches in channels-last memory format (speed on some hardware)")
+    compile: bool = Field(False, description="torch.compile the attacked module (speed after a compilation per model)")
+    min_batch_size: int = Field(
+        1,
+        ge=1,
+        description="out of memory: a batch is retried at half the size, down to this floor (then the cell fails)",
+    )
+    diagnostics: bool = Field(
+        True,
+        description=(
+            "measure, per cell, the checks the sanity flags need: gradient health, random forward, convergence "
+            "(the attack with twice its steps on 32 examples) and silent success"
+        ),
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        import re
+
+        parts = [p.strip() for p in v.split(",")]
+        if not all(re.fullmatch(r"cpu|cuda(:\d+|:all)?|mps", p) for p in parts):
+            raise ValueError("must be 'cpu', 'cuda', 'cuda:N', 'cuda:all' or a comma-separated list of them")
+        return ",".join(parts)
+
+
+class PluginTable(BaseModel):
+    """One ``[[datasets]]`` / ``[[defenses]]`` / ``[[attacks]]`` table: a plugin name + its config."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelTable(PluginTable):
+    """A ``[[models]]`` table: plugin name, config, and ``train = {...}``."""
+
+    train: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, description="a name other tables can refer to (threat sources)")
+
+
+class ThreatTable(BaseModel):
+    """A ``[[threats]]`` table: a threat model's name and its config (see ``advx.contract.threats``).
+
+    ``white-box`` (default), ``undefended``, ``transfer`` (``source`` = a model table,
+    ``defended``), ``gray-box`` (``seed``), ``member`` (``index``), ``member-mean`` and
+    ``detector-aware`` (``alpha``); every one takes ``bpda``. List values sweep, as in
+    plugin tables.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class MatrixSpec(BaseModel):
+    """A whole matrix: ``[matrix]`` options and the plugin tables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matrix: MatrixOptions = Field(default_factory=MatrixOptions)
+    datasets: list[PluginTable] = Field(min_length=1)
+    models: list[ModelTable] = Field(min_length=1)
+    defenses: list[PluginTable] = Field(default_factory=lambda: [PluginTable(name=DEFAULTS["defense"])])
+    threats: list[ThreatTable] = Field(default_factory=lambda: [ThreatTable(name=DEFAULTS["threat"])])
+    attacks: list[PluginTable] = Field(min_length=1)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> MatrixSpec:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"spec file {str(path)!r} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
+        return cls.from_toml_string(text, source=str(path))
+
+    @classmethod
+    def from_toml_string(cls, text: str, source: str = "<spec>") -> MatrixSpec:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<spec>") -> MatrixSpec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(source, exc)) from None
+
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- expansion into concrete plugin configs ------------------------------------------------
+
+
+def _is_list_type(annotation: Any) -> bool:
+    """Whether a config field itself takes a list (so a list value is not a sweep)."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset, typing.Sequence):
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_is_list_type(a) for a in typing.get_args(annotation))
+    return annotation in (list, tuple)
+
+
+def sweep(params: dict[str, Any], config_cls: type[BaseModel], where: str = "") -> list[dict[str, Any]]:
+    """Expand list values into the cartesian product of configs."""
+    keys, choices = [], []
+    for k, v in params.items():
+        field = config_cls.model_fields.get(k)
+        is_sweep = isinstance(v, list) and not (
+            field is not None and _is_list_type(field.annotation) and not (v and isinstance(v[0], list))
+        )
+        keys.append(k)
+        choices.append(v if is_sweep else [v])
+        if is_sweep and not v:
+            raise ConfigError(f"{where + ': ' if where else ''}{k}: an empty list sweeps nothing")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
+
+
+@dataclass(frozen=True)
+class PluginRef:
+    """A resolved plugin: kind, name and its validated config object (kept from planning to execution)."""
+
+    kind: str
+    name: str
+    config: PluginConfig
+    train: TrainConfig | None = None  # models only
+    label: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()  # the values the spec set explicitly (for display)
+    train_params: tuple[tuple[str, Any], ...] = ()  # training values shown to tell models apart (see expand)
+    #: datasets, set when planned: what identifies the data (``Dataset.identity``: the config
+    #: values that select it and the files' fingerprints) and the size of the test split
+    identity: Any = None
+    test_size: int | None = None
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def key(self) -> Any:
+        if self.identity is not None:
+            return self.identity
+        return [self.name, self.config_dict()] + ([self.train.model_dump(mode="json")] if self.train is not None else [])
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"name": ..., **config}`` (and ``train`` for models), as stored with results."""
+        d: dict[str, Any] = {"name": self.name, **self.config_dict()}
+        if self.train is not None:
+            d["train"] = self.train.model_dump(mode="json")
+        return d
+
+    def describe(self) -> str:
+        """Name plus the config values that the spec set; a nested plugin table (a defense
+        inside a defense) reads as its own description, ``member_defense=distillation``."""
+        shown = [(k, v) for k, v in self.params] + [(f"train.{k}", v) for k, v in self.train_params]
+        if not shown:
+            return self.name
+        return self.name + "(" + ", ".join(f"{k}={_describe_value(v)}" for k, v in shown) + ")"
+
+    def with_seed(self, seed: int) -> PluginRef:
+        """This model trained with another seed (the gray-box attacker's copy)."""
+        assert self.train is not None
+        return replace(self, train=self.train.model_copy(update={"seed": seed}))
+
+
+def _describe_value(v: Any) -> str:
+    if isinstance(v, dict) and isinstance(v.get("name"), str):
+        rest = {k: x for k, x in v.items() if k != "name"}
+        inner = ", ".join(f"{k}={_describe_value(x)}" for k, x in sorted(rest.items()))
+        return v["name"] + (f"({inner})" if inner else "")
+    return str(v)
+
+
+def validate_strict(config_cls: type[BaseModel], params: dict[str, Any], where: str) -> BaseModel:
+    """Validate spec values strictly (``eps = "0.1"`` is an error, not a silent conversion)."""
+    try:
+        return config_cls.model_validate_json(json.dumps(params, default=str), strict=True)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(where, exc)) from None
+
+
+def expand(tables: list[PluginTable], kind: str, registry: Registry, where: str, errors: list[AdvxError] | None = None) -> list[PluginRef]:
+    """Resolve tables into validated ``PluginRef``s, sweeping list values.
+
+    With ``errors`` given, every invalid table is recorded there and skipped, so that a
+    spec's errors are reported together; otherwise the first raises ``ConfigError``.
+    """
+    out = []
+    for i, table in enumerate(tables):
+        prefix = f'{where}[{i}] "{table.name}"'
+        try:
+            cls = registry.get(kind, table.name)  # type: ignore[arg-type]
+            configs = sweep(table.params(), cls.Config, prefix)
+        except AdvxError as exc:
+            if errors is None:
+                raise
+            msg = str(exc) if str(exc).startswith(prefix) else f"{prefix}: {exc}"
+            errors.append(type(exc)(msg))
+            continue
+        train = None
+        if isinstance(table, ModelTable):
+            try:
+                train = validate_strict(TrainConfig, table.train, prefix + " train")
+            except ConfigError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+                continue
+        for params in configs:
+            try:
+                cfg = validate_strict(cls.Config, params, prefix)
+            except ConfigError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+                continue
+            if kind == "attack" and getattr(cfg, "targeted", False) and not getattr(cls, "supports_targeted", True):
+                msg = f"{prefix}: label_mode: {cfg.label_mode!r} is targeted, but this attack cannot target; use 'true' or 'predicted'"  # type: ignore[attr-defined]
+                if errors is None:
+                    raise ConfigError(msg)
+                errors.append(ConfigError(msg))
+                continue
+            full = cfg.model_dump(mode="json")
+            shown = tuple((k, full[k]) for k in params)
+            label = table.label if isinstance(table, ModelTable) else None
+            out.append(PluginRef(kind, table.name, cfg, train, label, shown))  # type: ignore[arg-type]
+    return _tell_apart_by_training(out) if kind == "model" else out
+
+
+def _tell_apart_by_training(models: list[PluginRef]) -> list[PluginRef]:
+    """Models that read the same but train differently (a spread over training seeds) get the
+    training values that differ among them in their description, ``mnist-cnn(train.seed=100)``,
+    so that their cells' labels (and ``advx results`` selections) differ too. Models that
+    already read differently keep their description as it was."""
+    by_text: dict[str, list[int]] = {}
+    for i, m in enumerate(models):
+        by_text.setdefault(m.describe(), []).append(i)
+    out = list(models)
+    for same in (s for s in by_text.values() if len(s) > 1):
+        dumps = [models[i].train.model_dump(mode="json") for i in same]  # type: ignore[union-attr]
+        differing = [k for k in dumps[0] if len({json.dumps(d[k], sort_keys=True) for d in dumps}) > 1]
+        for i, d in zip(same, dumps):
+            out[i] = replace(models[i], train_params=tuple((k, d[k]) for k in differing))
+    return out

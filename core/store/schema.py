@@ -1,0 +1,98 @@
+"""The result schema: the SQLite shape of a ``CellRow``, a per-sample record and a training row.
+
+The cells table has one column per ``CellRow`` field (``advx.analysis.rows``); metrics
+live in its JSON ``metrics`` column by name, so declaring a metric (``advx.analysis.metrics``)
+changes no table shape and needs no migration. The ``advx results`` tables and the
+Markdown export show ``TABLE_COLUMNS`` (the place labels and every metric declared with a
+header); CSV and JSON exports carry ``EXPORT_COLUMNS`` (every field, each metric beside
+them). A schema change is a new ``SCHEMA_VERSION`` with a migration in
+``advx.store.migrations``.
+
+A cell row's ``status`` is ``done``, ``failed`` (``error`` says why) or
+``not-applicable`` (``reason`` says why: e.g. a ``member`` threat on a defense that is not
+an ensemble).
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, fields
+
+from advx.analysis.metrics import METRICS
+from advx.analysis.records import SAMPLE_COLUMN_NAMES, SAMPLE_COLUMNS, SampleColumn  # noqa: F401 (re-exported for the store)
+from advx.analysis.rows import JSON_FIELDS, CellRow
+
+SCHEMA_VERSION = 3
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table (or of the result tables shown by the CLI)."""
+
+    name: str
+    sql: str = "TEXT"  # TEXT, REAL, INTEGER or BLOB
+    json: bool = False  # stored as JSON text, decoded once when read
+    header: str | None = None  # heading in result tables (None: not shown by default)
+    fmt: str = ""  # format of numbers in tables
+    description: str = ""
+
+
+def _sql(tp: str) -> str:
+    if tp.startswith(("float",)):
+        return "REAL"
+    if tp.startswith(("int",)):
+        return "INTEGER"
+    return "TEXT"
+
+
+_HEADERS = {"dataset": "dataset", "model": "model", "defense": "defense", "threat": "threat", "attack": "attack"}
+_HINTS = typing.get_type_hints(CellRow)
+
+#: the cells table: one column per CellRow field
+CELL_COLUMNS: tuple[Column, ...] = tuple(
+    Column(f.name, _sql(str(f.type)), json=f.name in JSON_FIELDS, header=_HEADERS.get(f.name)) for f in fields(CellRow)
+)
+CELL_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in CELL_COLUMNS)
+JSON_COLUMNS = JSON_FIELDS
+METRIC_COLUMNS: tuple[Column, ...] = tuple(Column(m.name, m.sql, header=m.header, fmt=m.fmt, description=m.description) for m in METRICS)
+BY_NAME = {c.name: c for c in (*CELL_COLUMNS, *METRIC_COLUMNS)}
+PLACE_COLUMNS = ("dataset", "model", "defense", "threat", "attack")
+#: the columns result tables show by default, in order: the place, then the metrics with a header
+TABLE_COLUMNS: tuple[Column, ...] = tuple(BY_NAME[n] for n in PLACE_COLUMNS) + tuple(c for c in METRIC_COLUMNS if c.header)
+#: the columns of a CSV export (and the keys of a JSON export's rows)
+EXPORT_COLUMNS: tuple[str, ...] = tuple(CellRow(cell_key="", status="").flat())
+
+#: the examples table: the first ``[matrix] keep_examples`` clean and adversarial inputs of
+#: each cell (for galleries: ``advx report``, ``advx results --examples``); joined with the
+#: samples table on (cell_key, idx) for labels, predictions and confidences. Tensors are
+#: stored as zlib-compressed float16 bytes of ``shape``.
+EXAMPLE_COLUMNS: tuple[Column, ...] = (
+    Column("idx", "INTEGER", description="index of the example in the test split"),
+    Column("shape", description="shape of one example, as JSON"),
+    Column("x", "BLOB", description="the clean input (zlib-compressed float16)"),
+    Column("x_adv", "BLOB", description="the adversarial input (zlib-compressed float16)"),
+)
+#: keys under which ``execute_cell`` hands the kept examples to ``ResultStore.record`` in the
+#: samples dict (tensors of shape (K, *input_shape); not per-sample columns)
+EXAMPLE_KEYS = ("example_x", "example_x_adv")
+
+#: the trainings table: one row per trained model or fitted artifact
+TRAINING_COLUMNS: tuple[Column, ...] = (
+    Column("key", description="training key (the checkpoint's name in the cache)"),
+    Column("kind", description="model or artifact"),
+    Column("description"),
+    Column("seconds", "REAL", fmt=".2f"),
+    Column("cached", "INTEGER", description="1 if it was loaded from the cache"),
+    Column("recorded"),
+)
+
+
+def format_value(column: str, v: object) -> str:
+    """A cell value as result tables show it (``-`` for missing)."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        col = BY_NAME.get(column)
+        fmt = col.fmt if col is not None and col.fmt and col.fmt != "d" else ".4f"
+        return format(v, fmt)
+    return str(v)
