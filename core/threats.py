@@ -218,6 +218,10 @@ class GrayBox(ThreatModel):
         return None
 
     def view(self, ws, cell, target):
+        if ws.plugin(cell.model).pretrained:
+            # a copy "trained with another seed" would be the same file: a white-box attack
+            # labelled gray-box, whose number would read as robustness to a weaker attacker
+            raise ConfigError(f'gray-box: model "{cell.model.name}" is loaded with its weights, so it has no copy trained with another seed')
         seed = self.config.seed  # type: ignore[attr-defined]
         if seed is None:
             seed = (cell.model.train.seed if cell.model.train is not None else 0) + 1
