@@ -44,7 +44,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
-from advx import AdvxError, ConfigError, DatasetInfo, ModelConfig, Normalize
+from advx import AdvxError, ConfigError, DatasetInfo, Model, ModelConfig, Normalize
 
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -84,6 +84,26 @@ def checked_file(plugin: str, field: str, path: str, sha256: str | None) -> str:
 
 
 # -- configs ------------------------------------------------------------------------------------
+
+
+def sha256_field(what: str) -> Any:
+    """The ``sha256`` field of a config naming a file (declare it after the file's field)."""
+    return Field(
+        None,
+        pattern=SHA256_PATTERN,
+        validate_default=True,  # left out, the validator fills it in
+        description=f"expected SHA-256 of {what}, checked before it is read (default: the file's own, "
+        "recorded so that a changed file makes new cells)",
+    )
+
+
+class PretrainedModel(Model):
+    """A model plugin whose ``build`` reads the network's final weights: never trained by advx."""
+
+    @property
+    def pretrained(self) -> bool:
+        return True
+
 
 
 class AdapterConfig(ModelConfig):
@@ -169,13 +189,7 @@ class WeightsConfig(AdapterConfig, HashedFileConfig):
     weights: str | None = Field(None, description="path of a state_dict file (torch.save'd, read with weights_only=True, or .safetensors)")
     key: str | None = Field(None, description="entry of the weights file that holds the state_dict, e.g. 'state_dict' or 'model'")
     strip_prefix: str | None = Field(None, min_length=1, description="prefix removed from every weight name that has it, e.g. 'module.' (DataParallel)")
-    sha256: str | None = Field(
-        None,
-        pattern=SHA256_PATTERN,
-        validate_default=True,
-        description="expected SHA-256 of the weights file, checked before it is read (default: the file's own, "
-        "recorded so that a changed file makes new cells)",
-    )
+    sha256: str | None = sha256_field("the weights file")
 
     @field_validator("key", "strip_prefix")
     @classmethod

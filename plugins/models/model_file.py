@@ -36,9 +36,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import ConfigError, DatasetInfo, Model, hookimpl
+from advx import ConfigError, DatasetInfo, hookimpl
 
-from ._loaded import SHA256_PATTERN, AdapterConfig, HashedFileConfig, adapt, checked_file, first_line
+from ._loaded import AdapterConfig, HashedFileConfig, PretrainedModel, adapt, checked_file, first_line, sha256_field
 
 #: what a plain exported program holds (relative to the archive's root folder)
 EXPORT_ENTRIES = ("archive_format", "archive_version", "byteorder", ".data/", "models/", "data/weights/", "data/constants/", "data/sample_inputs/", "extra/")
@@ -49,13 +49,7 @@ class FileConfig(AdapterConfig, HashedFileConfig):
 
     path: str = Field(description="path of a TorchScript archive (torch.jit.save) or a torch.export program (torch.export.save, .pt2)")
     format: Literal["auto", "torchscript", "export"] = Field("auto", description="the file's format; auto: told by its content")
-    sha256: str | None = Field(
-        None,
-        pattern=SHA256_PATTERN,
-        validate_default=True,
-        description="expected SHA-256 of the file, checked before it is read (default: the file's own, recorded so "
-        "that a changed file makes new cells)",
-    )
+    sha256: str | None = sha256_field("the file")
 
 
 class ExportedProgramModule(nn.Module):
@@ -148,15 +142,11 @@ def load_file(plugin: str, path: str, fmt: str) -> nn.Module:
         raise ConfigError(f'model "{plugin}": path: cannot load {path!r} as a torch.export program ({first_line(exc)})') from None
 
 
-class FileModel(Model):
+class FileModel(PretrainedModel):
     """A TorchScript archive or torch.export program, loaded without any code of yours."""
 
     name: ClassVar[str] = "file"
     Config = FileConfig
-
-    @property
-    def pretrained(self) -> bool:
-        return True
 
     def build(self, info: DatasetInfo) -> nn.Module:
         c = self.config

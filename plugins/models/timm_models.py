@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 from pydantic import Field
 from torch import nn
 
-from advx import ConfigError, DatasetInfo, Model, hookimpl
+from advx import ConfigError, DatasetInfo, hookimpl
 
-from ._loaded import WeightsConfig, adapt, checked_file, first_line, load_weights, read_state_dict
+from ._loaded import PretrainedModel, WeightsConfig, adapt, checked_file, first_line, load_weights, read_state_dict
 
 
 def _timm(plugin: str) -> Any:
@@ -41,15 +41,11 @@ class TimmConfig(WeightsConfig):
     kwargs: dict[str, Any] = Field({}, description="further keyword arguments of timm.create_model, e.g. drop_rate")
 
 
-class TimmModel(Model):
+class TimmModel(PretrainedModel):
     """A timm architecture (arch) with a local weights file; needs timm."""
 
     name: ClassVar[str] = "timm"
     Config = TimmConfig
-
-    @property
-    def pretrained(self) -> bool:
-        return True
 
     def build(self, info: DatasetInfo) -> nn.Module:
         c = self.config

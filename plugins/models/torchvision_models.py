@@ -37,9 +37,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import Classifier, ConfigError, DatasetInfo, Model, Normalize, NormalizedModel, hookimpl
+from advx import Classifier, ConfigError, DatasetInfo, Normalize, NormalizedModel, hookimpl
 
-from ._loaded import SHA256_PATTERN, HashedFileConfig, checked_file, load_weights, read_state_dict
+from ._loaded import HashedFileConfig, PretrainedModel, checked_file, load_weights, read_state_dict, sha256_field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,26 +101,16 @@ class InceptionV3Net(Classifier):
 
 class TorchvisionConfig(HashedFileConfig):
     weights: str = Field(description="path of a local state_dict file for torchvision's constructor (never downloaded)")
-    sha256: str | None = Field(
-        None,
-        pattern=SHA256_PATTERN,
-        validate_default=True,
-        description="expected SHA-256 of the weights file, checked before it is read (default: the file's own, "
-        "recorded so that a changed file makes new cells)",
-    )
+    sha256: str | None = sha256_field("the weights file")
     normalize: Literal[False] = Field(
         False, description="always false: the model standardises with ImageNet mean/std itself, not the dataset's"
     )
 
 
-class TorchvisionModel(Model):
+class TorchvisionModel(PretrainedModel):
     """Common part of the torchvision plugins: weights read from a file, never trained by advx."""
 
     Config = TorchvisionConfig
-
-    @property
-    def pretrained(self) -> bool:
-        return True
 
     def _state(self) -> tuple[str, dict[str, Tensor]]:
         """The checked weights file and its state_dict (a dict holding one under "state_dict" too)."""

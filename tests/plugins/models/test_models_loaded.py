@@ -710,6 +710,25 @@ def test_torchvision_models_arrive_trained_and_hash_their_weights(tmp_path):
         REGISTRY.model("vgg19", weights=str(path), sha256="0" * 64)
 
 
+def test_the_torchvision_path_of_the_loader_without_torchvision(user, tmp_path):
+    """What vgg19/inception-v3 do (testable here without torchvision): a state_dict under
+    "state_dict" unwrapped, assigned into a network built on the meta device, half precision made float."""
+    from advx.plugins.models._loaded import load_weights, read_state_dict
+
+    path = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {k: v.half() for k, v in user.net.state_dict().items()}, "epoch": 3}, path)
+    state = read_state_dict("vgg19", str(path), unwrap=("state_dict",))
+    with torch.device("meta"):
+        net = user.mod.DigitsNet()
+    load_weights("vgg19", net, state, str(path), "torchvision's vgg19", assign=True)
+    assert all(not p.is_meta and p.dtype == torch.float32 for p in net.parameters())
+    torch.testing.assert_close(net.body[1].weight, user.net.body[1].weight, atol=1e-2, rtol=1e-2)
+    with torch.device("meta"):
+        bigger = user.mod.HiddenNet()
+    with pytest.raises(advx.ConfigError, match=r"does not fit torchvision's vgg19: 4 missing keys"):
+        load_weights("vgg19", bigger, state, str(path), "torchvision's vgg19", assign=True)
+
+
 # -- the README's example, as a new user runs it ---------------------------------------------------
 
 README = Path(__file__).resolve().parents[3] / "README.md"
