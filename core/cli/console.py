@@ -148,7 +148,7 @@ def _print_trainings(console, trainings: list[dict[str, Any]]) -> None:
     loaded = len(trainings) - len(trained)
     secs = sum(t["seconds"] for t in trained)
     console.print(
-        f"training: {len(trained)} trained or fitted in {secs:.1f}s, {loaded} loaded from the cache "
+        f"training: {len(trained)} trained or fitted in {secs:.1f}s, {loaded} loaded from the cache or a model file "
         "(not counted in the cells' seconds)"
     )
 

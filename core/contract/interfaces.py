@@ -225,6 +225,17 @@ class Model(Plugin):
     def build(self, info: DatasetInfo) -> nn.Module:
         """A freshly initialised network for inputs of ``info.input_shape``."""
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether ``build`` returns the network with its final weights (read from a file).
+
+        The kernel then evaluates the built network as it is, instead of training it as a
+        base model: training a model that arrives trained would overwrite the weights under
+        evaluation. Defenses that train (``ctx.train``) start from these weights (they
+        fine-tune). Architectures advx trains keep the default, false.
+        """
+        return False
+
 
 class Defense(Plugin):
     """Turns a trained model into a defended one.

@@ -187,6 +187,9 @@ def dry_run(
     def need(ds: Any, model: Any, what: str) -> None:
         dataset = registry.create("dataset", ds.name, ds.config_dict())
         plugin = registry.create("model", model.name, model.config_dict())
+        if plugin.pretrained:  # read from its file when the cell runs, never trained
+            trainings.setdefault(f"{what} on {ds.describe()} (loaded, not trained)", True)
+            return
         path = checkpoint_path(dataset, plugin, model.train, dev, spec.matrix.cache_dir)  # type: ignore[arg-type]
         trainings.setdefault(f"{what} on {ds.describe()}", path.exists())
 

@@ -12,6 +12,7 @@ reported with the model it produced and kept out of the cell that first needed i
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,7 @@ from advx.analysis.metrics import BUCKETS
 from advx.contract.registry import Registry
 from advx.engine.spec import PluginRef
 from advx.contract.threats import AttackView
-from advx.runtime.training import train_model
+from advx.runtime.training import build_model, train_model
 from advx.engine.plan import Cell, digest
 
 #: ``on_event(event, cell, payload)``: progress events (see ``advx.run_matrix``)
@@ -91,13 +92,22 @@ class Workspace:
         self.trainings.append(rec)
 
     def base_model(self, ds: PluginRef, model: PluginRef, cell: Cell | None = None) -> nn.Module:
-        """The model of ``model`` trained on ``ds`` with its train config (from the cache when there)."""
+        """The model of ``model`` trained on ``ds`` with its train config (from the cache when there);
+        a pretrained model (``Model.pretrained``) is built with its own weights and not trained."""
         k = digest(["base", ds.key(), model.key()])
         if k not in self._models:
             plugin: Model = self.plugin(model)  # type: ignore[assignment]
             dataset = self.dataset(ds)
             train = model.train
             assert train is not None
+            if plugin.pretrained:  # arrives trained: built (its weights read), never trained over
+                t0 = time.perf_counter()
+                torch.manual_seed(train.seed)  # whatever the build initialises before its weights are read
+                net = build_model(plugin, dataset.info())
+                what = f"{model.describe()} (loaded, not trained)"
+                self.record_training(TrainRecord("model", digest(["loaded", k]), time.perf_counter() - t0, True, what))
+                self._models[k] = net.to(self.device).eval()
+                return self._models[k]
             what = model.describe() + (f" (seed {train.seed})" if train.seed else "")
             self.emit("train_start", cell, model=what, epochs=train.epochs)
             res = train_model(

@@ -335,7 +335,7 @@ def _cost_section(rows: list[dict[str, Any]], trainings: list[dict[str, Any]], p
     trained = [t for t in trainings if not t.get("cached")]
     if trainings:
         total = sum(t.get("seconds") or 0.0 for t in trained)
-        sec.blocks.append(Para(f"Training and fitting: {len(trained)} trained or fitted in {total:.1f} s, {len(trainings) - len(trained)} loaded from the cache (not in the cells' seconds).", "h3"))
+        sec.blocks.append(Para(f"Training and fitting: {len(trained)} trained or fitted in {total:.1f} s, {len(trainings) - len(trained)} loaded from the cache or a model file (not in the cells' seconds).", "h3"))
         shown = sorted(trainings, key=lambda t: -(t.get("seconds") or 0.0))[:30]
         sec.blocks.append(Table(["kind", "what", "seconds", "cached"], [[str(t.get("kind")), str(t.get("description")), _fmt(t.get("seconds"), ".2f"), "yes" if t.get("cached") else "no"] for t in shown], right={2}))
         if len(trainings) > 30:

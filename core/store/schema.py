@@ -82,7 +82,7 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
     Column("kind", description="model or artifact"),
     Column("description"),
     Column("seconds", "REAL", fmt=".2f"),
-    Column("cached", "INTEGER", description="1 if it was loaded from the cache"),
+    Column("cached", "INTEGER", description="1 if it was loaded (from the cache, or a model file: Model.pretrained), not trained"),
     Column("recorded"),
 )
 

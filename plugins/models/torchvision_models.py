@@ -7,6 +7,9 @@ Inception v3. advx never downloads weights: both plugins need torchvision (optio
 ``vgg19-dcbb9e9d.pth`` / ``inception_v3_google-0cc3c7bd.pth``, or a dict holding one under
 ``"state_dict"``). It is read with ``torch.load(..., weights_only=True)``, so a file can
 never run code, and mapped onto torchvision's constructor called with ``weights=None``.
+The networks arrive trained: advx evaluates them as read and never trains them
+(``Model.pretrained``), and the file's SHA-256 (``sha256``, checked when given, filled in
+otherwise) is part of the config, so a changed file makes new cells (see ``_loaded``).
 
 Normalisation: advx attacks work in pixel range [0, 1], and these weights expect inputs
 standardised with the ImageNet mean/std. That standardisation is part of the model here:
@@ -28,14 +31,15 @@ no FC hidden layer, so its 2048 pooled features before the FC layer (``pool``).
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import Classifier, ConfigError, DatasetInfo, Model, ModelConfig, Normalize, NormalizedModel, hookimpl
+from advx import Classifier, ConfigError, DatasetInfo, Normalize, NormalizedModel, hookimpl
+
+from ._loaded import HashedFileConfig, PretrainedModel, checked_file, load_weights, read_state_dict, sha256_field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,44 +50,6 @@ def _torchvision_models(plugin: str) -> Any:
         return importlib.import_module("torchvision.models")
     except ImportError as exc:
         raise ConfigError(f'model "{plugin}" needs torchvision, which is not importable ({exc}): pip install torchvision') from None
-
-
-def _load_state_dict(plugin: str, path: str) -> dict[str, Tensor]:
-    if not os.path.isfile(path):
-        raise ConfigError(f'model "{plugin}": weights: file {path!r} does not exist (advx never downloads weights)')
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config problem of the user
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError(f'model "{plugin}": weights: cannot read {path!r} ({type(exc).__name__}: {msg})') from None
-    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
-        blob = blob["state_dict"]
-    if not isinstance(blob, dict) or not all(isinstance(v, Tensor) for v in blob.values()):
-        raise ConfigError(f'model "{plugin}": weights: {path!r} holds no state_dict of tensors')
-    return blob
-
-
-def _apply_weights(plugin: str, net: nn.Module, state: dict[str, Tensor], path: str) -> None:
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]!r})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (first {k!r}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)})")
-        raise ConfigError(f'model "{plugin}": weights: {path!r} does not fit torchvision\'s {plugin}: ' + "; ".join(parts))
-    # ``net`` was built on the meta device (no memory, no random init of 100M+ weights
-    # that would be overwritten anyway); ``assign`` makes the loaded tensors its own.
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
-    left = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
-    if left:
-        raise ConfigError(f'model "{plugin}": weights: {path!r} leaves {len(left)} tensors unset (first {left[0]!r})')
 
 
 def _check_input(plugin: str, info: DatasetInfo, min_size: int) -> None:
@@ -133,45 +99,60 @@ class InceptionV3Net(Classifier):
         return feats
 
 
-class TorchvisionConfig(ModelConfig):
+class TorchvisionConfig(HashedFileConfig):
     weights: str = Field(description="path of a local state_dict file for torchvision's constructor (never downloaded)")
+    sha256: str | None = sha256_field("the weights file")
     normalize: Literal[False] = Field(
         False, description="always false: the model standardises with ImageNet mean/std itself, not the dataset's"
     )
 
 
-class VGG19(Model):
+class TorchvisionModel(PretrainedModel):
+    """Common part of the torchvision plugins: weights read from a file, never trained by advx."""
+
+    Config = TorchvisionConfig
+
+    def _state(self) -> tuple[str, dict[str, Tensor]]:
+        """The checked weights file and its state_dict (a dict holding one under "state_dict" too)."""
+        path = checked_file(self.name, "weights", self.config.weights, self.config.sha256)
+        return path, read_state_dict(self.name, path, unwrap=("state_dict",))
+
+    def _load(self, net: nn.Module, path: str, state: dict[str, Tensor]) -> None:
+        # ``net`` was built on the meta device (no memory, no random init of 100M+ weights
+        # that would be overwritten anyway); ``assign`` makes the loaded tensors its own.
+        load_weights(self.name, net, state, path, f"torchvision's {self.name}", assign=True)
+
+
+class VGG19(TorchvisionModel):
     """VGG19 (seed 004, ImageNet) from a local weights file; needs torchvision."""
 
     name: ClassVar[str] = "vgg19"
-    Config = TorchvisionConfig
 
     def build(self, info: DatasetInfo) -> nn.Module:
         models = _torchvision_models(self.name)
         _check_input(self.name, info, 32)
-        state = _load_state_dict(self.name, self.config.weights)
+        path, state = self._state()
         with torch.device("meta"):
             vgg = models.vgg19(weights=None, num_classes=info.num_classes)
-        _apply_weights(self.name, vgg, state, self.config.weights)
+        self._load(vgg, path, state)
         return NormalizedModel(Normalize(IMAGENET_MEAN, IMAGENET_STD), VGG19Net(vgg))
 
 
-class InceptionV3(Model):
+class InceptionV3(TorchvisionModel):
     """Inception v3 (seed 001, ImageNet) from a local weights file; needs torchvision."""
 
     name: ClassVar[str] = "inception-v3"
-    Config = TorchvisionConfig
 
     def build(self, info: DatasetInfo) -> nn.Module:
         models = _torchvision_models(self.name)
         _check_input(self.name, info, 75)
-        state = _load_state_dict(self.name, self.config.weights)
+        path, state = self._state()
         aux = any(k.startswith("AuxLogits.") for k in state)
         with torch.device("meta"):
             net = models.inception_v3(
                 weights=None, num_classes=info.num_classes, aux_logits=aux, transform_input=True, init_weights=False
             )
-        _apply_weights(self.name, net, state, self.config.weights)
+        self._load(net, path, state)
         return NormalizedModel(Normalize(IMAGENET_MEAN, IMAGENET_STD), InceptionV3Net(net))
 
 

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from advx import AttackView, Detector, Need, ThreatConfig, ThreatModel, hookimpl
+from advx import AttackView, ConfigError, Detector, Need, ThreatConfig, ThreatModel, hookimpl
 from advx.plugins.threats.detector_aware import DetectorAwareView
 
 
@@ -45,6 +45,10 @@ class GrayBox(ThreatModel):
         return [Need(cell.model.with_seed(seed), defended=True, what=f"gray-box copy, seed {seed}")]
 
     def view(self, ws, cell, target):
+        if ws.plugin(cell.model).pretrained:
+            # a copy "trained with another seed" would be the same file: a white-box attack
+            # labelled gray-box, whose number would read as robustness to a weaker attacker
+            raise ConfigError(f'gray-box: model "{cell.model.name}" is loaded with its weights, so it has no copy trained with another seed')
         seed = self.copy_seed(cell)
         m = ws.defended_model(cell.dataset, cell.model, cell.defense, seed=seed, cell=cell)
         alpha = self.config.detector_alpha
