@@ -60,6 +60,13 @@ def test_model_contract(name, tmp_path):
     if name in OPTIONAL_PACKAGE:
         pytest.importorskip(OPTIONAL_PACKAGE[name], reason=f"model {name!r} needs the optional package {OPTIONAL_PACKAGE[name]}")
     shape, classes, params = (1, 28, 28), 10, dict(SMALL_MODELS.get(name, {}))
+    if name == "python":  # the user's own network, from a factory in installed code
+        params = {"factory": "advx.testing:TinyNet", "pretrained": False}
+    if name == "file":  # the user's own network, saved as TorchScript
+        from advx.testing import TinyNet
+
+        torch.jit.script(TinyNet().eval()).save(str(tmp_path / "net.pt"))
+        params = {"path": str(tmp_path / "net.pt")}
     if OPTIONAL_PACKAGE.get(name) == "torchvision":  # ImageNet architectures from a weights file the user has
         tv = pytest.importorskip("torchvision")
         side = 299 if name == "inception-v3" else 224
