@@ -6,14 +6,16 @@ row and rows whose entries are either text (a label, a paper's number) or a *sel
 inline table naming one stored cell and one of its columns::
 
     { results = "seed002-mnist-table2-reduced", defense = "ensemble(members=2, kind=bagging)",
-      threat = "member(index=0)", attack = "fgsm(eps=0.3)", metric = "robust_accuracy" }
+      threat = "member(index=0)", attack = "fgsm(eps=0.3)", metric = "adversarial_accuracy" }
 
 ``results`` names a file in ``experiments/results/`` (``NAME.json``): an export of a results
 file (``advx results DB --spec NAME --format json -o experiments/results/NAME.json``) or a
 ``{"cells": [...]}`` file of the same rows. The other keys match the cells' label columns
 exactly (``dataset``, ``model``, ``defense``, ``threat``, ``attack``); a selector must match
 exactly one finished cell, or the script stops with a one-line error naming the table and
-the selector. ``metric`` is a cell column (``robust_accuracy``, ``clean_accuracy``,
+the selector. ``metric`` is a cell column (``adversarial_accuracy``, the default: the accuracy on the
+adversarial examples the papers report; ``robust_accuracy``, correct both clean and under
+attack, in exports of advx 0.2 on; ``clean_accuracy``,
 ``detection_auc``, ``mean_l2``, ``seconds`` ...); ``fmt`` a Python format (``.4f`` by
 default), ``scale`` a factor (100 for percentages). A selector with ``path`` (keys and list
 indices) reads one value of a study's own JSON instead, e.g. ``experiments/seed003-rotation.py``'s.
@@ -77,6 +79,10 @@ class Results:
             cells = data["cells"] if isinstance(data, dict) else data
             for c in cells:
                 c.setdefault("spec", c.get("spec_name"))
+                if "robust_accuracy" in c and "adversarial_accuracy" not in c:
+                    # an export of advx before results schema 3, whose "robust_accuracy" was the
+                    # accuracy on the adversarial examples (the papers' quantity): its own name now
+                    c["adversarial_accuracy"] = c.pop("robust_accuracy")
             self._cells[name] = [c for c in cells if c.get("status", "done") == "done"]
         return self._cells[name]
 
@@ -114,7 +120,7 @@ def value_of(entry: dict[str, Any], table: dict[str, Any], results: Results) -> 
     """The stored value a selector names (unformatted, unscaled)."""
     sel = {**table.get("where", {}), **entry}
     name = sel.pop("results", None)
-    metric = sel.pop("metric", "robust_accuracy")
+    metric = sel.pop("metric", "adversarial_accuracy")
     for display in ("fmt", "scale"):
         sel.pop(display, None)
     if name is None:

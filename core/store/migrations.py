@@ -8,7 +8,8 @@ version it starts from; a schema change adds one and keeps the fixture test
 
 Version 2 (advx up to 0.1.0 of 2026-12-06) had one column per metric and a ``metrics``
 column holding breakdowns; version 3 keeps metrics by name in JSON (a new metric needs
-no migration), names the breakdowns ``details``, stores what identifies each part of a
+no migration), names the breakdowns ``details``, defines robust accuracy as the field does
+(correct both clean and under attack; version 2's number is kept as ``adversarial_accuracy``), stores what identifies each part of a
 cell (``identity``) and the threat model's traits with each row, and marks which cells
 of a spec are its current ones (``members.current``).
 """
@@ -75,6 +76,28 @@ def _threat_key(threat: dict[str, Any]) -> list[Any]:
     return [name, d, source]
 
 
+def _standard_robust_accuracy(
+    conn: sqlite3.Connection, cell_key: str, metrics: dict[str, Any], details: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Version 2's ``robust_accuracy`` was the accuracy on the adversarial examples: it becomes
+    ``adversarial_accuracy``, and ``robust_accuracy`` (correct both clean and under attack) is
+    recomputed from the stored per-example records, with the per-class and per-confidence
+    breakdowns; without records it is left out rather than guessed."""
+    from advx.analysis.metrics import breakdown_by_class, breakdown_by_confidence
+    from advx.store.schema import read_samples
+
+    metrics = dict(metrics)
+    metrics["adversarial_accuracy"] = metrics.pop("robust_accuracy")
+    s = read_samples(conn, cell_key)
+    if not len(s["idx"]):
+        return metrics, details
+    metrics["robust_accuracy"] = float(((s["clean_pred"] == s["label"]) & (s["adv_pred"] == s["label"])).float().mean())
+    if details is not None and "per_class" in details:
+        k = max([int(c) + 1 for c in details["per_class"] if str(c).isdigit()] + [int(s["label"].max()) + 1])
+        details = {**details, "per_class": breakdown_by_class(s, k), "per_confidence": breakdown_by_confidence(s)}
+    return metrics, details
+
+
 def v2_to_v3(conn: sqlite3.Connection) -> str:
     from advx.store.schema import CELL_COLUMNS
 
@@ -87,8 +110,12 @@ def v2_to_v3(conn: sqlite3.Connection) -> str:
     metric_names = [m.name for m in METRICS]
     for r in old:
         new: dict[str, Any] = {c.name: r.get(c.name) for c in CELL_COLUMNS if c.name in r and c.name != "metrics"}
-        new["metrics"] = json.dumps({k: r[k] for k in metric_names if k in r and r[k] is not None}, sort_keys=True)
-        new["details"] = r.get("metrics")
+        metrics = {k: r[k] for k in metric_names if k in r and r[k] is not None}
+        details = json.loads(r["metrics"]) if r.get("metrics") else None
+        if "robust_accuracy" in metrics:
+            metrics, details = _standard_robust_accuracy(conn, r["cell_key"], metrics, details)
+        new["metrics"] = json.dumps(metrics, sort_keys=True)
+        new["details"] = None if details is None else json.dumps(details, sort_keys=True)
         new["identity"] = json.dumps(_v2_identity(r), sort_keys=True, default=str)
         threat = json.loads(r.get("threat_config") or "{}").get("name")
         new["threat_traits"] = json.dumps(_V2_THREAT_TRAITS.get(threat, {}), sort_keys=True)
@@ -106,7 +133,11 @@ def v2_to_v3(conn: sqlite3.Connection) -> str:
     conn.execute("DROP INDEX IF EXISTS cells_spec")
     conn.execute("CREATE INDEX IF NOT EXISTS cells_spec ON cells(spec_name)")
     conn.execute("ALTER TABLE members ADD COLUMN current INTEGER NOT NULL DEFAULT 1")
-    return f"{len(old)} cells: metrics by name, breakdowns as details, identities and threat traits rebuilt from the stored configs"
+    return (
+        f"{len(old)} cells: metrics by name, breakdowns as details, identities and threat traits rebuilt from the stored "
+        "configs, robust accuracy recomputed as the share correct both clean and under attack (the old number is "
+        "adversarial_accuracy)"
+    )
 
 
 #: version -> the migration to version + 1

@@ -51,6 +51,7 @@ from advx.store.schema import (
     TABLE_COLUMNS,
     TRAINING_COLUMNS,
     format_value,
+    read_samples,
 )
 
 MARKER = "advx-results"
@@ -363,15 +364,7 @@ class ResultStore:
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def samples(self, cell_key: str) -> dict[str, torch.Tensor]:
-        cur = self.conn.execute(f"SELECT {', '.join(SAMPLE_COLUMN_NAMES)} FROM samples WHERE cell_key = ? ORDER BY idx", (cell_key,))
-        rows = cur.fetchall()
-        out = {}
-        for i, c in enumerate(SAMPLE_COLUMNS):
-            if c.dtype.is_floating_point:
-                out[c.name] = torch.tensor([float("nan") if r[i] is None else r[i] for r in rows], dtype=c.dtype)
-            else:
-                out[c.name] = torch.tensor([r[i] for r in rows], dtype=c.dtype)
-        return out
+        return read_samples(self.conn, cell_key)
 
     def examples(self, cell_key: str) -> dict[str, torch.Tensor] | None:
         """The kept examples of a cell: ``idx``, ``x``, ``x_adv`` (float32, (K, *shape)) and the
@@ -430,10 +423,11 @@ class ResultStore:
                         )
         robust: dict[int, bool] = {}
         for cell in cells:
-            for idx, label, adv in self.conn.execute(
-                "SELECT idx, label, adv_pred FROM samples WHERE cell_key = ?", (cell.cell_key,)
+            for idx, label, clean, adv in self.conn.execute(
+                "SELECT idx, label, clean_pred, adv_pred FROM samples WHERE cell_key = ?", (cell.cell_key,)
             ):
-                robust[idx] = robust.get(idx, True) and adv == label
+                # robust as the field defines it: right on the clean input and under every attack
+                robust[idx] = robust.get(idx, clean == label) and adv == label
         return sum(robust.values()) / len(robust) if robust else None
 
     def export(self, fmt: str, spec_name: str | None = None) -> str:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, fields
+from typing import Any
 
 from advx.analysis.metrics import METRICS
-from advx.analysis.records import SAMPLE_COLUMN_NAMES, SAMPLE_COLUMNS, SampleColumn  # noqa: F401 (re-exported for the store)
+from advx.analysis.records import SAMPLE_COLUMN_NAMES, SAMPLE_COLUMNS
 from advx.analysis.rows import JSON_FIELDS, CellRow
 
 SCHEMA_VERSION = 3
@@ -85,6 +86,20 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
     Column("cached", "INTEGER", description="1 if it was loaded (from the cache, or a model file: Model.pretrained), not trained"),
     Column("recorded"),
 )
+
+
+def read_samples(conn: Any, cell_key: str) -> dict[str, Any]:
+    """The per-sample records of one cell as tensors (NULL floats read as NaN), from an SQLite connection."""
+    import torch
+
+    rows = conn.execute(f"SELECT {', '.join(SAMPLE_COLUMN_NAMES)} FROM samples WHERE cell_key = ? ORDER BY idx", (cell_key,)).fetchall()
+    out = {}
+    for i, c in enumerate(SAMPLE_COLUMNS):
+        if c.dtype.is_floating_point:
+            out[c.name] = torch.tensor([float("nan") if r[i] is None else r[i] for r in rows], dtype=c.dtype)
+        else:
+            out[c.name] = torch.tensor([r[i] for r in rows], dtype=c.dtype)
+    return out
 
 
 def format_value(column: str, v: object) -> str:
