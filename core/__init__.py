@@ -70,6 +70,7 @@ _EXPORTS: dict[str, str] = {
     "NormalizedModel": ".interfaces",
     "Plugin": ".interfaces",
     "PluginConfig": ".interfaces",
+    "input_gradient": ".interfaces",
     # joint
     "TrainRequest": ".joint",
     "architecture_signature": ".joint",
@@ -108,7 +109,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = frozenset(
     {
         "allocator", "cli", "context", "crafting", "data", "embedding", "engine", "errors", "flags", "guards", "hookspecs",
-        "interfaces", "labels", "metrics", "protocols", "registry", "report", "results", "schema", "scoring", "spec",
+        "interfaces", "labels", "metrics", "pipeline", "protocols", "registry", "report", "results", "schema", "scoring", "spec",
         "testing", "threats", "training",
     }
 )
@@ -141,7 +142,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .guards import check_budget, check_model
     from .joint import TrainRequest, architecture_signature
     from .hookspecs import hookimpl, hookspec
-    from .interfaces import Attack, AttackConfig, Classifier, Dataset, DatasetConfig, DatasetInfo, Defense, DefenseConfig, Model, ModelConfig, Normalize, NormalizedModel, Plugin, PluginConfig
+    from .interfaces import Attack, AttackConfig, Classifier, Dataset, DatasetConfig, DatasetInfo, Defense, DefenseConfig, Model, ModelConfig, Normalize, NormalizedModel, Plugin, PluginConfig, input_gradient
     from .labels import resolve_labels
     from .protocols import Detector, Ensemble, InputTransform, bpda
     from .registry import LoadFailure, PluginEntry, Registry
