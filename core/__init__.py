@@ -22,7 +22,7 @@ two faces, ``report`` and ``cli``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import embed as _embed
 from . import matrix as _matrix

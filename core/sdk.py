@@ -8,8 +8,6 @@ third party does. See docs/plugins.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ._lazy import lazy_getattr
 
 #: public name -> the module that defines it (one list: the tier of plugin authors)
@@ -32,6 +30,7 @@ EXPORTS: dict[str, str] = {
     "ModelConfig": "advx.contract.interfaces",
     "Normalize": "advx.contract.interfaces",
     "NormalizedModel": "advx.contract.interfaces",
+    "input_gradient": "advx.contract.interfaces",
     "ThreatModel": "advx.contract.threats",
     "ThreatConfig": "advx.contract.threats",
     "AttackView": "advx.contract.threats",

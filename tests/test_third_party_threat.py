@@ -80,7 +80,7 @@ eps = 0.2
     out = advx_cli(env, "run", str(spec), "--db", str(tmp_path / "r.db"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "input-blur(size=5)" in out.stdout and "3 cells run" in out.stdout
-    assert "clean-below-robust" in out.stdout  # the package's check ran beside the built-in ones
+    assert "blurred-attacker" in out.stdout  # the package's check ran beside the built-in ones
     rows = json.loads(advx_cli(env, "results", str(tmp_path / "r.db"), "--format", "json").stdout)
     blur = [r for r in rows if r["threat"].startswith("input-blur")]
     assert len(blur) == 2 and all(r["status"] == "done" for r in blur)

@@ -36,6 +36,11 @@ the results of a matrix, so advx runs them after every ``advx run`` and on deman
   accuracy since nothing is left to break, says nothing about robustness. Mean per-class
   accuracy also catches a model that answers one class for all but a few inputs, whose
   plain accuracy sits a hair above the majority share;
+* ``defense-costs-accuracy``: a defense leaves the model's clean accuracy more than
+  ``DEFENSE_COST`` below that of the same model undefended (its cells without a defense on
+  the same examples): the robustness it reports is bought with that cost, which a robust
+  accuracy alone does not show (rotating MNIST digits by 180 degrees leaves 0.30 of them
+  right, 1-bit squeezing 0.55, against 0.94 undefended, and neither is at chance);
 
 and four that each cell measures while it runs (``advx.analysis.diagnostics``, stored in the row's
 ``metrics.diagnostics``):
@@ -76,11 +81,17 @@ from typing import Any
 from advx.analysis.groups import PLACE_PARTS as _PLACE
 from advx.analysis.groups import place_labels
 from advx.analysis.rows import CellRow
+from advx.contract.interfaces import DEFAULTS
 
 #: an unbounded attack should leave at most this accuracy
 UNBOUNDED_MAX_ACCURACY = 0.05
 #: share of probe inputs with zero or non-finite gradients that raises a flag
 ZERO_GRADIENT_SHARE = 0.10
+#: clean accuracy a defense may cost before it is flagged: above the sampling noise of a
+#: comparison on a few hundred examples, below the cost of defenses that change what the
+#: model sees (adversarial training costs CIFAR-10 models about 0.08; a 180-degree rotation
+#: cost MNIST 0.64), so that every such cost is named beside the robustness it buys
+DEFENSE_COST = 0.05
 #: a detector rejecting more than this share of clean inputs (beyond its declared operating
 #: point, where it has one) makes "accuracy with rejection" meaningless
 DETECTOR_MAX_FPR = 0.5
@@ -316,6 +327,37 @@ def clean_at_chance(rows: list[CellRow], ctx: CheckContext) -> Iterable[Flag]:
             "cell(s) says nothing about robustness",
             cells=_keys(*cells),
         )
+
+
+@check("defense-costs-accuracy")
+def defense_costs_accuracy(rows: list[CellRow], ctx: CheckContext) -> Iterable[Flag]:
+    """A defense costs clean accuracy against the same model undefended, on the same examples."""
+    undefended: dict[tuple, list[CellRow]] = defaultdict(list)
+    defended: dict[tuple, list[CellRow]] = defaultdict(list)
+    for r in rows:
+        if r.clean_accuracy is None:
+            continue
+        same = r.part("dataset", "model", "examples")
+        if r.defense_config.get("name", r.defense) == DEFAULTS["defense"]:
+            undefended[same].append(r)
+        else:
+            defended[(*same, *r.part("defense"))].append(r)
+    for key, cells in defended.items():
+        refs = undefended.get(key[:3])
+        if not refs:
+            continue
+        base = sum(r.clean_accuracy for r in refs) / len(refs)  # type: ignore[misc]
+        clean = sum(r.clean_accuracy for r in cells) / len(cells)  # type: ignore[misc]
+        if base - clean > DEFENSE_COST + _tol(*cells, *refs):
+            robust = sorted(_ra(r) for r in cells)
+            span = f"{robust[0]:.4f}" if robust[0] == robust[-1] else f"{robust[0]:.4f} to {robust[-1]:.4f}"
+            where = ctx.place(cells[0]).rsplit(" / ", 1)[0]
+            yield Flag(
+                "defense-costs-accuracy",
+                f"{where}: clean accuracy {clean:.4f} against {base:.4f} without the defense ({clean - base:+.4f}); "
+                f"its robust accuracy ({span} over {len(cells)} cell(s)) is bought with that cost",
+                cells=_keys(*cells),
+            )
 
 
 def _diag(r: CellRow) -> dict[str, Any]:

@@ -15,18 +15,23 @@ and cannot be read from results alone:
   but did not return fooled (recorded while crafting, see ``crafting.PassCounter``).
 
 Each probe runs outside the timed attack and its passes are not counted as the attack's.
+``diagnose`` runs them all, for a matrix cell and for ``advx.evaluate`` alike
+(``advx.engine.pipeline``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advx.runtime.crafting import craft
+from advx.runtime.crafting import Crafted, CraftOptions, craft, is_fooled
 from advx.contract.interfaces import Attack
+from advx.contract.protocols import bpda
 
 #: examples the probes use (the first of the cell's evaluation set)
 PROBE = 32
@@ -57,24 +62,27 @@ def random_forward(module: nn.Module, x: Tensor) -> bool:
 
 @torch.no_grad()
 def fooled(module: nn.Module, x_adv: Tensor, labels: Tensor, targeted: bool) -> Tensor:
-    pred = module(x_adv).argmax(1)
-    return pred == labels if targeted else pred != labels
+    return is_fooled(module(x_adv), labels, targeted)
 
 
 def convergence(
-    attack: Attack, view: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor, bounds: tuple[float, float],
-    num_classes: int, device: torch.device, seed: int,
+    attack: Attack, view: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor, options: CraftOptions,
 ) -> dict[str, Any] | None:
-    """Success on ``x`` of the attack as run, and with twice its steps; None when not applicable."""
+    """Success on ``x`` of the attack as run, and with twice its steps; None when not applicable.
+
+    The doubled attack is crafted as the attack was (``options``: seed, BPDA, precision), in
+    one batch, without progress events or the silent-success watch.
+    """
     steps = getattr(attack.config, "steps", None)
     if not attack.iterative or not isinstance(steps, int):
         return None
     if steps > MAX_CHECK_STEPS:
         return {"skipped": f"steps = {steps} > {MAX_CHECK_STEPS}"}
     doubled = type(attack)(attack.config.model_copy(update={"steps": steps * 2}))
-    again = craft(view, doubled, x, y, bounds, num_classes, device, len(x), seed)
+    again = craft(view, doubled, x, y, replace(options, batch_size=len(x), on_batch=None, check_silent=False))
     targeted = bool((target >= 0).any())
     labels = target if targeted else y
+    device = torch.device(options.device)
     xd, xa, lab = again.x_adv.to(device), x_adv.to(device), labels.to(device)
     return {
         "steps": steps,
@@ -82,3 +90,31 @@ def convergence(
         "success": int(fooled(view, xa, lab, targeted).sum()),
         "success_doubled": int(fooled(view, xd, lab, targeted).sum()),
     }
+
+
+def diagnose(
+    attack: Attack, view: nn.Module, x: Tensor, y: Tensor, crafted: Crafted, options: CraftOptions, eot: int = 1,
+    reused: bool = False,
+) -> dict[str, Any]:
+    """Every diagnostic above for one evaluation, on its first ``PROBE`` examples.
+
+    ``view`` is the module the attack crafted on (an undefended or transfer attacker facing
+    a random defense crafts on a deterministic model and needs no EOT); ``eot`` the draws
+    it used. Gradients are measured as the attack sees the module: through BPDA when
+    ``options.bpda``. Examples ``reused`` from another evaluation were not crafted here, so
+    their convergence is not measured again.
+    """
+    n = min(PROBE, len(x))
+    device = torch.device(options.device)
+    xp, yp = x[:n].to(device), y[:n].to(device)
+    with bpda(view, options.bpda):
+        gradients = gradient_health(view, xp, yp)
+    out: dict[str, Any] = {
+        "gradients": gradients,
+        "random_forward": random_forward(view, xp),
+        "eot": eot,
+        "silent_success": crafted.silent_success,
+    }
+    if not reused:
+        out["convergence"] = convergence(attack, view, x[:n], y[:n], crafted.x_adv[:n], crafted.target[:n], options)
+    return out

@@ -304,6 +304,17 @@ class Attack(Plugin):
         return getattr(self.config, "eps", None)
 
     @classmethod
+    def min_classes(cls, config: PluginConfig) -> int:
+        """The fewest classes a model must have for this attack with ``config`` (default 2).
+
+        A loss that is undefined on fewer classes (the DLR loss compares the three or four
+        largest logits) would crash mid-run, or worse, run and score nothing; the kernel
+        reads this when a spec is planned and before ``evaluate`` runs anything, and
+        refuses the combination in one line instead.
+        """
+        return 2
+
+    @classmethod
     def traits(cls) -> dict[str, Any]:
         """What the attack declares, as stored with every result row (flags read this, never names)."""
         return {
@@ -348,6 +359,23 @@ class Attack(Plugin):
         targeted: bool = False,
     ) -> Tensor:
         """Adversarial examples for ``x`` (same shape, same device)."""
+
+
+def input_gradient(output: Tensor, x: Tensor, retain_graph: bool = False) -> Tensor:
+    """The gradient of the scalar ``output`` with respect to ``x``, as a tensor the caller owns.
+
+    ``torch.autograd.grad`` may return a tensor that does not own its elements: behind a
+    model whose first step is a reduction (RGB to grey, ``x.sum(1, keepdim=True) / 3``)
+    the input gradient is a broadcast view with stride 0, and the first in-place step an
+    attack takes on it (``grad.sign_()``) fails with "more than one element of the
+    written-to tensor refers to a single memory location". Such a gradient is copied
+    (one allocation, only for these layouts); any other is returned as autograd gave it.
+    Attacks that modify their gradients in place should take them from here.
+    """
+    (g,) = torch.autograd.grad(output, x, retain_graph=retain_graph)
+    if any(stride == 0 and size > 1 for stride, size in zip(g.stride(), g.shape)):
+        g = g.contiguous()
+    return g
 
 
 class Normalize(nn.Module):

@@ -1,12 +1,12 @@
 """Executing one cell: from its models to its result row.
 
 The steps, each owned by one kernel module: the defended model (``workspace``), whether
-the threat model applies (``threats``), the evaluation examples, the guards
-(``guards.preflight``, ``guards.check_requires``), the attacker's view (``threats``),
-crafting (``crafting``, reused where another cell crafted the same examples), scoring
-(``scoring``) and the metrics (``metrics``). ``execute_cell`` never raises for a cell's
-own errors: a failing cell becomes a row with status ``failed`` and the error, naming
-the plugin that raised.
+the threat model applies (``threats``), the evaluation examples, the attacker's view
+(``threats``), then the attack on the model as ``advx.evaluate`` runs it
+(``pipeline.attack_model``: the guards, crafting, reused where another cell crafted the
+same examples, scoring, the metrics and the diagnostics). ``execute_cell`` never raises
+for a cell's own errors: a failing cell becomes a row with status ``failed`` and the
+error, naming the plugin that raised.
 
 Times: ``seconds`` covers crafting and scoring (and applying a defense); the training and
 fitting that happened while the cell ran are in ``train_seconds`` and ``trainings``, so
@@ -26,13 +26,10 @@ from torch import Tensor
 
 from advx._version import __version__
 from advx.contract.errors import AdvxError
-from advx.analysis.diagnostics import PROBE, convergence, gradient_health, random_forward
-from advx.runtime.guards import check_requires, preflight
-from advx.contract.protocols import bpda
+from advx.runtime.guards import preflight
 from advx.contract.interfaces import Attack
+from advx.engine.pipeline import attack_model
 from advx.store.schema import EXAMPLE_KEYS
-from advx.analysis.metrics import breakdown_by_class, breakdown_by_confidence, roc_points, summarize
-from advx.analysis.scoring import score
 from advx.analysis.rows import CellRow
 from advx.engine.plan import Cell
 from advx.engine.workspace import Workspace
@@ -73,34 +70,6 @@ def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
     }
 
 
-def _with_bpda(module: torch.nn.Module, enabled: bool, fn: Any) -> Any:
-    with bpda(module, enabled):
-        return fn()
-
-
-def diagnose(
-    cell: Cell, ws: Workspace, attack: Attack, target: torch.nn.Module, view: torch.nn.Module, x: Tensor, y: Tensor,
-    crafted: Any, reused: bool, info: Any,
-) -> dict[str, Any]:
-    """The cell's evaluation diagnostics (see ``advx.analysis.diagnostics``), on the first ``PROBE`` examples."""
-    n = min(PROBE, len(x))
-    xp, yp = x[:n].to(ws.device), y[:n].to(ws.device)
-    out: dict[str, Any] = {
-        # measured as the attack sees the module: through BPDA when the threat model uses it
-        "gradients": _with_bpda(view, cell.threat.config.bpda, lambda: gradient_health(view, xp, yp)),
-        # the module the attack sees: an undefended or transfer attacker facing a random
-        # defense crafts on a deterministic model and needs no EOT
-        "random_forward": random_forward(view, xp),
-        "eot": cell.threat.eot_draws(view),
-        "silent_success": crafted.silent_success,
-    }
-    if not reused:
-        out["convergence"] = convergence(
-            attack, view, x[:n], y[:n], crafted.x_adv[:n], crafted.target[:n], info.bounds, info.num_classes, ws.device, cell.options.seed
-        )
-    return out
-
-
 def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
     """Run one cell; return its row, records and trainings (never raises for cell errors)."""
     t0 = time.perf_counter()
@@ -122,33 +91,32 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
         else:
             stage = "the evaluation set"
             x, y, idx = ws.eval_set(cell, target)
-            checks = (x, info.bounds, info.num_classes, ws.device, cell.options.batch_size)
-            preflight(*checks, target)  # before a source model is trained for nothing
+            options = ws.craft_options(cell, info)
+            # before a source model is trained for nothing
+            preflight(x, info.bounds, info.num_classes, ws.device, cell.options.batch_size, target)
             stage = f'threat model "{cell.threat.name}"'
             view = cell.threat.attack_view(ws, cell, target)
-            if view.module is not target:
-                preflight(*checks, view.module)
-            check_requires(attack.name, attack.requires, view.module, cell.threat.config.bpda, f'defense "{cell.defense.name}"')
-            stage = f'attack "{cell.attack.name}"'
-            crafted, reused = ws.crafted(cell, attack, view, x, y, idx, info)
-            stage = f'scoring on defense "{cell.defense.name}"'
-            samples = score(target, x, y, crafted, ws.device, crafted.batch_size or cell.options.batch_size, idx)
-            row["metrics"] = summarize(samples, None if reused else crafted.cost)
-            row["crafted_by"] = crafted.origin if reused else None
-            row["batch_size"] = crafted.batch_size
-            details: dict[str, Any] = {
-                "per_class": breakdown_by_class(samples, info.num_classes),
-                "per_confidence": breakdown_by_confidence(samples),
-                "crafted_on": cell.threat.label(),
+            stages = {
+                "checks": f'threat model "{cell.threat.name}"',
+                "attack": f'attack "{cell.attack.name}"',
+                "scoring": f'scoring on defense "{cell.defense.name}"',
+                "diagnostics": f'diagnostics of attack "{cell.attack.name}"',
             }
-            if row["metrics"].get("detection_auc") is not None:
-                details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
-            if crafted.info:
-                details["attack_info"] = {k: v.tolist() for k, v in crafted.info.items()}
-            if cell.options.diagnostics:
-                stage = f'diagnostics of attack "{cell.attack.name}"'
-                details["diagnostics"] = diagnose(cell, ws, attack, target, view.module, x, y, crafted, reused, info)
-            row["details"] = details
+
+            def on_stage(name: str) -> None:
+                nonlocal stage
+                stage = stages[name]
+
+            out = attack_model(
+                attack, target, x, y, options, view=view.module, index=idx, crafter=ws.crafter(cell, view, idx),
+                diagnostics=cell.options.diagnostics, eot=cell.threat.eot_draws(view.module),
+                where=f'defense "{cell.defense.name}"', checked=(target,), on_stage=on_stage,
+            )
+            crafted, samples = out.crafted, out.samples
+            row["metrics"] = out.metrics
+            row["crafted_by"] = crafted.origin if out.reused else None
+            row["batch_size"] = crafted.batch_size
+            row["details"] = {**out.details, "crafted_on": cell.threat.label()}
             row["status"] = "done"
             k = cell.options.keep_examples
             if k:

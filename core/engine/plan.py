@@ -134,6 +134,27 @@ def plan_threats(spec: MatrixSpec, registry: Registry, errors: list[AdvxError]) 
     return out
 
 
+def check_class_counts(datasets: list[PluginRef], attacks: list[PluginRef], registry: Registry, errors: list[AdvxError]) -> None:
+    """Record an error for every attack that needs more classes than a dataset of the spec has
+    (``Attack.min_classes``: the DLR loss needs 3, its targeted form 4), so the spec is
+    refused when it is read, not cell by cell mid-run. A dataset whose class count cannot be
+    read yet (a folder that is not there) is left to its cells, which check it again."""
+    for d in datasets:
+        try:
+            k = registry.get("dataset", d.name)(d.config).info().num_classes  # type: ignore[call-arg]
+        except Exception:  # noqa: BLE001 - the cells report what is wrong with the dataset
+            continue
+        for a in attacks:
+            need = registry.get("attack", a.name).min_classes(a.config)  # type: ignore[attr-defined]
+            if k < need:
+                errors.append(
+                    ConfigError(
+                        f'attack "{a.describe()}" needs at least {need} classes (as configured), but dataset '
+                        f'"{d.describe()}" has {k}'
+                    )
+                )
+
+
 def identify(ref: PluginRef, registry: Registry, errors: list[AdvxError]) -> PluginRef:
     """``ref`` with its data's identity and test size: the files are located (downloaded where
     allowed) and fingerprinted now, so that missing data fails the plan before any work and
@@ -163,6 +184,7 @@ def plan(spec: MatrixSpec, registry: Registry, locate_data: bool = True) -> list
     defenses = expand(spec.defenses, "defense", registry, "defenses", errors)
     threats = plan_threats(spec, registry, errors)
     attacks = expand(spec.attacks, "attack", registry, "attacks", errors)
+    check_class_counts(datasets, attacks, registry, errors)
     if len(errors) == 1:
         raise errors[0]
     if errors:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from advx.runtime.context import DefenseContext, TrainRecord
-from advx.runtime.crafting import Crafted, craft
+from advx.runtime.crafting import Crafted, CraftOptions, craft
 from advx.runtime.data import load_split, subset, take
 from advx.contract.errors import AdvxError
 from advx.contract.interfaces import Attack, Dataset, DatasetInfo, Defense, Model, Plugin
@@ -30,6 +30,7 @@ from advx.contract.registry import Registry
 from advx.engine.spec import PluginRef
 from advx.contract.threats import AttackView
 from advx.runtime.training import build_model, train_model
+from advx.engine.pipeline import Crafter
 from advx.engine.plan import Cell, digest
 
 #: ``on_event(event, cell, payload)``: progress events (see ``advx.run_matrix``)
@@ -193,26 +194,11 @@ class Workspace:
         idx = torch.cat(picked).sort().values
         return x_all[idx], y_all[idx], idx
 
-    def crafted(
-        self, cell: Cell, attack: Attack, view: AttackView, x: Tensor, y: Tensor, idx: Tensor, info: DatasetInfo
-    ) -> tuple[Crafted, bool]:
-        """Adversarial examples of ``cell`` and whether they were reused from another cell."""
+    def craft_options(self, cell: Cell, info: DatasetInfo) -> CraftOptions:
+        """How the attack of ``cell`` is crafted: its matrix options and threat model, with
+        progress reported as ``batch`` events."""
         o = cell.options
-        k = digest([view.key, cell.attack.key(), idx.tolist(), o.seed, cell.threat.config.bpda, cell.threat.surrogate])
-        if view.reusable and k in self._crafted:
-            self._crafted.move_to_end(k)
-            return self._crafted[k], True
-        module = view.module
-        if o.compile:
-            ck = digest(["compiled", id(module)])
-            if ck not in self._models:
-                self._models[ck] = torch.compile(module)  # type: ignore[assignment]
-            module = self._models[ck]
-        crafted = craft(
-            module,
-            attack,
-            x,
-            y,
+        return CraftOptions(
             info.bounds,
             info.num_classes,
             self.device,
@@ -226,11 +212,30 @@ class Workspace:
             channels_last=o.channels_last,
             surrogate=cell.threat.surrogate,
         )
-        crafted.origin = cell.key
-        if view.reusable:
-            self._crafted[k] = crafted
-            while len(self._crafted) > 1 and sum(
-                c.x_adv.numel() * c.x_adv.element_size() for c in self._crafted.values()
-            ) > self.crafted_cache_bytes:
-                self._crafted.popitem(last=False)
-        return crafted, False
+
+    def crafter(self, cell: Cell, view: AttackView, idx: Tensor) -> Crafter:
+        """The ``Crafter`` of ``cell`` (see ``advx.engine.pipeline``): examples crafted on a reusable
+        view are kept and reused by every cell with the same view, attack and examples."""
+        o = cell.options
+
+        def run(module: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: CraftOptions) -> tuple[Crafted, bool]:
+            k = digest([view.key, cell.attack.key(), idx.tolist(), o.seed, cell.threat.config.bpda, cell.threat.surrogate])
+            if view.reusable and k in self._crafted:
+                self._crafted.move_to_end(k)
+                return self._crafted[k], True
+            if o.compile:
+                ck = digest(["compiled", id(module)])
+                if ck not in self._models:
+                    self._models[ck] = torch.compile(module)  # type: ignore[assignment]
+                module = self._models[ck]
+            crafted = craft(module, attack, x, y, options)
+            crafted.origin = cell.key
+            if view.reusable:
+                self._crafted[k] = crafted
+                while len(self._crafted) > 1 and sum(
+                    c.x_adv.numel() * c.x_adv.element_size() for c in self._crafted.values()
+                ) > self.crafted_cache_bytes:
+                    self._crafted.popitem(last=False)
+            return crafted, False
+
+        return run

@@ -55,6 +55,9 @@ class PassCounter(nn.Module):
     def _count_backward(self, n: int) -> None:
         self.backwards += n
 
+    #: called as ``observer(x, logits)`` after every counted forward (``SilentSuccessWatch``)
+    observer: Callable[[Tensor, Tensor], None] | None = None
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
         if self.counting:
@@ -62,38 +65,9 @@ class PassCounter(nn.Module):
             self.forwards += n
             if out.requires_grad:
                 out.register_hook(lambda _g, n=n: self._count_backward(n))
-            if self._watch is not None and n == len(self._watch[1]):
-                self._see(x, out)
+            if self.observer is not None:
+                self.observer(x, out)
         return out
-
-    # -- silent success: what the attack had found at some iterate ----------------------------
-
-    _watch: tuple | None = None
-
-    def watch(self, x: Tensor, labels: Tensor, targeted: bool, norm: str, eps: float | None, bounds: tuple[float, float]) -> None:
-        """Record, for every forward of this whole batch, which examples are fooled inside the budget.
-
-        Device-side only (no synchronisation). Forwards on other batch sizes (an attack
-        working on a subset) are not watched.
-        """
-        self._watch = (x, labels, targeted, norm, eps, bounds)
-        self.ever_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-
-    def unwatch(self) -> None:
-        self._watch = None
-
-    @torch.no_grad()
-    def _see(self, x: Tensor, out: Tensor) -> None:
-        x0, labels, targeted, norm, eps, (lo, hi) = self._watch  # type: ignore[misc]
-        pred = out.argmax(1)
-        hit = pred == labels if targeted else pred != labels
-        xd = x.detach()
-        inside = (xd.flatten(1).amin(1) >= lo - ABS_TOL) & (xd.flatten(1).amax(1) <= hi + ABS_TOL)
-        if eps is not None:
-            d = (xd - x0).flatten(1)
-            dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
-            inside &= dist <= eps * (1 + REL_TOL) + ABS_TOL
-        self.ever_fooled |= hit & inside
 
     def hidden_states(self, x: Tensor) -> dict[str, Tensor]:
         if self.counting:
@@ -102,6 +76,65 @@ class PassCounter(nn.Module):
 
     def reset(self) -> None:
         self.forwards = self.backwards = 0
+
+
+class SilentSuccessWatch:
+    """Silent success: the examples an attack had fooled inside its budget at some iterate but
+    returned not fooled (it should have kept that iterate).
+
+    ``start`` attaches the watch to a ``PassCounter`` for one batch: every counted forward of
+    that whole batch records, on the device (no synchronisation), which examples it shows
+    fooled inside the budget; forwards on other batch sizes (an attack working on a subset)
+    are not watched. ``finish(x_adv)`` detaches it and compares with what the attack
+    returned (one uncounted forward, whose time is added to ``seconds`` so that the caller
+    can keep it out of the attack's time); it returns the batch's count.
+    """
+
+    def __init__(self, counter: PassCounter, norm: str, eps: float | None, bounds: tuple[float, float]) -> None:
+        self.counter, self.norm, self.eps, self.bounds = counter, norm, eps, bounds
+        self.seconds = 0.0
+        self.ever_fooled: Tensor | None = None
+
+    def start(self, x: Tensor, labels: Tensor, targeted: bool) -> None:
+        self.x0, self.labels, self.targeted = x, labels, targeted
+        self.ever_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.counter.observer = self._see
+
+    def stop(self) -> None:
+        self.counter.observer = None
+
+    @torch.no_grad()
+    def _see(self, x: Tensor, out: Tensor) -> None:
+        if len(x) != len(self.x0):
+            return
+        lo, hi = self.bounds
+        hit = is_fooled(out, self.labels, self.targeted)
+        xd = x.detach()
+        inside = (xd.flatten(1).amin(1) >= lo - ABS_TOL) & (xd.flatten(1).amax(1) <= hi + ABS_TOL)
+        if self.eps is not None:
+            d = (xd - self.x0).flatten(1)
+            dist = d.abs().amax(1) if self.norm == "linf" else d.norm(dim=1)
+            inside &= dist <= self.eps * (1 + REL_TOL) + ABS_TOL
+        self.ever_fooled |= hit & inside
+
+    def finish(self, x_adv: Tensor) -> int:
+        t0 = time.perf_counter()
+        self.stop()
+        counting, self.counter.counting = self.counter.counting, False
+        try:
+            with torch.no_grad():
+                final = is_fooled(self.counter(x_adv), self.labels, self.targeted)
+        finally:
+            self.counter.counting = counting
+        silent = int((self.ever_fooled & ~final).sum())  # type: ignore[operator]
+        self.seconds += time.perf_counter() - t0
+        return silent
+
+
+def is_fooled(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    """Per example: the prediction is the target (targeted) or not the label (untargeted)."""
+    pred = logits.argmax(1)
+    return pred == labels if targeted else pred != labels
 
 
 @dataclass
@@ -136,95 +169,138 @@ def batch_seed(seed: int, start: int) -> int:
     return int.from_bytes(digest[:8], "little") % (2**63 - 1)
 
 
-def craft(
-    model: nn.Module,
-    attack: Attack,
-    x: Tensor,
-    y: Tensor,
-    bounds: tuple[float, float],
-    num_classes: int,
-    device: torch.device,
+def in_batches_with_backoff(
+    total: int,
     batch_size: int,
-    seed: int = 0,
+    min_batch_size: int,
+    run: Callable[[int, int], None],
+    snapshot: Callable[[], Callable[[], None]],
+    what: str,
+    cuda: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
-    bpda: bool = True,
-    check_silent: bool = False,
-    min_batch_size: int = 1,
-    amp: str | None = None,
-    channels_last: bool = False,
-    surrogate: bool = False,
-) -> Crafted:
+) -> int:
+    """``run(start, size)`` over ``total`` examples in batches; return the batch size used.
+
+    A batch that runs out of memory (CUDA, or the host) is retried at half the size, down to
+    ``min_batch_size``, after undoing what the failed attempt changed (``snapshot()``, taken
+    before every batch, returns the function that restores it); the rest runs at the
+    smaller size, so batch positions, and the seeds that follow them, are those of a run
+    started at that size. Below the floor, an ``AdvxError`` naming ``what``.
+    """
+    size, start = batch_size, 0
+    while start < total:
+        restore = snapshot()
+        try:
+            run(start, size)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+            if not is_out_of_memory(exc):
+                raise
+            restore()
+            if cuda:
+                torch.cuda.empty_cache()
+            if size // 2 < min_batch_size:
+                raise AdvxError(
+                    f"{what} ran out of memory even at batch size {size} (the floor is "
+                    f"{min_batch_size}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from None
+            size //= 2
+            continue
+        start += size
+        if on_batch is not None:
+            on_batch(min(start, total), total)
+    return size
+
+
+@dataclass(frozen=True)
+class CraftOptions:
+    """How ``craft`` runs an attack over a set of examples.
+
+    ``bounds``, ``num_classes``: the data's valid range and class count. ``device``,
+    ``batch_size``, ``seed`` (batch seeds derive from it and the batch position).
+    ``on_batch(done, total)``: progress. ``bpda``: attack non-differentiable input
+    transforms through an identity backward pass. ``check_silent``: count the examples
+    the attack fooled (inside the budget) at some iterate but returned not fooled (one
+    uncounted, untimed forward per batch). ``min_batch_size``: the floor of the
+    out-of-memory back-off. ``amp`` (``"bf16"``/``"fp16"``) runs the attack under autocast
+    and ``channels_last`` feeds 4-D batches in that memory format (the model must have been
+    converted too); both are speed options whose effect on the numbers is measured, not
+    assumed (``benchmarks/kernels.py``); scoring stays in float32. ``surrogate``: the model
+    stands in for the scored one (a transfer-style threat model); ``attack.surrogate`` is
+    set for the call, and silent success is not watched (fooling the stand-in is not the
+    goal, so returning a point that does not fool it is no loss).
+    """
+
+    bounds: tuple[float, float]
+    num_classes: int
+    device: torch.device | str = "cpu"
+    batch_size: int = 256
+    seed: int = 0
+    on_batch: Callable[[int, int], None] | None = None
+    bpda: bool = True
+    check_silent: bool = False
+    min_batch_size: int = 1
+    amp: str | None = None
+    channels_last: bool = False
+    surrogate: bool = False
+
+
+def craft(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: CraftOptions) -> Crafted:
     """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes.
 
-    ``check_silent`` also counts the examples the attack fooled (inside the budget) at some
-    iterate but returned not fooled (one uncounted, untimed forward per batch).
-
-    A batch that runs out of memory (CUDA, or the host) is retried at half the batch size,
-    down to ``min_batch_size``; the rest of the cell runs at the smaller size, so the result
-    equals a run started at that size (batch seeds follow batch positions). The size used
-    is returned with the examples.
-
-    ``amp`` (``"bf16"``/``"fp16"``) runs the attack under autocast and ``channels_last``
-    feeds 4-D batches in that memory format (the model must have been converted too); both
-    are speed options whose effect on the numbers is measured, not assumed
-    (``benchmarks/kernels.py``). Scoring stays in float32.
-
-    ``surrogate``: ``model`` stands in for the scored one (a transfer-style threat model);
-    ``attack.surrogate`` is set for the call, and silent success is not watched (fooling
-    the stand-in is not the goal, so returning a point that does not fool it is no loss).
+    A batch that runs out of memory is retried smaller (``in_batches_with_backoff``); the
+    size used is returned with the examples. See ``CraftOptions`` for the rest.
     """
+    o = options
+    device = torch.device(o.device)
     mode = getattr(attack.config, "label_mode", "true")
     counter = PassCounter(model)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(o.seed)
     outs, targets = [], []
     targeted = False
-    cuda = torch.device(device).type == "cuda"
+    cuda = device.type == "cuda"
     autocast = (
-        torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-        if amp not in (None, "off")
+        torch.autocast(device.type, dtype=torch.bfloat16 if o.amp == "bf16" else torch.float16)
+        if o.amp not in (None, "off")
         else contextlib.nullcontext()
     )
     # silent success is watched on deterministic modules (a random forward would fake it)
-    watch = check_silent and not surrogate and not randomized_parts(model)
-    silent, excluded = 0, 0.0
+    watch = (
+        SilentSuccessWatch(counter, attack.norm, attack.eps, o.bounds)
+        if o.check_silent and not o.surrogate and not randomized_parts(model)
+        else None
+    )
+    silent = 0
     infos: dict[str, list[Tensor]] = {}
     if cuda:
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
+
     def one_batch(start: int, size: int) -> None:
-        nonlocal targeted, silent, excluded
+        nonlocal targeted, silent
         xb = x[start : start + size].to(device, non_blocking=True)
-        if channels_last and xb.dim() == 4:
+        if o.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yb = y[start : start + size].to(device, non_blocking=True)
         counter.counting = False  # label resolution is bookkeeping, not the attack's cost
-        labels, targeted = resolve_labels(counter, xb, yb, mode, num_classes, gen)
+        labels, targeted = resolve_labels(counter, xb, yb, mode, o.num_classes, gen)
         counter.counting = True
         if targeted and not attack.supports_targeted:
             raise ConfigError(f'attack "{attack.name}" does not support targeted label mode {mode!r}')
-        s = batch_seed(seed, start)
+        s = batch_seed(o.seed, start)
         attack.begin_batch(s)
         torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
-        if watch:
-            counter.watch(xb, labels, targeted, attack.norm, attack.eps, bounds)
-        attack.surrogate = surrogate
+        if watch is not None:
+            watch.start(xb, labels, targeted)
+        attack.surrogate = o.surrogate
         try:
             with torch.enable_grad(), autocast:
-                xa = attack.perturb(counter, xb.clone(), labels, bounds, targeted=targeted)
+                xa = attack.perturb(counter, xb.clone(), labels, o.bounds, targeted=targeted)
         finally:
             attack.surrogate = False
         xa = xa.to(xb.dtype)
-        check_budget(attack.name, xb, xa, attack.norm, attack.eps, bounds)
-        if watch:
-            t_check = time.perf_counter()
-            counter.unwatch()
-            counter.counting = False
-            with torch.no_grad():
-                pred = counter(xa).argmax(1)
-            counter.counting = True
-            final = pred == labels if targeted else pred != labels
-            silent += int((counter.ever_fooled & ~final).sum())
-            excluded += time.perf_counter() - t_check
+        check_budget(attack.name, xb, xa, attack.norm, attack.eps, o.bounds)
+        if watch is not None:
+            silent += watch.finish(xa)
         outs.append(xa.detach().to("cpu", non_blocking=False))
         extra = attack.batch_info()
         if extra:
@@ -232,36 +308,29 @@ def craft(
                 infos.setdefault(k, []).append(torch.as_tensor(v).detach().cpu().flatten())
         targets.append(labels.cpu() if targeted else torch.full((len(xb),), -1, dtype=torch.long))
 
-    size = batch_size
-    with bpda_mode(model, bpda):
-        start = 0
-        while start < len(x):
-            passes, rng = (counter.forwards, counter.backwards), gen.get_state()
-            try:
-                one_batch(start, size)
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                if not is_out_of_memory(exc):
-                    raise
-                counter.forwards, counter.backwards = passes  # the failed attempt is not the attack's cost
-                gen.set_state(rng)  # the retry draws the same random targets
-                counter.unwatch()
-                counter.counting = True
-                if cuda:
-                    torch.cuda.empty_cache()
-                if size // 2 < min_batch_size:
-                    raise AdvxError(
-                        f'attack "{attack.name}" ran out of memory even at batch size {size} (the floor is '
-                        f"{min_batch_size}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                    ) from None
-                size //= 2  # the rest of the cell runs at the smaller size: seeds follow batch positions
-                continue
-            start += size
-            if on_batch is not None:
-                on_batch(min(start, len(x)), len(x))
+    def snapshot() -> Callable[[], None]:
+        passes, rng, done = (counter.forwards, counter.backwards), gen.get_state(), len(outs)
+
+        def restore() -> None:
+            counter.forwards, counter.backwards = passes  # the failed attempt is not the attack's cost
+            gen.set_state(rng)  # the retry draws the same random targets
+            del outs[done:], targets[done:]
+            if watch is not None:
+                watch.stop()
+            counter.counting = True
+
+        return restore
+
+    with bpda_mode(model, o.bpda):
+        size = in_batches_with_backoff(
+            len(x), o.batch_size, o.min_batch_size, one_batch, snapshot, f'attack "{attack.name}"', cuda, o.on_batch
+        )
     if cuda:
         torch.cuda.synchronize(device)
+    excluded = watch.seconds if watch is not None else 0.0
     cost = Cost(time.perf_counter() - t0 - excluded, counter.forwards, counter.backwards)
     info = {k: torch.cat(v) for k, v in infos.items()} or None
     return Crafted(
-        torch.cat(outs), torch.cat(targets), targeted, cost, silent_success=silent if watch else None, info=info, batch_size=size
+        torch.cat(outs), torch.cat(targets), targeted, cost, silent_success=silent if watch is not None else None,
+        info=info, batch_size=size,
     )

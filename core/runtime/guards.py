@@ -1,7 +1,10 @@
 """Guards: the checks that stand between a model or an attack and a robustness number.
 
 Before a cell runs (``preflight``): the inputs lie in the dataset's declared bounds and
-every model is usable (eval mode, logits not probabilities, output shape, finite values).
+every model is usable (eval mode, logits not probabilities, output shape, at least two
+classes, finite values); the labels name classes of the model (``check_labels``); the
+model has as many classes as the attack needs (``check_classes``) and, for a gradient
+attack, a gradient path from its input to its logits (``check_gradient_path``).
 After every attack batch (``check_budget``): the examples lie in the attack's declared
 eps-ball and the valid input range. Before crafting (``check_requires``): what the attack
 declares it needs (input gradients) is what the attacked module offers. Each failure is a
@@ -13,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advx.contract.errors import BudgetViolationError, DataError, ModelCheckError
+from advx.contract.errors import BudgetViolationError, ConfigError, DataError, ModelCheckError
 from advx.contract.protocols import non_differentiable_parts
 
 # Tolerances of the budget check: float32 rounding of x + eps * sign(g) can exceed eps by
@@ -27,19 +30,36 @@ def check_model(model: nn.Module, x: Tensor, num_classes: int | None = None) -> 
 
     Raises a one-line ``ModelCheckError`` when the model is in training mode (dropout or
     batch-norm statistics would change under the attack), returns probabilities instead
-    of logits (gradients saturate, attacks look weaker than they are: Foolbox #108), or
-    has the wrong output shape.
+    of logits (gradients saturate, attacks look weaker than they are: Foolbox #108), has
+    the wrong output shape, or returns a single logit (cross-entropy over one class is
+    zero whatever the input, so every loss-based attack would score it fully robust). A
+    model that raises on the probe batch is reported in one line too.
     """
     training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
     if training:
         raise ModelCheckError(
             f"model is in training mode (e.g. module {training[0]!r}); call model.eval() before evaluating"
         )
-    with torch.no_grad():
-        out = model(x)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ModelCheckError(f"model must return logits of shape (batch, classes); got {shape}")
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001 - reported in one line, the cause chained
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelCheckError(
+            f"model raised {type(exc).__name__} on a probe batch of shape {tuple(x.shape)} ({x.dtype}): {first}"
+        ) from exc
+    if not isinstance(out, Tensor):
+        raise ModelCheckError(
+            f"model must return logits of shape (batch, classes); got a {type(out).__name__}: "
+            "return the logits tensor itself (wrap the model to select it)"
+        )
+    if out.dim() != 2 or out.shape[0] != x.shape[0]:
+        raise ModelCheckError(f"model must return logits of shape (batch, classes); got {tuple(out.shape)}")
+    if out.shape[1] < 2:
+        raise ModelCheckError(
+            "model returns 1 logit per example; attacks need one logit per class (at least 2): for a binary "
+            "classifier with logit z, return torch.cat([torch.zeros_like(z), z], 1), whose softmax is sigmoid(z)"
+        )
     if num_classes is not None and out.shape[1] != num_classes:
         raise ModelCheckError(f"model returns {out.shape[1]} outputs but the data has {num_classes} classes")
     if out.shape[1] > 1 and bool(((out >= 0) & (out <= 1)).all()) and bool(
@@ -78,6 +98,50 @@ def preflight(
         if not any(m is s for s in seen):
             check_model(m, probe, num_classes)
             seen.append(m)
+
+
+def check_labels(y: Tensor, num_classes: int) -> None:
+    """Raise ``DataError`` unless every label is a class of the model (``0..num_classes-1``):
+    a label outside them would fail deep inside a loss with an ``IndexError``."""
+    if y.is_floating_point() or y.is_complex():
+        raise DataError(f"labels must be integer class indices, got {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(
+            f"labels range over [{int(y.min())}, {int(y.max())}], but the model has {num_classes} classes "
+            f"(labels 0..{num_classes - 1})"
+        )
+
+
+def check_classes(attack_name: str, needed: int, num_classes: int, where: str = "the model") -> None:
+    """Raise ``ConfigError`` when the attack needs more classes (``Attack.min_classes``) than there are."""
+    if num_classes < needed:
+        raise ConfigError(
+            f'attack "{attack_name}" needs at least {needed} classes (as configured), but {where} has {num_classes}'
+        )
+
+
+def check_gradient_path(module: nn.Module, x: Tensor, y: Tensor) -> None:
+    """Raise ``ModelCheckError`` unless the logits of ``module`` depend on its input through autograd.
+
+    A model that detaches its input, computes under ``no_grad`` or returns a constant gives
+    a gradient attack nothing to follow; without this check every gradient attack would
+    fail with a raw torch error ("appears to not have been used in the graph"). A gradient
+    that exists but is zero is not refused here: that is a measured diagnostic (the
+    ``zero-gradients`` flag). Run it as the attack sees the module (inside ``bpda``).
+    """
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = module(xg)
+        g = None
+        if isinstance(out, Tensor) and out.requires_grad:
+            loss = torch.nn.functional.cross_entropy(out.float(), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, xg, allow_unused=True)
+    if g is None:
+        raise ModelCheckError(
+            "model's logits do not depend on its input through autograd (no gradient path: a detached input, "
+            "no_grad, or a constant output), so a gradient attack cannot run; fix the model, declare the "
+            "non-differentiable part as an advx.InputTransform (attacked through BPDA), or use a gradient-free attack"
+        )
 
 
 def perturbation_norms(x: Tensor, x_adv: Tensor) -> tuple[Tensor, Tensor]:

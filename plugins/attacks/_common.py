@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advx import input_gradient
+
 # Below this, a gradient is treated as zero when normalising (a zero gradient would
 # otherwise give 0/0 = NaN and poison the batch).
 TINY = 1e-12
@@ -43,12 +45,12 @@ def loss_grad(model: nn.Module, x: Tensor, y: Tensor, targeted: bool) -> tuple[T
     attack it is grad J(x, y) (move away from ``y``), for a targeted one -grad J(x, t)
     (move towards ``t``). ``reduction="sum"`` keeps each example's gradient independent
     of the batch size. ``torch.autograd.grad`` computes the input gradient only: the
-    parameters' ``.grad`` are neither computed nor touched. ``x`` must require grad.
+    parameters' ``.grad`` are neither computed nor touched. ``x`` must require grad. The
+    gradient is the caller's to modify in place (``advx.input_gradient``).
     """
     logits = model(x)
     loss = F.cross_entropy(logits, y, reduction="sum")
-    (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
-    return grad, logits
+    return input_gradient(-loss if targeted else loss, x), logits
 
 
 def linf_box(x: Tensor, eps: float, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import Attack, AttackConfig, hookimpl
+from advx import Attack, AttackConfig, hookimpl, input_gradient
 
 from ._common import (
     clip_to_bounds_l2_,
@@ -117,7 +117,7 @@ def apgd_run(
         z.requires_grad_(True)
         logits = model(z)
         per = loss_of(logits)
-        (g,) = torch.autograd.grad(per.sum(), z)
+        g = input_gradient(per.sum(), z)  # stepped in place (sign_, l2_normalize_)
         z.detach_()
         return g, per.detach(), success_of(logits.detach())
 
@@ -185,6 +185,13 @@ class _APGDBase(Attack):
 
     loss: ClassVar[Loss] = "ce"
     iterative: ClassVar[bool] = True
+
+    @classmethod
+    def min_classes(cls, config):
+        # the DLR loss compares the three largest logits, the targeted one four (_common.dlr_loss)
+        if cls.loss == "dlr":
+            return 4 if config.targeted else 3
+        return 2
 
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config

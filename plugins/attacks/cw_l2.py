@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from advx import Attack, AttackConfig, hookimpl
+from advx import Attack, AttackConfig, hookimpl, input_gradient
 
 from ._common import margin_to_other, per_example_view
 
@@ -94,7 +94,7 @@ class CarliniWagnerL2(Attack):
                 z_y, z_o = margin_to_other(logits, y)
                 margin = z_o - z_y if targeted else z_y - z_o  # < -kappa means success
                 hinge = const * (margin + c.kappa).clamp(min=0)
-                (g,) = torch.autograd.grad(hinge.sum(), x_adv)
+                g = input_gradient(hinge.sum(), x_adv)  # the chain rule is applied to it in place
 
                 with torch.no_grad():
                     loss = l2sq.sum() + hinge.detach().sum()

@@ -41,7 +41,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from advx import Attack, AttackConfig, hookimpl
+from advx import Attack, AttackConfig, hookimpl, input_gradient
 
 from ._common import TINY, clip_to_bounds_l2_, l2_norm, margin_to_other, per_example_view
 
@@ -112,7 +112,7 @@ class DeepFool(Attack):
         """The step to the nearest linearised boundary, one row per active example."""
 
         def grad_of(scalar, retain):
-            (g,) = torch.autograd.grad(scalar, leaf, retain_graph=retain)
+            g = input_gradient(scalar, leaf, retain_graph=retain)  # normalised in place (div_)
             return g if rows is None else g[rows]
 
         if targeted:

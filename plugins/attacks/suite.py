@@ -68,6 +68,13 @@ class _SuiteBase(Attack):
     square_cls: ClassVar[type[Attack]] = Square
     fab_cls: ClassVar[type[Attack]] = FAB
 
+    @classmethod
+    def min_classes(cls, config):
+        # apgd-t runs the targeted DLR loss (four largest logits) in every label mode, apgd-dlr
+        # the untargeted one (three) or, in a targeted mode, the targeted one (_common.dlr_loss)
+        need = {"apgd-t": 4, "apgd-dlr": 4 if config.targeted else 3}
+        return max(need.get(m, 2) for m in config.attacks)
+
     @property
     def member_names(self) -> list[str]:
         return list(self.config.attacks)

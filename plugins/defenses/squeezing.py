@@ -67,15 +67,16 @@ def median_filter(x: Tensor, size: int) -> Tensor:
 
 
 def _symmetric_pad(x: Tensor, before: int, after: int) -> Tensor:
-    """scipy's 'reflect' mode (d c b a | a b c d | d c b a) on the last two dims."""
+    """scipy's 'reflect' mode (d c b a | a b c d | d c b a) on the last two dims, for any width.
+
+    The padded signal is the input followed by its mirror image, repeated (period 2n), so a
+    pad wider than the image reflects again at the far edge, as scipy does: a 15 x 15
+    window on a 5 x 5 image is scipy's result, not an index error.
+    """
     for dim in (-2, -1):
-        parts = []
-        if before:
-            parts.append(x.narrow(dim, 0, before).flip(dim))
-        parts.append(x)
-        if after:
-            parts.append(x.narrow(dim, x.shape[dim] - after, after).flip(dim))
-        x = torch.cat(parts, dim=dim)
+        n = x.shape[dim]
+        pos = torch.arange(-before, n + after, device=x.device) % (2 * n)
+        x = x.index_select(dim, torch.where(pos < n, pos, 2 * n - 1 - pos))
     return x
 
 

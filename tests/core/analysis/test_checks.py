@@ -169,3 +169,47 @@ def test_mean_per_class_accuracy_judges_chance_on_imbalanced_data():
     assert checks([_with_classes(row("fgsm", 0.3, 0.5, n=1000), 0.90, counts)]) == ["clean-at-chance"]
     # rows without per-class counts (older results) are left alone
     assert checks([{**row("fgsm", 0.3, 0.1), "clean_accuracy": 0.1}]) == []
+
+
+def _defended(defense, clean, acc, n=500, eps=0.3):
+    return {**row("fgsm", eps, acc, n=n), "defense": defense, "defense_config": {"name": defense.split("(")[0]},
+            "clean_accuracy": clean, "cell_key": f"{defense}-{acc}"}
+
+
+def test_a_defense_that_costs_clean_accuracy_says_so():
+    """Rotation by 180 degrees left 0.30 of the digits right, against 0.94 undefended: its robust
+    accuracy means little without that cost beside it."""
+    none = _defended("none", 0.94, 0.10)
+    rotated = [_defended("rotation(angle=180)", 0.30, 0.25), _defended("rotation(angle=180)", 0.30, 0.28, eps=0.1)]
+    flags = sanity_flags([none, *rotated])
+    assert [f.check for f in flags] == ["defense-costs-accuracy"]
+    assert flags[0].cells == ("rotation(angle=180)-0.25", "rotation(angle=180)-0.28")
+    msg = flags[0].message
+    assert "rotation(angle=180): clean accuracy 0.3000 against 0.9400 without the defense (-0.6400)" in msg
+    assert "0.2500 to 0.2800 over 2 cell(s)" in msg
+    # a cost within DEFENSE_COST (plus two examples' worth) is not flagged; one beyond it is
+    from advx.analysis.checks import DEFENSE_COST
+
+    assert checks([none, _defended("squeezing", 0.94 - DEFENSE_COST + 0.001, 0.5)]) == []
+    assert checks([none, _defended("squeezing", 0.94 - DEFENSE_COST - 0.01, 0.5)]) == ["defense-costs-accuracy"]
+    # compared only with the same model undefended, on as many examples
+    assert checks([none, _defended("squeezing", 0.55, 0.5, n=200)]) == []
+    assert checks([{**none, "model": "other"}, _defended("squeezing", 0.55, 0.5)]) == []
+
+
+def test_defense_cost_on_a_real_matrix(tmp_path):
+    """Rotation by 180 degrees and a median window far larger than the 8x8 digits (15: scipy's
+    reflect, not an index error) both run, and the rotation's cost is named."""
+    spec = {
+        "matrix": {"name": "cost", "samples": 200, "batch_size": 200, "cache_dir": str(tmp_path / "c"), "diagnostics": False},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 5}}],
+        "defenses": [{"name": "none"}, {"name": "rotation", "angle": 180}, {"name": "median-filter", "size": 15}],
+        "attacks": [{"name": "fgsm", "eps": 0.1}],
+    }
+    res = advx.run_matrix(spec)
+    assert res.done == 3
+    clean = {r["defense"]: r["clean_accuracy"] for r in res.rows}
+    flagged = [f for f in sanity_flags(res.rows) if f.check == "defense-costs-accuracy"]
+    assert any("rotation(angle=180.0): clean accuracy" in f.message for f in flagged)
+    assert clean["none"] - clean["rotation(angle=180.0)"] > 0.3

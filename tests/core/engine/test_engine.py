@@ -165,18 +165,21 @@ def test_random_starts_differ_per_batch_and_do_not_depend_on_history(digits_cnn,
     x2 = torch.cat([x[:20], x[:20]])  # the same 20 images in two batches
     y2 = torch.cat([y[:20], y[:20]])
     pgd = lambda: advx.Registry.discover().attack("pgd", eps=0.2, alpha=0.05, steps=1)  # noqa: E731
-    from advx.runtime.crafting import craft
+    from advx.runtime.crafting import CraftOptions, craft
 
-    a = craft(digits_cnn, pgd(), x2, y2, info.bounds, 10, torch.device("cpu"), 20, seed=3)
+    def options(batch_size, seed):
+        return CraftOptions(info.bounds, 10, torch.device("cpu"), batch_size, seed)
+
+    a = craft(digits_cnn, pgd(), x2, y2, options(20, 3))
     d = a.x_adv[:20] - a.x_adv[20:]
     assert d.abs().max() > 0  # fresh noise for the second batch
     # whatever ran before in the process, the same cell gives the same examples
-    craft(digits_cnn, pgd(), x[:50], y[:50], info.bounds, 10, torch.device("cpu"), 25, seed=9)
+    craft(digits_cnn, pgd(), x[:50], y[:50], options(25, 9))
     torch.rand(100)
-    b = craft(digits_cnn, pgd(), x2, y2, info.bounds, 10, torch.device("cpu"), 20, seed=3)
+    b = craft(digits_cnn, pgd(), x2, y2, options(20, 3))
     assert torch.equal(a.x_adv, b.x_adv)
     # a batch alone equals the same batch at the same position in a longer run
-    c = craft(digits_cnn, pgd(), x2[:20], y2[:20], info.bounds, 10, torch.device("cpu"), 20, seed=3)
+    c = craft(digits_cnn, pgd(), x2[:20], y2[:20], options(20, 3))
     assert torch.equal(c.x_adv, a.x_adv[:20])
 
 

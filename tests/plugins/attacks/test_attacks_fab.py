@@ -48,6 +48,7 @@ from torch import nn
 
 import advx
 from advx import PassCounter
+from advx.runtime.crafting import SilentSuccessWatch
 from advx.plugins.attacks.fab import project_to_hyperplane
 from advx.testing import check_attack
 
@@ -173,10 +174,11 @@ def test_no_silent_success(name, params, data):
     model, x, y = data
     eps = EPS[name] / 2
     counter = PassCounter(model)
-    counter.watch(x, y, False, REG.get("attack", name).norm, eps, BOUNDS)
+    watch = SilentSuccessWatch(counter, REG.get("attack", name).norm, eps, BOUNDS)
+    watch.start(x, y, False)
     out = REG.attack(name, eps=eps, steps=10, **params).perturb(counter, x, y, BOUNDS)
-    counter.unwatch()
-    seen, got = counter.ever_fooled, fooled(model, out, y)
+    assert watch.finish(out) == 0
+    seen, got = watch.ever_fooled, fooled(model, out, y)
     assert bool(seen.any()) and not bool((seen & ~got).any())
 
 

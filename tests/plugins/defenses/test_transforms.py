@@ -109,9 +109,10 @@ def test_bit_depth_keeps_2_to_the_bits_levels(bits):
     assert torch.allclose(scaled, out * 2 - 1, atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [2, 3, 4])
-def test_median_filter_equals_scipy(size):
-    x = images(n=2, c=3, h=10, w=7)
+@pytest.mark.parametrize("size, hw", [(2, (10, 7)), (3, (10, 7)), (4, (10, 7)), (15, (5, 5)), (14, (3, 8)), (15, (1, 1))])
+def test_median_filter_equals_scipy(size, hw):
+    """Windows far larger than the image too (15 on 5x5): scipy reflects again at the far edge."""
+    x = images(n=2, c=3, h=hw[0], w=hw[1])
     ours = median_filter(x, size)
     ref = ndimage.median_filter(x.numpy(), size=(1, 1, size, size), mode="reflect")
     np.testing.assert_allclose(ours.numpy(), ref, atol=0)
