@@ -31,6 +31,8 @@ EXPORTS: dict[str, str] = {
     "Normalize": "advx.contract.interfaces",
     "NormalizedModel": "advx.contract.interfaces",
     "input_gradient": "advx.contract.interfaces",
+    "select_output": "advx.contract.interfaces",
+    "OutputSelect": "advx.contract.interfaces",
     "ThreatModel": "advx.contract.threats",
     "ThreatConfig": "advx.contract.threats",
     "AttackView": "advx.contract.threats",

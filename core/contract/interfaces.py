@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -376,6 +377,49 @@ def input_gradient(output: Tensor, x: Tensor, retain_graph: bool = False) -> Ten
     if any(stride == 0 and size > 1 for stride, size in zip(g.stride(), g.shape)):
         g = g.contiguous()
     return g
+
+
+def _key_names(keys: Any, n: int = 6) -> str:
+    names = [repr(k) for k in list(keys)[:n]]
+    return ", ".join(names) + (", ..." if len(list(keys)) > n else "")
+
+
+def select_output(out: Any, output: str | int | None) -> Any:
+    """The logits of a model's output: itself, or ``out[output]`` (a dict key, a tuple index)
+    or ``out.output`` (an attribute of an output object), with a one-line ``ConfigError``
+    naming what the output holds when ``output`` does not pick a tensor from it."""
+    if output is None:
+        if isinstance(out, Tensor):
+            return out
+        if isinstance(out, Mapping):
+            raise ConfigError(f"output: the model returns a {type(out).__name__} (keys {_key_names(out.keys())}); set output to the key of its logits")
+        if isinstance(out, (tuple, list)):
+            raise ConfigError(f"output: the model returns a {type(out).__name__} of {len(out)}; set output to the index of its logits")
+        raise ConfigError(f"output: the model returns a {type(out).__name__}, not a tensor; set output to the attribute holding its logits")
+    if isinstance(out, Mapping):
+        if output not in out:
+            raise ConfigError(f"output: {output!r} is not a key of the model's output (keys {_key_names(out.keys())})")
+        return out[output]
+    if isinstance(out, (tuple, list)):
+        if not isinstance(output, int) or not -len(out) <= output < len(out):
+            raise ConfigError(f"output: the model returns a {type(out).__name__} of {len(out)}; {output!r} is not an index of it")
+        return out[output]
+    if isinstance(output, str) and hasattr(out, output):
+        return getattr(out, output)
+    raise ConfigError(f"output: the model returns a {type(out).__name__}, which has no {output!r}")
+
+
+class OutputSelect(nn.Module):
+    """A model that returns a dict, a tuple or an object, seen as one that returns its logits
+    (``output``: the key, index or attribute of the logits; see ``select_output``)."""
+
+    def __init__(self, model: nn.Module, output: str | int) -> None:
+        super().__init__()
+        self.model = model
+        self.output = output
+
+    def forward(self, x: Tensor) -> Tensor:
+        return select_output(self.model(x), self.output)  # type: ignore[no-any-return]
 
 
 class Normalize(nn.Module):

@@ -24,7 +24,7 @@ from advx.contract.errors import ConfigError, DataError
 from advx.analysis.checks import Flag, run_checks
 from advx.analysis.rows import CellRow
 from advx.runtime.guards import check_inputs, check_model
-from advx.contract.interfaces import Attack
+from advx.contract.interfaces import Attack, OutputSelect
 from advx.engine.pipeline import AttackOutcome, attack_model, check_attack, fresh
 
 
@@ -221,6 +221,7 @@ def evaluate(
     seed: int = 0,
     registry: Any = None,
     diagnostics: bool = True,
+    output: str | int | None = None,
 ) -> list[AttackReport]:
     """Evaluate your own ``nn.Module`` on your own data against registered attacks.
 
@@ -234,8 +235,11 @@ def evaluate(
     path from input to logits: all of it is checked, in one-line errors, before any
     attack runs. ``diagnostics`` (default on) measures what a matrix cell measures about
     its evaluation; each report carries it and the sanity flags that name it, computed
-    over all the attacks of the call.
+    over all the attacks of the call. ``output`` picks the logits of a model that returns a
+    dict, a tuple or an object (a key, an index or an attribute: ``advx.OutputSelect``).
     """
+    if output is not None:
+        model = OutputSelect(model, output).train(model.training)  # the wrapper keeps the model's mode
     x, y = _collect(data, samples)
     if device is None:
         try:

@@ -44,7 +44,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
-from advx import AdvxError, ConfigError, DatasetInfo, Model, ModelConfig, Normalize
+from advx import AdvxError, ConfigError, DatasetInfo, Model, ModelConfig, Normalize, select_output
 
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -325,29 +325,6 @@ class InputRange(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}, shift={self.shift:g}"
-
-
-def select_output(out: Any, output: str | int | None) -> Any:
-    """The logits of a model's output: itself, or ``out[output]`` / ``out.output``."""
-    if output is None:
-        if isinstance(out, Tensor):
-            return out
-        if isinstance(out, Mapping):
-            raise ConfigError(f"output: the model returns a {type(out).__name__} (keys {_names(out.keys(), 6)}); set output to the key of its logits")
-        if isinstance(out, (tuple, list)):
-            raise ConfigError(f"output: the model returns a {type(out).__name__} of {len(out)}; set output to the index of its logits")
-        raise ConfigError(f"output: the model returns a {type(out).__name__}, not a tensor; set output to the attribute holding its logits")
-    if isinstance(out, Mapping):
-        if output not in out:
-            raise ConfigError(f"output: {output!r} is not a key of the model's output (keys {_names(out.keys(), 6)})")
-        return out[output]
-    if isinstance(out, (tuple, list)):
-        if not isinstance(output, int) or not -len(out) <= output < len(out):
-            raise ConfigError(f"output: the model returns a {type(out).__name__} of {len(out)}; {output!r} is not an index of it")
-        return out[output]
-    if isinstance(output, str) and hasattr(out, output):
-        return getattr(out, output)
-    raise ConfigError(f"output: the model returns a {type(out).__name__}, which has no {output!r}")
 
 
 class AdaptedModel(nn.Module):

@@ -367,3 +367,27 @@ def test_a_matrix_cell_and_evaluate_are_one_pipeline(tmp_path, registry):
         assert row[k] == pytest.approx(report.metrics[k], abs=1e-6), k
     assert torch.equal(cell["adv_pred"], report.samples["adv_pred"])
     assert row["details"]["diagnostics"] == report.diagnostics
+
+
+def test_evaluate_picks_the_logits_of_a_model_that_returns_a_dict(digits_cnn, digits):
+    """``output`` is the same adapter the model plugins use: a dict's key, a tuple's index."""
+    _, info, x, y = digits
+
+    class AsDict(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return {"logits": self.net(x), "features": x.flatten(1)}
+
+    class AsTuple(AsDict):
+        def forward(self, x):
+            return (x.flatten(1), self.net(x))
+
+    plain = advx.evaluate(digits_cnn, (x[:40], y[:40]), [("fgsm", {"eps": 0.1})], diagnostics=False)[0]
+    wrapped = advx.evaluate(AsDict(digits_cnn).eval(), (x[:40], y[:40]), [("fgsm", {"eps": 0.1})], diagnostics=False, output="logits")[0]
+    indexed = advx.evaluate(AsTuple(digits_cnn).eval(), (x[:40], y[:40]), [("fgsm", {"eps": 0.1})], diagnostics=False, output=1)[0]
+    assert wrapped.metrics["robust_accuracy"] == plain.metrics["robust_accuracy"] == indexed.metrics["robust_accuracy"]
+    with pytest.raises(advx.AdvxError, match="'logits', 'features'"):
+        advx.evaluate(AsDict(digits_cnn).eval(), (x[:40], y[:40]), ["fgsm"], output="scores")
