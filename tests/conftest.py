@@ -6,6 +6,10 @@ the ``registry`` fixture uses the real entry points (the package is installed fo
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def install_fixture(tmp_path_factory):
+    """``install_fixture(name)``: pip-install ``tests/fixtures/<name>`` into a temporary folder, as a
+    third party's package would be from PyPI; returns the environment that puts it on the path."""
+
+    def install(name: str) -> dict[str, str]:
+        target = tmp_path_factory.mktemp("site")
+        src = tmp_path_factory.mktemp("build") / name
+        shutil.copytree(REPO / "tests" / "fixtures" / name, src)  # built outside the repo: no build/ left there
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            pytest.fail(f"pip install of the fixture package {name} failed: {out.stderr[-2000:]}")
+        return {**os.environ, "PYTHONPATH": str(target) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    return install

@@ -7,29 +7,16 @@ its path lists the attack with `advx plugins` and runs it inside a matrix.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "advx-noise"
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
-    src = build / "advx-noise"
-    shutil.copytree(FIXTURE, src)  # build outside the repo so no build/ or egg-info is left there
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        pytest.fail(f"pip install of the fixture package failed: {out.stderr[-2000:]}")
-    env = {**os.environ, "PYTHONPATH": str(target) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return env
+def installed(install_fixture):
+    return install_fixture("advx-noise")
 
 
 def advx_cli(env, *args, cwd=None):

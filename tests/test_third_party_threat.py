@@ -10,27 +10,16 @@ package's check beside the built-in ones.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "advx-threats"
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    src = tmp_path_factory.mktemp("build") / "advx-threats"
-    shutil.copytree(FIXTURE, src)
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        pytest.fail(f"pip install of the fixture package failed: {out.stderr[-2000:]}")
-    return {**os.environ, "PYTHONPATH": str(target) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def installed(install_fixture):
+    return install_fixture("advx-threats")
 
 
 def advx_cli(env, *args, cwd=None):
