@@ -337,13 +337,13 @@ def defense_costs_accuracy(rows: list[CellRow], ctx: CheckContext) -> Iterable[F
     for r in rows:
         if r.clean_accuracy is None:
             continue
-        same = r.part("dataset", "model", "examples")
+        same = (*r.part("dataset", "model", "examples"), r.n)  # the same examples, so as many of them
         if r.defense_config.get("name", r.defense) == DEFAULTS["defense"]:
             undefended[same].append(r)
         else:
             defended[(*same, *r.part("defense"))].append(r)
     for key, cells in defended.items():
-        refs = undefended.get(key[:3])
+        refs = undefended.get(key[:4])
         if not refs:
             continue
         base = sum(r.clean_accuracy for r in refs) / len(refs)  # type: ignore[misc]

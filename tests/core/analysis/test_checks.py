@@ -181,7 +181,7 @@ def test_a_defense_that_costs_clean_accuracy_says_so():
     accuracy means little without that cost beside it."""
     none = _defended("none", 0.94, 0.10)
     rotated = [_defended("rotation(angle=180)", 0.30, 0.25), _defended("rotation(angle=180)", 0.30, 0.28, eps=0.1)]
-    flags = sanity_flags([none, *rotated])
+    flags = run_checks(typed([none, *rotated]))
     assert [f.check for f in flags] == ["defense-costs-accuracy"]
     assert flags[0].cells == ("rotation(angle=180)-0.25", "rotation(angle=180)-0.28")
     msg = flags[0].message
@@ -210,6 +210,6 @@ def test_defense_cost_on_a_real_matrix(tmp_path):
     res = advx.run_matrix(spec)
     assert res.done == 3
     clean = {r["defense"]: r["clean_accuracy"] for r in res.rows}
-    flagged = [f for f in sanity_flags(res.rows) if f.check == "defense-costs-accuracy"]
+    flagged = [f for f in run_checks(res.rows) if f.check == "defense-costs-accuracy"]
     assert any("rotation(angle=180.0): clean accuracy" in f.message for f in flagged)
     assert clean["none"] - clean["rotation(angle=180.0)"] > 0.3
