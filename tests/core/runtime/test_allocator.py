@@ -42,7 +42,7 @@ def test_tuned_process_reuses_large_blocks_instead_of_faulting_them_in_again():
     rounds of five allocations (measured: 8,192-10,240 then 2,048-6,144 faults per
     allocation, then 0 from the third round on, in 8 of 8 processes), so two rounds settle it."""
     code = (
-        "import advx, tests.core.test_allocator as t;"
+        "import advx, tests.core.runtime.test_allocator as t;"
         "untuned = t._faults_per_alloc(); ok = advx.tune_cpu_allocator(); t._faults_per_alloc(); t._faults_per_alloc();"
         "tuned = t._faults_per_alloc();"
         "print(untuned, ok, tuned)"
@@ -55,7 +55,7 @@ def test_tuned_process_reuses_large_blocks_instead_of_faulting_them_in_again():
 
 @pytest.mark.skipif(not GLIBC, reason="the tuning applies to glibc only")
 def test_the_environment_variable_leaves_the_allocator_alone():
-    code = "import advx, tests.core.test_allocator as t; ok = advx.tune_cpu_allocator(); print(ok, t._faults_per_alloc())"
+    code = "import advx, tests.core.runtime.test_allocator as t; ok = advx.tune_cpu_allocator(); print(ok, t._faults_per_alloc())"
     ok, faults = _in_subprocess(code, {"ADVX_MALLOC_TUNING": "0"}).split()
     assert ok == "False" and float(faults) > 8_000
 

@@ -160,7 +160,7 @@ def test_a_new_metric_needs_no_migration(tmp_path, monkeypatch):
     advx.run_matrix({**spec, "attacks": [{"name": "fgsm", "eps": 0.05}]}, store=db)
     extra = metrics.MetricDef("always_one", lambda s, cost: 1.0)
     monkeypatch.setattr(metrics, "METRICS", [*metrics.METRICS, extra])
-    monkeypatch.setattr(advx.engine.execute, "summarize", lambda s, cost=None: {m.name: m.fn(s, cost) for m in metrics.METRICS})
+    monkeypatch.setattr(advx.engine.pipeline, "summarize", lambda s, cost=None: {m.name: m.fn(s, cost) for m in metrics.METRICS})
     res = advx.run_matrix(spec, store=db)  # the same file, one metric more: no refusal, no migration
     assert res.skipped == 1 and res.rows[0]["always_one"] == 1.0
     with advx.ResultStore(db) as store:
