@@ -524,7 +524,7 @@ def _roc_section(rows: list[dict[str, Any]], plotter: _Plotter | None) -> Sectio
 
 
 def load_rotation(path: str | Path) -> list[dict[str, Any]]:
-    """Rotation curves from a rotation study's JSON (``experiments/seed003-rotation.py --out``).
+    """Rotation curves from a rotation study's JSON (``experiments/seed003-rotation/rotation.py --out``).
 
     Each entry: ``name``, ``angles``, ``curves`` (series name -> values per angle),
     ``oracle_angle`` (the median best angle chosen with the true label, or None) and

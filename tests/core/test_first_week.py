@@ -18,7 +18,7 @@ import advx
 from advx.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "experiments" / "digits-demo.toml"
+DEMO = ROOT / "experiments" / "digits-demo" / "full.toml"
 
 
 def tiny(tmp_path, name="tiny", attacks=None, **matrix):
