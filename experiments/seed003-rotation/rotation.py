@@ -17,8 +17,9 @@ ORACLE in every key and line that carries it) and adds what a deployed defense g
 Table I's image indices are MNIST *test* indices (all ten are 1s there); they are used as
 they are. The paper does not give the 6 -> 9 indices: ten test 6s are drawn with a seed.
 
-Run (about 2-4 minutes on 2 CPU cores, LeNet-5 training included):
-    ADVX_DATA=../shared/data .venv/bin/python experiments/seed003-rotation/rotation.py \
+Run (about 2-4 minutes on 2 CPU cores, LeNet-5 training included; DIR holds mnist/*.gz, or
+leave ADVX_DATA out if the files are already in the cache):
+    ADVX_DATA=DIR .venv/bin/python experiments/seed003-rotation/rotation.py \
         --cache-dir /tmp/advx-cache --out experiments/results/seed003-rotation.json
 ``--quick`` uses 200 examples per class and 2 training epochs (a smoke test).
 """

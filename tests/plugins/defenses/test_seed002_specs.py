@@ -44,6 +44,7 @@ def test_quick_variant_runs_end_to_end(registry, shared_data, tmp_path, monkeypa
     import torch
 
     monkeypatch.setenv("ADVX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ADVX_DATA", str(shared_data))  # the specs name no data folder, as for users
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
