@@ -1,8 +1,9 @@
-"""The seed-002 experiment specs: every full spec has a reduced or quick variant, and the quick
+"""The seed-002 experiment specs: every full spec has a quick variant that extends it, and the quick
 variants run end to end on real MNIST (1% of the training set, 1 epoch, 100 test images)."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def test_each_seed002_defense_spec_has_a_quick_variant_with_the_same_axes(regist
         assert len(full) == len(quick), quick_path
         assert [c.attack.name for c in full] == [c.attack.name for c in quick]
         assert [c.threat.key() for c in full] == [c.threat.key() for c in quick]
+        assert "extends" in tomllib.loads(quick_path.read_text()), f"{quick_path} copies its full spec instead of extending it"
 
 
 @pytest.mark.slow
