@@ -45,3 +45,68 @@ def test_the_machine_path_pattern_finds_absolute_paths_only():
         assert MACHINE_PATH.search(found), found
     for kept in ("ADVX_DATA=DIR", "~/" + "home/x", "experiments/" + "work/x", "https://example.org/" + "home/x", "../shared/data"):
         assert not MACHINE_PATH.search(kept), kept
+
+
+# --- the index of experiments/README.md ------------------------------------------------------
+
+EXPERIMENTS = ROOT / "experiments"
+
+
+def index_rows() -> list[tuple[str, str, list[str]]]:
+    """(study folder heading, file, the row's cells) of every row between the index markers."""
+    text = (EXPERIMENTS / "README.md").read_text()
+    section = text[text.index("<!-- index -->") : text.index("<!-- /index -->")]
+    rows, study = [], ""
+    for line in section.splitlines():
+        heading = re.match(r"### `([^`]+)/`", line)
+        if heading:
+            study = heading.group(1)
+        row = re.match(r"\| `([^`]+)` \|(.*)\|$", line)
+        if row:
+            rows.append((study, row.group(1), [c.strip() for c in row.group(2).split("|")]))
+    return rows
+
+
+def study_files() -> list[str]:
+    """Every spec and script under experiments/ but the document's renderer and the stored results."""
+    return sorted(
+        str(p.relative_to(EXPERIMENTS))
+        for p in EXPERIMENTS.rglob("*")
+        if p.suffix in (".toml", ".py") and p.parent != EXPERIMENTS and "results" not in p.relative_to(EXPERIMENTS).parts
+    )
+
+
+def test_every_spec_lives_in_a_study_folder():
+    loose = sorted(p.name for p in EXPERIMENTS.glob("*.toml") if p.name != "reproductions.toml")
+    assert not loose, f"put these in a study folder: {loose}"
+
+
+def test_the_index_lists_every_study_file_once_and_only_files_that_exist():
+    rows = index_rows()
+    listed = [f for _, f, _ in rows]
+    files = study_files()
+    assert len(files) > 30
+    missing, stale = sorted(set(files) - set(listed)), sorted(set(listed) - set(files))
+    assert not missing, f"experiments/README.md does not list {missing}"
+    assert not stale, f"experiments/README.md lists files that do not exist: {stale}"
+    assert len(listed) == len(set(listed)), "a file is listed twice"
+
+
+def test_each_index_row_sits_under_its_study_and_says_what_kind_and_how_long():
+    rows = index_rows()
+    folders = sorted({p.parent.name for p in EXPERIMENTS.glob("*/*") if p.parent.name != "results"})
+    assert sorted({study for study, _, _ in rows}) == folders  # one heading per study folder
+    for study, file, cells in rows:
+        assert file.startswith(study + "/"), f"{file} is listed under {study}/"
+        assert len(cells) == 3 and all(cells), f"{file}: a row is | file | what it runs | kind | time |"
+
+
+def test_spec_names_are_unique():
+    import advx
+
+    names: dict[str, str] = {}
+    for f in study_files():
+        if f.endswith(".toml"):
+            name = advx.MatrixSpec.from_toml(EXPERIMENTS / f).matrix.name
+            assert name not in names, f"{f} and {names[name]} are both named {name!r}: their results would mix"
+            names[name] = f
