@@ -86,6 +86,10 @@ def test_an_index_outside_the_inherited_array_is_one_line_naming_it(full):
     with pytest.raises(advx.ConfigError) as e:
         MatrixSpec.from_toml(path)
     assert "q.toml: attacks.2: over an inherited array of 2 table(s)" in one_line(e) and "[[attacks]] replaces" in str(e.value)
+    path.write_text('extends = "full.toml"\nattacks = { 0 = 3 }\n[matrix]\nname = "q"\n')
+    with pytest.raises(advx.ConfigError) as e:
+        MatrixSpec.from_toml(path)
+    assert "q.toml: attacks.0: must be a table of the fields to change, got 3" in one_line(e)
 
 
 def test_a_chain_applies_each_file_over_the_one_it_extends(full):
