@@ -18,7 +18,7 @@ adversarial examples the papers report; ``robust_accuracy``, correct both clean 
 attack, in exports of advx 0.2 on; ``clean_accuracy``,
 ``detection_auc``, ``mean_l2``, ``seconds`` ...); ``fmt`` a Python format (``.4f`` by
 default), ``scale`` a factor (100 for percentages). A selector with ``path`` (keys and list
-indices) reads one value of a study's own JSON instead, e.g. ``experiments/seed003-rotation.py``'s.
+indices) reads one value of a study's own JSON instead, e.g. ``experiments/seed003-rotation/rotation.py``'s.
 Keys a table gives under ``[table.where]`` apply to each of its selectors. A
 list of entries renders as its values joined by `` / `` (several numbers in one column), and
 ``{ spread = [selector, ...] }`` as their mean, sample standard deviation and range,

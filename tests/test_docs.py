@@ -73,7 +73,7 @@ def test_every_experiment_spec_validates():
 
     reg = advx.Registry.discover()
     # every TOML in experiments/ is a matrix spec, except the declaration of the document's tables
-    specs = sorted(p for p in (ROOT / "experiments").glob("*.toml") if p.name != "reproductions.toml")
+    specs = sorted(p for p in (ROOT / "experiments").rglob("*.toml") if p.name != "reproductions.toml")
     assert len(specs) >= 6
     for path in specs:
         cells = advx.plan(advx.MatrixSpec.from_toml(path), reg, locate_data=False)

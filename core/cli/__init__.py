@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", help="only the cells of this spec (matrix name)")
     p.add_argument("--output", "-o", help="the report file (default: the results file's name with .html or .md)")
     p.add_argument("--format", choices=["html", "md"], help="html: one self-contained file (default); md: Markdown with PNG images in <name>-images/ beside it")
-    p.add_argument("--attach", action="append", metavar="FILE", help="a file a plugin's report section reads, e.g. a rotation study's JSON (its *rotation*.json beside the results file are read anyway); repeatable")
+    p.add_argument("--attach", action="append", metavar="FILE", help="a file a plugin's report section reads, e.g. a rotation study's JSON ((experiments/seed003-rotation/rotation.py --out; its *rotation*.json beside the results file are read anyway)); repeatable")
     p.add_argument("--rotation", action="append", dest="attach", help=argparse.SUPPRESS)  # the older name of --attach
     p.add_argument("--tables-only", action="store_true", help="tables and text only: no plots, no images (for documents that quote the numbers)")
     p.set_defaults(func=cmd_report)

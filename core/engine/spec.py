@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass, replace
@@ -149,22 +150,15 @@ class MatrixSpec(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> MatrixSpec:
+        """A spec file; ``extends = "other.toml"`` in it is resolved against its folder."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"spec file {str(path)!r} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
-        return cls.from_toml_string(text, source=str(path))
+        return cls.from_dict(_load_extending(_read_toml(path), path.parent, (path,)), str(path))
 
     @classmethod
     def from_toml_string(cls, text: str, source: str = "<spec>") -> MatrixSpec:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-        return cls.from_dict(data, source)
+        """A spec given as text; a relative ``extends`` is resolved against the current folder
+        (a string has none of its own)."""
+        return cls.from_dict(_load_extending(_parse_toml(text, source), Path(), (Path(source),)), source)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<spec>") -> MatrixSpec:
@@ -176,6 +170,81 @@ class MatrixSpec(BaseModel):
     def spec_hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- reading a spec file, and the spec it extends ------------------------------------------
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"spec file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from None
+    return _parse_toml(text, str(path))
+
+
+def _load_extending(data: dict[str, Any], folder: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """``data`` merged over the spec it ``extends`` (itself merged over what it extends...).
+
+    A variant must name itself in ``[matrix] name``: results are stored and selected by spec
+    name, so a quick variant that inherited its full spec's name would mix its cells into the
+    full spec's results. ``chain`` holds the files read so far, to refuse a cycle.
+    """
+    if "extends" not in data:
+        return data
+    data = dict(data)
+    target, here = data.pop("extends"), chain[-1]
+    if not isinstance(target, str) or not target:
+        raise ConfigError(f"{here}: extends: must be the name of a spec file (a string), got {target!r}")
+    if not isinstance(data.get("matrix"), dict) or "name" not in data["matrix"]:
+        raise ConfigError(
+            f"{here}: [matrix] name: a spec that extends another must give its own name (results are stored by spec name)"
+        )
+    path = Path(os.path.normpath(folder / target))
+    seen = [p.resolve() for p in chain]
+    if path.resolve() in seen:
+        loop = " -> ".join(str(p) for p in chain[seen.index(path.resolve()) :] + (path,))
+        raise ConfigError(f"{here}: extends: the spec files extend each other in a cycle: {loop}")
+    if not path.is_file():
+        raise ConfigError(f"{here}: extends: spec file {str(path)!r} does not exist")
+    base = _load_extending(_read_toml(path), path.parent, chain + (path,))
+    return _merge_over(base, data, str(here))
+
+
+def _merge_over(base: dict[str, Any], over: dict[str, Any], source: str, loc: str = "") -> dict[str, Any]:
+    """``over`` merged over ``base``, as ``extends`` does: a table merges key by key (recursively),
+    a scalar or a list replaces, and so does an array of tables (``[[attacks]]``: replaced whole).
+    A table whose keys are indices (``[attacks.1]``) patches those elements of an inherited array
+    of tables instead, so a variant can change one field of one table without copying the rest.
+    """
+    out = dict(base)
+    for key, value in over.items():
+        old, at = out.get(key), f"{loc}{key}"
+        if isinstance(value, dict) and isinstance(old, dict):
+            out[key] = _merge_over(old, value, source, at + ".")
+        elif isinstance(value, dict) and isinstance(old, list) and old and all(isinstance(t, dict) for t in old):
+            out[key] = list(old)
+            for i, patch in value.items():
+                if not (i.isdigit() and int(i) < len(old)):
+                    raise ConfigError(
+                        f"{source}: {at}.{i}: over an inherited array of {len(old)} table(s), a table names an element "
+                        f"by its index (0-{len(old) - 1}), as in [{at}.0]; [[{at}]] replaces the whole array"
+                    )
+                if not isinstance(patch, dict):
+                    raise ConfigError(f"{source}: {at}.{i}: must be a table of the fields to change, got {patch!r}")
+                out[key][int(i)] = _merge_over(old[int(i)], patch, source, f"{at}.{i}.")
+        else:
+            out[key] = value
+    return out
 
 
 # --- expansion into concrete plugin configs ------------------------------------------------

@@ -5,7 +5,7 @@ Seed 003 (Thang & Matsui) rotates each adversarial image counterclockwise by an 
 recovered best. Choosing that angle needs the true label: it is an **oracle** analysis,
 not a defense anyone can deploy. ``rotation_sweep`` below computes it (and the paper's
 curves of the true- and target-class probability against the angle) for the analysis in
-``experiments/seed003-rotation.py``; the defense this plugin registers is what can be
+``experiments/seed003-rotation/rotation.py``; the defense this plugin registers is what can be
 deployed:
 
 * a **fixed** angle (``angle``; 0 is exactly the identity), or

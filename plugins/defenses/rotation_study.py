@@ -22,7 +22,7 @@ MAX_FIGURES = 8
 
 
 def load_rotation(path: str | Path) -> list[dict[str, Any]]:
-    """Rotation curves from a rotation study's JSON (``experiments/seed003-rotation.py --out``).
+    """Rotation curves from a rotation study's JSON (``experiments/seed003-rotation/rotation.py --out``).
 
     Each entry: ``name``, ``angles``, ``curves`` (series name -> values per angle),
     ``oracle_angle`` (the median best angle chosen with the true label, or None) and

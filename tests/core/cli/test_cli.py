@@ -14,7 +14,7 @@ import pytest
 import advx
 from advx.cli import main
 
-DEMO = Path(__file__).resolve().parents[3] / "experiments" / "digits-demo.toml"
+DEMO = Path(__file__).resolve().parents[3] / "experiments" / "digits-demo" / "full.toml"
 
 
 def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:

@@ -17,9 +17,8 @@ import torch
 import advx
 from advx.cli import main
 
-
 ROOT = Path(__file__).resolve().parents[3]
-DEMO = ROOT / "experiments" / "digits-demo.toml"
+DEMO = ROOT / "experiments" / "digits-demo" / "full.toml"
 
 
 class Crasher(advx.Attack):

@@ -18,7 +18,7 @@ import advx
 from advx import Attack, AttackConfig
 from advx.engine.spec import MatrixSpec
 
-ISSUE_SPEC = (Path(__file__).resolve().parents[3] / "experiments" / "digits-demo.toml").read_text()
+ISSUE_SPEC = (Path(__file__).resolve().parents[3] / "experiments" / "digits-demo" / "full.toml").read_text()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import advx
 from advx.engine.spec import MatrixSpec, sweep
 
-ISSUE_SPEC = (Path(__file__).resolve().parents[3] / "experiments" / "digits-demo.toml").read_text()
+ISSUE_SPEC = (Path(__file__).resolve().parents[3] / "experiments" / "digits-demo" / "full.toml").read_text()
 
 
 def one_line(exc_info) -> str:

@@ -19,7 +19,7 @@ from advx.cli import main
 
 
 ROOT = Path(__file__).resolve().parents[3]
-DEMO = ROOT / "experiments" / "digits-demo.toml"
+DEMO = ROOT / "experiments" / "digits-demo" / "full.toml"
 
 
 def test_spec_membership_is_recorded_per_spec(tmp_path, capsys, tiny):
