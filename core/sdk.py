@@ -31,6 +31,7 @@ EXPORTS: dict[str, str] = {
     "Normalize": "advx.contract.interfaces",
     "NormalizedModel": "advx.contract.interfaces",
     "input_gradient": "advx.contract.interfaces",
+    "ExampleNoise": "advx.contract.noise",
     "ThreatModel": "advx.contract.threats",
     "ThreatConfig": "advx.contract.threats",
     "AttackView": "advx.contract.threats",
