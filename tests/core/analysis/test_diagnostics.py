@@ -203,15 +203,10 @@ def test_gradient_health_is_measured_through_bpda(tmp_path):
     assert not checks(rows, "zero-gradients")
 
 
-class RecordsStarts(Attack):
-    """An 'iterative' attack that returns its per-example random start (for the test below)."""
+class RecordsStarts(Forgetful):
+    """An 'iterative' attack (Forgetful's config) that returns its per-example random start."""
 
     name: ClassVar[str] = "records-starts"
-    iterative: ClassVar[bool] = True
-
-    class Config(AttackConfig):
-        eps: float = 0.1
-        steps: int = 1
 
     def perturb(self, model, x, y, bounds, targeted=False):
         u = self.noise(x).uniform(x.shape[1:], "start", dtype=x.dtype)
