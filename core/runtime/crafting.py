@@ -7,8 +7,8 @@ what ran before) and the batch's examples keyed by the cell's seed and their ind
 the dataset (``ExampleNoise``: the draws of ``Attack.noise``, and the random-target label
 mode's, depend on the example alone, so a result is the same for any batch size and any
 split into shards), tells it whether the module it sees is random (``Attack.random_view``:
-no early exit on a success one draw shows), hands it a copy of the clean batch (a plugin that writes into its input cannot change
-what is scored), checks the result against the budget (``guards.check_budget``) and
+no early exit on a success one draw shows), hands it a copy of the clean batch (a plugin
+that writes into its input cannot change what is scored), checks the result against the budget (``guards.check_budget``) and
 counts every forward and backward pass through the model (``PassCounter``): the cost is
 measured by the kernel, never reported by the plugin. Non-differentiable input transforms
 are attacked through BPDA when the threat model allows it (``protocols.bpda``).

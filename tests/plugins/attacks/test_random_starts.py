@@ -70,6 +70,8 @@ def test_draws_follow_the_dataset_index_not_the_position(setup):
     c = craft(model, REG.attack("pgd", **params), x[:20], y[:20], CraftOptions(info.bounds, 10, "cpu", 20, 6), torch.arange(20))
     assert not torch.equal(a.x_adv, c.x_adv)
     assert torch.equal(a.index, torch.arange(20))  # kept with the examples (the convergence probe reuses it)
+    with pytest.raises(advx.AdvxError, match="19 example indices for 20 examples"):
+        crafted(model, info, "pgd", params, x[:20], y[:20], 20, torch.arange(19))
 
 
 def test_a_matrix_cell_does_not_move_with_its_batch_size(tmp_path):
