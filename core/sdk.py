@@ -33,6 +33,7 @@ EXPORTS: dict[str, str] = {
     "input_gradient": "advx.contract.interfaces",
     "select_output": "advx.contract.interfaces",
     "OutputSelect": "advx.contract.interfaces",
+    "ExampleNoise": "advx.contract.noise",
     "ThreatModel": "advx.contract.threats",
     "ThreatConfig": "advx.contract.threats",
     "AttackView": "advx.contract.threats",

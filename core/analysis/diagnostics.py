@@ -67,11 +67,13 @@ def fooled(module: nn.Module, x_adv: Tensor, labels: Tensor, targeted: bool) -> 
 
 def convergence(
     attack: Attack, view: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor, options: CraftOptions,
+    index: Tensor | None = None,
 ) -> dict[str, Any] | None:
     """Success on ``x`` of the attack as run, and with twice its steps; None when not applicable.
 
-    The doubled attack is crafted as the attack was (``options``: seed, BPDA, precision), in
-    one batch, without progress events or the silent-success watch.
+    The doubled attack is crafted as the attack was (``options``: seed, BPDA, precision; the
+    examples' ``index``, so each starts from the same random point), in one batch, without
+    progress events or the silent-success watch.
     """
     steps = getattr(attack.config, "steps", None)
     if not attack.iterative or not isinstance(steps, int):
@@ -79,7 +81,7 @@ def convergence(
     if steps > MAX_CHECK_STEPS:
         return {"skipped": f"steps = {steps} > {MAX_CHECK_STEPS}"}
     doubled = type(attack)(attack.config.model_copy(update={"steps": steps * 2}))
-    again = craft(view, doubled, x, y, replace(options, batch_size=len(x), on_batch=None, check_silent=False))
+    again = craft(view, doubled, x, y, replace(options, batch_size=len(x), on_batch=None, check_silent=False), index)
     targeted = bool((target >= 0).any())
     labels = target if targeted else y
     device = torch.device(options.device)
@@ -116,5 +118,6 @@ def diagnose(
         "silent_success": crafted.silent_success,
     }
     if not reused:
-        out["convergence"] = convergence(attack, view, x[:n], y[:n], crafted.x_adv[:n], crafted.target[:n], options)
+        index = crafted.index[:n] if crafted.index is not None else None
+        out["convergence"] = convergence(attack, view, x[:n], y[:n], crafted.x_adv[:n], crafted.target[:n], options, index)
     return out

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import Tensor, nn
 
 from advx.contract.errors import ConfigError, format_validation_error
+from advx.contract.noise import ExampleNoise
 
 Kind = Literal["attack", "defense", "model", "dataset", "threat"]
 KINDS: tuple[Kind, ...] = ("dataset", "model", "defense", "threat", "attack")
@@ -299,6 +300,30 @@ class Attack(Plugin):
     #: strongest point (the final or highest-loss iterate), as the transfer literature does.
     #: Returning an earlier, barely-adversarial iterate makes transfer attacks weaker.
     surrogate: bool = False
+    #: set by the kernel for the duration of a call when the module the attack sees declares
+    #: random parts (a randomised defense, or the EOT view of one): a success that module
+    #: shows is one draw's, and the scored model's own draw may not be fooled; also under
+    #: ``[matrix] amp``, where the attack sees low-precision logits and scoring is float32
+    random_view: bool = False
+
+    @property
+    def exits_early(self) -> bool:
+        """Whether an example leaves the active batch once the module shows it broken, in this call.
+
+        An evaluation at a fixed budget asks per example whether an adversarial point lies
+        inside eps; once one is found, further passes on that example answer nothing, so
+        attacks with an ``early_exit`` config field (default on) drop broken examples from
+        their batch and return the point that broke them. That is safe only where "broken"
+        as the attacked module shows it is "broken" as the scored model will see it: the
+        module is the scored one, not a stand-in (``surrogate``: there the strongest point
+        is wanted, not the first success), and its forward is deterministic (``random_view``:
+        with a random defense, or EOT's average over its draws, a success can be one lucky
+        draw, and stopping there would leave a weaker point than running on). Everywhere
+        else the attack runs its whole schedule on every example; so does
+        ``early_exit = false``, for studies of the loss trajectory. Outside the kernel the
+        caller vouches for the module (``surrogate`` and ``random_view`` are false).
+        """
+        return bool(getattr(self.config, "early_exit", False)) and not self.surrogate and not self.random_view
 
     @property
     def eps(self) -> float | None:
@@ -334,14 +359,32 @@ class Attack(Plugin):
         """
         return None
 
-    def begin_batch(self, seed: int) -> None:
+    def begin_batch(self, seed: int, examples: ExampleNoise | None = None) -> None:
         """Called by the kernel before each batch with a seed derived from the cell's seed and the
         batch's position, so random draws differ between batches yet do not depend on what ran
-        before in the process (a resumed run equals an uninterrupted one)."""
+        before in the process (a resumed run equals an uninterrupted one); and with
+        ``examples``, the batch's examples keyed by the cell's seed and their indices in the
+        dataset (``noise``), so that draws taken from it do not depend on the batch at all."""
         self._batch_seed = seed
+        self._examples = examples
+
+    def noise(self, x: Tensor, seed: int = 0) -> ExampleNoise:
+        """Per-example random numbers for the batch ``x`` (``ExampleNoise``), mixed with ``seed``
+        (the attack's own seed config). Prefer it to ``generator``: what an example draws
+        depends on the example alone, so a result does not depend on the batch size or on a
+        split into shards (a PGD robust accuracy moved by 0.005 between batch sizes with
+        per-batch starts). Inside the kernel the examples are keyed by the cell's seed and
+        their dataset indices; outside it (or for a batch other than the kernel's), by the
+        batch seed of ``begin_batch`` (0 if none) and their positions ``0..N-1`` in ``x``.
+        """
+        examples = getattr(self, "_examples", None)
+        if examples is None or len(examples) != len(x):
+            examples = ExampleNoise.of(getattr(self, "_batch_seed", None) or 0, torch.arange(len(x)))
+        return examples.to(x.device).seeded(seed)
 
     def generator(self, device: torch.device | str, seed: int = 0) -> torch.Generator:
-        """A ``torch.Generator`` on ``device`` for this batch's random draws.
+        """A ``torch.Generator`` on ``device`` for this batch's random draws (its draws depend on
+        the batch: ``noise`` gives draws that do not).
 
         Seeded from ``seed`` (the attack's own seed config) mixed with the kernel's batch
         seed (see ``begin_batch``); outside the kernel, from ``seed`` alone.

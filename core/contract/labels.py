@@ -8,7 +8,9 @@ plugin (torchattacks re-implements them per attack, with a per-sample Python loo
   perturbation"; needs no labels, avoids label leaking);
 * ``least-likely``: targeted, towards the class of lowest probability (seed 001);
 * ``target=K``: targeted, towards class K (seed 003);
-* ``random-target``: targeted, towards a uniformly drawn wrong class.
+* ``random-target``: targeted, towards a uniformly drawn wrong class (drawn per example
+  from ``noise`` where given, so that the target of an example does not depend on its
+  batch; else from ``generator``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from advx.contract.errors import ConfigError
+from advx.contract.noise import ExampleNoise
 
 
 @torch.no_grad()
@@ -28,6 +31,7 @@ def resolve_labels(
     num_classes: int,
     generator: torch.Generator | None = None,
     logits: Tensor | None = None,
+    noise: ExampleNoise | None = None,
 ) -> tuple[Tensor, bool]:
     """Return ``(labels, targeted)`` for ``mode``; ``logits`` (clean) avoid a forward pass."""
     if mode == "true":
@@ -38,7 +42,10 @@ def resolve_labels(
         return (logits.argmax(1) if mode == "predicted" else logits.argmin(1)), mode == "least-likely"
     if mode == "random-target":
         # a uniformly drawn class different from y: y + U{1..C-1} mod C
-        offset = torch.randint(1, num_classes, y.shape, generator=generator, device="cpu").to(y.device)
+        if noise is not None:
+            offset = noise.integers(1, num_classes, "random-target").to(y.device)
+        else:
+            offset = torch.randint(1, num_classes, y.shape, generator=generator, device="cpu").to(y.device)
         return (y + offset) % num_classes, True
     if mode.startswith("target="):
         k = int(mode.split("=", 1)[1])

@@ -228,7 +228,7 @@ class Workspace:
                 if ck not in self._models:
                     self._models[ck] = torch.compile(module)  # type: ignore[assignment]
                 module = self._models[ck]
-            crafted = craft(module, attack, x, y, options)
+            crafted = craft(module, attack, x, y, options, idx)
             crafted.origin = cell.key
             if view.reusable:
                 self._crafted[k] = crafted

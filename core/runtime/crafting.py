@@ -2,9 +2,13 @@
 
 For every batch the kernel resolves the label mode into labels (``labels``), gives the
 attack a seed for the batch (``Attack.begin_batch``, derived from the cell's seed and the
-batch position, so random starts differ per batch but never depend on what ran before),
-hands it a copy of the clean batch (a plugin that writes into its input cannot change
-what is scored), checks the result against the budget (``guards.check_budget``) and
+batch position, so draws from ``Attack.generator`` differ per batch but never depend on
+what ran before) and the batch's examples keyed by the cell's seed and their indices in
+the dataset (``ExampleNoise``: the draws of ``Attack.noise``, and the random-target label
+mode's, depend on the example alone, so a result is the same for any batch size and any
+split into shards), tells it whether the module it sees is random (``Attack.random_view``:
+no early exit on a success one draw shows), hands it a copy of the clean batch (a plugin
+that writes into its input cannot change what is scored), checks the result against the budget (``guards.check_budget``) and
 counts every forward and backward pass through the model (``PassCounter``): the cost is
 measured by the kernel, never reported by the plugin. Non-differentiable input transforms
 are attacked through BPDA when the threat model allows it (``protocols.bpda``).
@@ -25,6 +29,7 @@ from advx.contract.errors import AdvxError, ConfigError
 from advx.runtime.guards import ABS_TOL, REL_TOL, check_budget
 from advx.contract.interfaces import Attack
 from advx.contract.labels import resolve_labels
+from advx.contract.noise import ExampleNoise
 from advx.contract.protocols import bpda as bpda_mode
 from advx.contract.protocols import randomized_parts
 
@@ -149,6 +154,7 @@ class Crafted:
     silent_success: int | None = None  # fooled at some iterate inside the budget, returned not fooled
     info: dict[str, Tensor] | None = None  # per-example information the attack reported (Attack.batch_info)
     batch_size: int | None = None  # the batch size used (smaller than asked after an out-of-memory back-off)
+    index: Tensor | None = None  # the examples' indices the per-example draws were keyed by
 
     @property
     def seconds(self) -> float:
@@ -244,17 +250,24 @@ class CraftOptions:
     surrogate: bool = False
 
 
-def craft(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: CraftOptions) -> Crafted:
+def craft(
+    model: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: CraftOptions, index: Tensor | None = None
+) -> Crafted:
     """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes.
 
-    A batch that runs out of memory is retried smaller (``in_batches_with_backoff``); the
-    size used is returned with the examples. See ``CraftOptions`` for the rest.
+    ``index``: the examples' indices in their dataset, which key their random draws with the
+    cell's seed (default: their positions ``0..N-1`` in ``x``). A batch that runs out of
+    memory is retried smaller (``in_batches_with_backoff``); the size used is returned with
+    the examples. See ``CraftOptions`` for the rest.
     """
     o = options
     device = torch.device(o.device)
     mode = getattr(attack.config, "label_mode", "true")
     counter = PassCounter(model)
-    gen = torch.Generator().manual_seed(o.seed)
+    index = torch.arange(len(x)) if index is None else torch.as_tensor(index, dtype=torch.long).flatten()
+    if len(index) != len(x):
+        raise AdvxError(f"craft: {len(index)} example indices for {len(x)} examples")
+    random_view = bool(randomized_parts(model))
     outs, targets = [], []
     targeted = False
     cuda = device.type == "cuda"
@@ -266,7 +279,7 @@ def craft(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: Craft
     # silent success is watched on deterministic modules (a random forward would fake it)
     watch = (
         SilentSuccessWatch(counter, attack.norm, attack.eps, o.bounds)
-        if o.check_silent and not o.surrogate and not randomized_parts(model)
+        if o.check_silent and not o.surrogate and not random_view
         else None
     )
     silent = 0
@@ -281,22 +294,26 @@ def craft(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: Craft
         if o.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yb = y[start : start + size].to(device, non_blocking=True)
+        examples = ExampleNoise.of(o.seed, index[start : start + size], device)
         counter.counting = False  # label resolution is bookkeeping, not the attack's cost
-        labels, targeted = resolve_labels(counter, xb, yb, mode, o.num_classes, gen)
+        labels, targeted = resolve_labels(counter, xb, yb, mode, o.num_classes, noise=examples)
         counter.counting = True
         if targeted and not attack.supports_targeted:
             raise ConfigError(f'attack "{attack.name}" does not support targeted label mode {mode!r}')
         s = batch_seed(o.seed, start)
-        attack.begin_batch(s)
+        attack.begin_batch(s, examples)
         torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
         if watch is not None:
             watch.start(xb, labels, targeted)
-        attack.surrogate = o.surrogate
+        # under autocast the attack sees low-precision logits while scoring is in float32: a
+        # success it sees may not be one the scored model sees, so it runs its whole schedule
+        attack.surrogate, attack.random_view = o.surrogate, random_view or o.amp not in (None, "off")
         try:
             with torch.enable_grad(), autocast:
                 xa = attack.perturb(counter, xb.clone(), labels, o.bounds, targeted=targeted)
         finally:
-            attack.surrogate = False
+            attack.surrogate = attack.random_view = False
+            attack.begin_batch(s)  # the keyed examples are this batch's: a later call outside the kernel gets its own
         xa = xa.to(xb.dtype)
         check_budget(attack.name, xb, xa, attack.norm, attack.eps, o.bounds)
         if watch is not None:
@@ -309,11 +326,10 @@ def craft(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: Craft
         targets.append(labels.cpu() if targeted else torch.full((len(xb),), -1, dtype=torch.long))
 
     def snapshot() -> Callable[[], None]:
-        passes, rng, done = (counter.forwards, counter.backwards), gen.get_state(), len(outs)
+        passes, done = (counter.forwards, counter.backwards), len(outs)
 
         def restore() -> None:
             counter.forwards, counter.backwards = passes  # the failed attempt is not the attack's cost
-            gen.set_state(rng)  # the retry draws the same random targets
             del outs[done:], targets[done:]
             if watch is not None:
                 watch.stop()
@@ -332,5 +348,5 @@ def craft(model: nn.Module, attack: Attack, x: Tensor, y: Tensor, options: Craft
     info = {k: torch.cat(v) for k, v in infos.items()} or None
     return Crafted(
         torch.cat(outs), torch.cat(targets), targeted, cost, silent_success=silent if watch is not None else None,
-        info=info, batch_size=size,
+        info=info, batch_size=size, index=index,
     )

@@ -12,11 +12,28 @@ scalars are returned with shape ``(N, 1, ..., 1)`` so that they broadcast agains
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advx import input_gradient
+from pydantic import Field
+
+from advx import ExampleNoise, input_gradient
+
+def early_exit_field() -> Any:
+    """The ``early_exit`` field of every iterative built-in attack's config (``Attack.exits_early``)."""
+    return Field(
+        True,
+        description=(
+            "an example leaves the batch once the attacked model is fooled (fewer passes, the same "
+            "examples broken; on only where the attacked model is the scored one and deterministic); "
+            "false: every example runs the whole schedule, for studies of the loss trajectory"
+        ),
+    )
+
 
 # Below this, a gradient is treated as zero when normalising (a zero gradient would
 # otherwise give 0/0 = NaN and poison the batch).
@@ -87,17 +104,18 @@ def clip_to_bounds_l2_(x_adv: Tensor, x: Tensor, eps: float | None, bounds: tupl
     return x_adv.clamp_(*bounds)
 
 
-def uniform_l2_ball(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-    """Points drawn uniformly from the eps L2 ball (by volume), one per example of ``x``.
+def uniform_l2_ball(x: Tensor, eps: float, noise: ExampleNoise, stream: object = "l2-ball") -> Tensor:
+    """Points drawn uniformly from the eps L2 ball (by volume), one per example of ``x``, from
+    each example's own draws (``noise``, one per example; ``stream`` names the draw).
 
     A Gaussian direction scaled to radius ``eps * u**(1/d)`` with ``u ~ U(0, 1)``; the
     ``1/d`` power is what makes the draw uniform in volume rather than concentrated at
     the centre (torchattacks draws the radius uniformly, which is not).
     """
     d = x[0].numel()
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = noise.normal(x.shape[1:], (stream, "direction"), dtype=x.dtype)
     l2_normalize_(direction)
-    radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype).pow_(1.0 / d)
+    radius = noise.uniform((), (stream, "radius"), dtype=x.dtype).pow_(1.0 / d)
     return direction.mul_(per_example_view(radius.mul_(eps), x))
 
 
@@ -141,6 +159,81 @@ class _KeepAdversarial:
         return torch.where(per_example_view(self.found, final), self.x, final)
 
 
+class Exits:
+    """Early exit: the examples still in the active batch of an iterative attack.
+
+    ``rows`` are their positions in the batch the attack was given. ``split(hit)`` takes the
+    active examples that ``hit`` marks (broken) out of the batch and returns ``(gone,
+    stay)``: the batch positions of those leaving (where the caller writes their results)
+    and the active positions of those staying (with which the caller restricts its
+    per-example state), or ``None`` when none leaves. The loops call it once per step: one
+    host synchronisation (``hit.any()``) per step is the price of a batch that shrinks, far
+    below a forward and backward pass of any model worth attacking.
+    """
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.rows = torch.arange(n, device=device)
+
+    def split(self, hit: Tensor) -> tuple[Tensor, Tensor] | None:
+        if not bool(hit.any()):
+            return None
+        gone = self.rows[hit]
+        stay = (~hit).nonzero().squeeze(1)
+        self.rows = self.rows[stay]
+        return gone, stay
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _fixed_steps(
+    model: nn.Module,
+    y: Tensor,
+    x_adv: Tensor,
+    steps: int,
+    targeted: bool,
+    keep: bool,
+    early_exit: bool,
+    aux: list[Tensor],
+    step: Callable[[Tensor, Tensor, list[Tensor]], None],
+) -> Tensor:
+    """The loop shared by ``iterate_linf`` and ``iterate_l2``: ``steps`` times, one forward and one
+    input-gradient backward at ``x_adv``, then ``step(x_adv, grad, aux)`` updates ``x_adv`` in
+    place (``aux``: per-example tensors the step reads, such as the box or the clean input).
+
+    With ``early_exit`` an example leaves the batch at the first iterate whose forward shows
+    it adversarial and is returned there (``Exits``); the others run every step, on a batch
+    that shrinks, exactly as they would in the full batch (every quantity is per example),
+    so the examples broken are the same as without it and the passes fewer. Without it,
+    every example runs every step and ``_KeepAdversarial`` remembers its adversarial
+    iterates (``keep``).
+    """
+    kept = _KeepAdversarial(keep and not early_exit)
+    exits = Exits(len(x_adv), x_adv.device) if early_exit else None
+    out, cur = x_adv, x_adv
+    for _ in range(steps):
+        cur.requires_grad_(True)
+        grad, logits = loss_grad(model, cur, y, targeted)
+        cur.detach_()
+        if exits is not None:
+            hit = is_success(logits.detach(), y, targeted)
+            parts = exits.split(hit)
+            if parts is not None:
+                gone, stay = parts
+                out[gone] = cur[hit]  # the point that broke them (a no-op while ``out`` is ``cur``)
+                if not len(exits):
+                    return out
+                cur, grad, y, *aux = (t[stay] for t in (cur, grad, y, *aux))
+        else:
+            kept.see(cur, logits, y, targeted)
+        step(cur, grad, aux)
+    if exits is None:
+        return kept.result(cur)
+    if cur is not out:  # the examples still active end at their last iterate
+        out[exits.rows] = cur
+    return out
+
+
 def iterate_linf(
     model: nn.Module,
     x: Tensor,
@@ -152,6 +245,7 @@ def iterate_linf(
     bounds: tuple[float, float],
     targeted: bool,
     keep: bool = True,
+    early_exit: bool = False,
 ) -> Tensor:
     """``steps`` signed-gradient steps of size ``alpha`` from ``x_adv``, projected on the ball.
 
@@ -161,16 +255,15 @@ def iterate_linf(
     Every evaluated iterate that is adversarial is remembered (``_KeepAdversarial``: one
     more elementwise pass per step), so a success seen during the loop is returned. With
     ``keep=False`` (``Attack.surrogate``: the model is a stand-in for the scored one) the
-    final iterate is returned, as the algorithm is published.
+    final iterate is returned, as the algorithm is published. ``early_exit``
+    (``Attack.exits_early``): see ``_fixed_steps``.
     """
     lower, upper = linf_box(x, eps, bounds)
-    kept = _KeepAdversarial(keep)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        grad, logits = loss_grad(model, x_adv, y, targeted)
-        kept.see(x_adv.detach_(), logits, y, targeted)
-        x_adv.add_(grad.sign_(), alpha=alpha).clamp_(lower, upper)
-    return kept.result(x_adv)
+
+    def step(cur: Tensor, grad: Tensor, aux: list[Tensor]) -> None:
+        cur.add_(grad.sign_(), alpha=alpha).clamp_(aux[0], aux[1])
+
+    return _fixed_steps(model, y, x_adv, steps, targeted, keep, early_exit, [lower, upper], step)
 
 
 def iterate_l2(
@@ -184,19 +277,19 @@ def iterate_l2(
     bounds: tuple[float, float],
     targeted: bool,
     keep: bool = True,
+    early_exit: bool = False,
 ) -> Tensor:
     """``steps`` steps of ``alpha * g / ||g||_2`` from ``x_adv``, projected on the L2 ball and bounds.
 
-    Same in-place discipline and ``keep`` as ``iterate_linf``; a zero gradient gives a zero step.
+    Same in-place discipline, ``keep`` and ``early_exit`` as ``iterate_linf``; a zero
+    gradient gives a zero step.
     """
-    kept = _KeepAdversarial(keep)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        grad, logits = loss_grad(model, x_adv, y, targeted)
-        kept.see(x_adv.detach_(), logits, y, targeted)
-        x_adv.add_(l2_normalize_(grad), alpha=alpha)
-        clip_to_bounds_l2_(x_adv, x, eps, bounds)
-    return kept.result(x_adv)
+
+    def step(cur: Tensor, grad: Tensor, aux: list[Tensor]) -> None:
+        cur.add_(l2_normalize_(grad), alpha=alpha)
+        clip_to_bounds_l2_(cur, aux[0], eps, bounds)
+
+    return _fixed_steps(model, y, x_adv, steps, targeted, keep, early_exit, [x], step)
 
 
 def dlr_loss(logits: Tensor, y: Tensor, targeted: bool = False, true: Tensor | None = None) -> Tensor:

@@ -12,17 +12,22 @@ step with the previous move (momentum 0.75: x_{k+1} = x_k + 0.75 (z - x_k) + 0.2
 difference of logits ratio (``apgd-dlr``: shift- and scale-invariant, for models whose
 logits are rescaled; targeted label modes use the targeted DLR of the paper, see
 ``_common.dlr_loss``). Random start at a random point of the sphere of radius eps
-(AutoAttack's); ``restarts`` reruns the examples not yet broken from new starts.
-Examples the clean input already breaks are not attacked (one forward), as AutoAttack.
+(AutoAttack's), drawn per example (``Attack.noise``: the same for any batch size);
+``restarts`` reruns the examples not yet broken from new starts. Examples the clean
+input already breaks are not attacked (one forward), as AutoAttack. With ``early_exit``
+(default; ``Attack.exits_early``) an example also leaves a run at the first iterate
+that fools the model (one host synchronisation per step): the same examples are broken,
+for fewer passes.
 
 Every iterate is scored on the logits of the forward pass that also gives its gradient:
-an example is returned at the last iterate that was adversarial (AutoAttack's choice),
-else at the point of highest loss, so a success seen during the iterations is never lost.
-The checkpoint logic runs on the device (per-example tensors, no host synchronisation in
-the loop); restarts synchronise once each, to select the unbroken examples.
+an example is returned at the last iterate that was adversarial (AutoAttack's choice;
+the first, with early exit), else at the point of highest loss, so a success seen during
+the iterations is never lost. Without early exit the checkpoint logic runs on the device
+(per-example tensors, no host synchronisation in the loop); restarts synchronise once
+each, to select the unbroken examples.
 
-Cost: one clean forward, then ``steps + 1`` forward and ``steps`` backward passes per
-unbroken example per restart: one
+Cost: one clean forward, then at most ``steps + 1`` forward and ``steps`` backward passes
+per unbroken example per restart (all of them without early exit): one
 at the start and one per step, as AutoAttack, except that the last iterate's gradient,
 which AutoAttack and the ports compute and never use, is not computed (same result, one
 backward fewer). Defaults: 100 steps, 1 restart, rho 0.75 (the
@@ -38,10 +43,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import Attack, AttackConfig, hookimpl, input_gradient
+from advx import Attack, AttackConfig, ExampleNoise, hookimpl, input_gradient
 
 from ._common import (
+    Exits,
     clip_to_bounds_l2_,
+    early_exit_field,
     dlr_loss,
     is_success,
     l2_norm,
@@ -54,14 +61,15 @@ from ._common import (
 Loss = Literal["ce", "dlr"]
 
 
-def random_sphere_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
+def random_sphere_start(x: Tensor, eps: float, norm: str, noise: ExampleNoise, stream: object) -> Tensor:
     """A perturbation on the eps sphere (L-inf: uniform noise scaled to max |.| = eps; L2: a
-    Gaussian direction scaled to norm eps), as AutoAttack starts; not yet clipped to bounds."""
+    Gaussian direction scaled to norm eps), as AutoAttack starts; not yet clipped to bounds.
+    Each example's from its own draws (``noise``, one per example; ``stream`` names the draw)."""
     if norm == "linf":
-        t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+        t = noise.uniform(x.shape[1:], stream, dtype=x.dtype).mul_(2).sub_(1)
         scale = per_example_view(t.flatten(1).abs().amax(1), x)
         return t.mul_(eps).div_(scale)
-    t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    t = noise.normal(x.shape[1:], stream, dtype=x.dtype)
     return project_l2_(t.mul_(eps).div_(l2_norm(t).add_(1e-12)), eps)
 
 
@@ -81,15 +89,21 @@ def apgd_run(
     momentum: float = 0.75,
     true: Tensor | None = None,
     prefer_found: bool = True,
+    early_exit: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One APGD run from ``x_adv`` (inside the ball; taken over). Returns ``(x_out, found, best_loss)``:
     per example the last adversarial iterate where one was seen (``found``), else the iterate of
     highest loss. With ``true``, the loss is towards target ``y`` but success means leaving
     ``true`` (APGD-T: a targeted loss for an untargeted attack). ``prefer_found=False``
-    returns the highest-loss iterate everywhere (a surrogate model, ``Attack.surrogate``)."""
+    returns the highest-loss iterate everywhere (a surrogate model, ``Attack.surrogate``).
+    ``early_exit`` (``Attack.exits_early``): an example leaves the run at the first iterate
+    seen adversarial and is returned there; step sizes, momentum and checkpoints are per
+    example (the checkpoint schedule is the same for all), so the others run as they would
+    in the whole batch."""
     n = len(x)
     k = max(int(0.22 * steps), 1)
     k_min, k_decr = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    lower = upper = None
     if norm == "linf":
         lower, upper = linf_box(x, eps, bounds)
 
@@ -130,6 +144,33 @@ def apgd_run(
     best_at_check = best_loss.clone()
     reduced_at_check = torch.ones(n, dtype=torch.bool, device=x.device)
     since_check = 0
+    exits = Exits(n, x.device) if early_exit else None
+    if exits is not None:  # the results of the examples that leave, written as they leave
+        res_x, res_loss = x_adv.clone(), best_loss.clone()
+        res_found = torch.zeros(n, dtype=torch.bool, device=x.device)
+
+    def leave(hit):
+        """Take the examples ``hit`` marks out of the run (``exits``); False when none is left."""
+        nonlocal x_adv, grad, cur, found, x_found, best_loss, x_best, grad_best, loss_steps, step, x_old
+        nonlocal best_at_check, reduced_at_check, x, y, true, lower, upper
+        parts = exits.split(hit)
+        if parts is None:
+            return True
+        gone, stay = parts
+        res_x[gone], res_loss[gone], res_found[gone] = x_adv[hit], best_loss[hit], True
+        if not len(exits):
+            return False
+        (x_adv, grad, cur, found, x_found, best_loss, x_best, grad_best, step, x_old, best_at_check,
+         reduced_at_check, x, y, true, lower, upper) = (
+            None if t is None else t[stay]  # grad is None after the last step, true and the box may be
+            for t in (x_adv, grad, cur, found, x_found, best_loss, x_best, grad_best, step, x_old, best_at_check,
+                      reduced_at_check, x, y, true, lower, upper)
+        )
+        loss_steps = loss_steps[:, stay]
+        return True
+
+    if exits is not None and not leave(found):
+        return res_x, res_found, res_loss
     for i in range(steps):
         a = momentum if i > 0 else 1.0
         with torch.no_grad():
@@ -150,9 +191,12 @@ def apgd_run(
         bv = per_example_view(better, x)
         x_best = torch.where(bv, x_adv, x_best)
         best_loss = torch.where(better, cur, best_loss)
+        if not last:
+            grad_best = torch.where(bv, grad, grad_best)
+        if exits is not None and not leave(succ):
+            return res_x, res_found, res_loss
         if last:
             break
-        grad_best = torch.where(bv, grad, grad_best)
         since_check += 1
         if since_check == k:
             # Share of the last k steps that increased the loss (AutoAttack's index arithmetic,
@@ -167,6 +211,9 @@ def apgd_run(
             grad = torch.where(hv, grad_best, grad)
             since_check = 0
             k = max(k - k_decr, k_min)
+    if exits is not None:  # the examples still in the run were never adversarial
+        res_x[exits.rows], res_loss[exits.rows] = x_best, best_loss
+        return res_x, res_found, res_loss
     if not prefer_found:
         return x_best, found, best_loss
     return torch.where(per_example_view(found, x), x_found, x_best), found, best_loss
@@ -178,6 +225,7 @@ class _APGDConfig(AttackConfig):
     rho: float = Field(0.75, gt=0, le=1, description="checkpoint rule: halve the step unless the loss rose in this share of steps (paper 0.75)")
     momentum: float = Field(0.75, gt=0, le=1, description="weight of the new step against the previous move (paper 0.75; 1 = no momentum)")
     seed: int = Field(0, ge=0, description="seed of the random starts")
+    early_exit: bool = early_exit_field()
 
 
 class _APGDBase(Attack):
@@ -196,7 +244,7 @@ class _APGDBase(Attack):
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        generator = self.generator(x.device, c.seed)
+        noise = self.noise(x, c.seed)
         # As AutoAttack: examples the clean input already breaks are returned as they are
         # (one forward), so a model of low clean accuracy costs only its correct examples.
         # On a surrogate (Attack.surrogate) every example is attacked, each run returns its
@@ -206,16 +254,17 @@ class _APGDBase(Attack):
             found = torch.zeros(len(x), dtype=torch.bool, device=x.device) if surrogate else is_success(model(x), y, targeted)
         out = x.clone()
         best = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
-        for _ in range(c.restarts):
+        for r in range(c.restarts):
             # Each run takes the unbroken examples only: one host synchronisation each.
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             xs, ys = x[idx], y[idx]
-            start = random_sphere_start(xs, c.eps, self.norm, generator).add_(xs).clamp_(*bounds)
+            start = random_sphere_start(xs, c.eps, self.norm, noise[idx], ("apgd-start", r)).add_(xs).clamp_(*bounds)
             adv, ok, score = apgd_run(
                 model, xs, ys, start, loss=self.loss, targeted=targeted, norm=self.norm, eps=c.eps,
                 steps=c.steps, bounds=bounds, rho=c.rho, momentum=c.momentum, prefer_found=not surrogate,
+                early_exit=self.exits_early,
             )
             keep = (ok & (not surrogate)) | (score > best[idx])
             out[idx] = torch.where(per_example_view(keep, xs), adv, out[idx])

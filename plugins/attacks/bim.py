@@ -15,7 +15,7 @@ from pydantic import Field
 
 from advx import Attack, AttackConfig, hookimpl
 
-from ._common import iterate_linf
+from ._common import early_exit_field, iterate_linf
 
 
 class BIM(Attack):
@@ -30,11 +30,14 @@ class BIM(Attack):
         eps: float = Field(0.2, gt=0, description="L-inf budget, in input units (MNIST 0.2, CIFAR-10 0.02)")
         alpha: float = Field(0.025, gt=0, description="step size of each iteration (MNIST 0.025, CIFAR-10 0.0025)")
         steps: int = Field(8, ge=1, le=100000, description="number of iterations (seeds 001/002: 8; seed 004: 10)")
+        early_exit: bool = early_exit_field()
 
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        return iterate_linf(model, x, y, x.clone(), c.eps, c.alpha, c.steps, bounds, targeted, keep=not self.surrogate).detach_()
+        return iterate_linf(
+            model, x, y, x.clone(), c.eps, c.alpha, c.steps, bounds, targeted, keep=not self.surrogate, early_exit=self.exits_early
+        ).detach_()
 
 
 @hookimpl

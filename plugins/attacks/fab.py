@@ -32,19 +32,24 @@ label mode the kernel gives the target t: one run with the boundary between t an
 best other class, success when the prediction is t (``target_classes`` is then unused).
 
 Budget: ``eps`` is the threat's budget. An example is returned at its smallest
-adversarial iterate when that lies within eps, else as the clean input (AutoAttack's
+adversarial iterate (its first within eps, with early exit) when that lies within eps, else as the clean input (AutoAttack's
 rule); so the result is always inside the ball. Every evaluated iterate counts, the
 points the gradients are taken at included, so a success the model showed inside the
 budget is never lost. ``restarts`` > 1 reruns the examples not yet broken within eps
 from a random point at half the budget (AutoAttack: uniform noise scaled to L-inf norm
-eps/2, or a Gaussian direction of L2 norm eps/2; the first run starts at x). Examples
-the clean input already breaks are not attacked (one forward).
+eps/2, or a Gaussian direction of L2 norm eps/2, drawn per example with ``Attack.noise``
+so that it does not depend on the batch; the first run starts at x). Examples the clean
+input already breaks are not attacked (one forward). With ``early_exit`` (default;
+``Attack.exits_early``) a fixed budget is the question: an example leaves the run once
+an adversarial point within eps is found and is returned there, not at the smallest
+one the remaining steps would find (the same examples are broken, for fewer passes;
+``early_exit = false`` for the minimal perturbations).
 
 Cost per step and unbroken example: two forwards (the linearisation point, with its
 graph, and the new iterate) and C - 1 input-gradient backward passes for C classes
-(untargeted; one graph, ``retain_graph``), or one (FAB-T and targeted modes). No host
-synchronisation inside the step loop; one per restart and per target class to select
-the unbroken examples. Defaults: the paper's and AutoAttack's (100 steps, alpha_max
+(untargeted; one graph, ``retain_graph``), or one (FAB-T and targeted modes). Without
+early exit no host synchronisation inside the step loop (with it, one per step); one per
+restart and per target class to select the unbroken examples. Defaults: the paper's and AutoAttack's (100 steps, alpha_max
 0.1, eta 1.05, beta 0.9, one restart); eps 0.3 / 2.0 as ``apgd-ce`` / ``apgd-ce-l2``.
 """
 
@@ -57,9 +62,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from advx import Attack, AttackConfig, hookimpl
+from advx import Attack, AttackConfig, ExampleNoise, hookimpl
 
-from ._common import TINY, is_success, per_example_view
+from ._common import TINY, Exits, early_exit_field, is_success, per_example_view
 
 # The kernel's budget tolerance (advx.runtime.guards): relative and absolute.
 _REL_TOL, _ABS_TOL = 1e-5, 1e-6
@@ -179,6 +184,7 @@ def fab_run(
     target: Tensor | None = None,
     away: Tensor | None = None,
     targeted: bool = False,
+    early_exit: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One FAB run from ``start``. Returns ``(x_out, found, best_norm)``: per example the smallest
     adversarial point evaluated when its norm is at most ``eps`` (``found``), else ``x``;
@@ -186,6 +192,10 @@ def fab_run(
 
     Success is ``pred != y`` unless ``targeted`` (then ``pred == y``). ``target``/``away``
     select the boundary as in ``linearised_boundary`` (untargeted: both None).
+    ``early_exit`` (``Attack.exits_early``): an example leaves the run once an adversarial
+    point within eps is found (strictly: no tolerance to settle later) and is returned at
+    it, not at the smallest such point the whole schedule would find; every step is per
+    example, so the others run as in the whole batch and the same examples are broken.
     """
     shape = x.shape
     n = len(x)
@@ -194,6 +204,8 @@ def fab_run(
     best = x0.clone()
     best_norm = torch.full((n,), math.inf, device=x.device, dtype=x.dtype)
     lo, hi = bounds
+    exits = Exits(n, x.device) if early_exit else None
+    x0_all, best_all, norm_all = x0, best, best_norm  # where the leaving examples' results go
 
     def record(point, logits):
         nonlocal best, best_norm
@@ -204,22 +216,38 @@ def fab_run(
         return better
 
     for _ in range(steps):
-        f, g, logits = linearised_boundary(model, x1, shape, y, norm, target, away)
+        m = len(x1)  # the examples in the run (fewer than n once some have left: early exit)
+        shape_now = (m, *shape[1:])
+        f, g, logits = linearised_boundary(model, x1, shape_now, y, norm, target, away)
         record(x1, logits)
         with torch.no_grad():
             # Both projections in one call: x1 (value f) and x0 (value f + <g, x0 - x1>).
             c0 = f + (g * (x0 - x1)).sum(1)
             d = project_to_hyperplane(torch.cat((x1, x0)), torch.cat((g, g)), torch.cat((f, c0)), norm, bounds)
-            d1, d0 = d[:n], d[n:]
+            d1, d0 = d[:m], d[m:]
             a1 = flat_norm(d1, norm).clamp_(min=1e-8)
             a0 = flat_norm(d0, norm).clamp_(min=1e-8)
             alpha = (a1 / (a1 + a0)).clamp_(0.0, alpha_max)[:, None]
             x_new = (x1 + eta * d1).mul_(1 - alpha).add_((x0 + eta * d0).mul_(alpha)).clamp_(lo, hi)
-            logits = model(x_new.view(shape))
+            logits = model(x_new.view(shape_now))
             adv = is_success(logits, y, targeted)
             record(x_new, logits)
             # Adversarial: step back towards x, to continue from just inside the boundary.
             x1 = torch.where(adv[:, None], torch.lerp(x0, x_new, beta), x_new)
+        if exits is not None:
+            hit = best_norm <= eps
+            parts = exits.split(hit)
+            if parts is not None:
+                gone, stay = parts
+                best_all[gone], norm_all[gone] = best[hit], best_norm[hit]
+                if not len(exits):
+                    break
+                x0, x1, best, best_norm, y = (t[stay] for t in (x0, x1, best, best_norm, y))
+                target, away = (None if t is None else t[stay] for t in (target, away))
+    if exits is not None:
+        if len(exits):  # the examples that ran every step
+            best_all[exits.rows], norm_all[exits.rows] = best, best_norm
+        x0, best, best_norm = x0_all, best_all, norm_all
     # Accepted within the float tolerance of the kernel's budget check (which also decides
     # what its silent-success watch counts as inside the budget), then put exactly inside
     # the ball: a point within the tolerance moves by at most a relative 1e-5.
@@ -233,14 +261,15 @@ def fab_run(
     return out.view(shape), found, best_norm
 
 
-def half_budget_start(x: Tensor, eps: float, norm: str, generator: torch.Generator, bounds: tuple[float, float]) -> Tensor:
+def half_budget_start(x: Tensor, eps: float, norm: str, noise: ExampleNoise, stream: object, bounds: tuple[float, float]) -> Tensor:
     """AutoAttack's FAB restart point: x plus noise of norm eps / 2 (L-inf: uniform noise scaled
-    to max |.| = eps / 2; L2: a Gaussian direction scaled to eps / 2), clipped to bounds."""
+    to max |.| = eps / 2; L2: a Gaussian direction scaled to eps / 2), clipped to bounds; each
+    example's from its own draws (``noise``, one per example; ``stream`` names the draw)."""
     if norm == "linf":
-        t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+        t = noise.uniform(x.shape[1:], stream, dtype=x.dtype).mul_(2).sub_(1)
         scale = per_example_view(t.flatten(1).abs().amax(1), x)
     else:
-        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        t = noise.normal(x.shape[1:], stream, dtype=x.dtype)
         scale = per_example_view(torch.linalg.vector_norm(t.flatten(1), ord=2, dim=1), x)
     return t.mul_(0.5 * eps).div_(scale.clamp_(min=TINY)).add_(x).clamp_(*bounds)
 
@@ -256,6 +285,7 @@ class _FABConfig(AttackConfig):
         description="0: untargeted FAB; k > 0: FAB-T towards each of the k classes of highest clean logit after the top one (AutoAttack: 9)",
     )
     seed: int = Field(0, ge=0, description="seed of the random restarts")
+    early_exit: bool = early_exit_field()
 
 
 class _FABBase(Attack):
@@ -264,7 +294,7 @@ class _FABBase(Attack):
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        generator = self.generator(x.device, c.seed)
+        noise = self.noise(x, c.seed)
         with torch.no_grad():
             logits = model(x)
         found = is_success(logits, y, targeted)  # the clean input already succeeds: not attacked
@@ -277,18 +307,18 @@ class _FABBase(Attack):
             ranked = logits.argsort(dim=1, descending=True)
             k = min(c.target_classes, logits.shape[1] - 1)
             plans = [(ranked[:, t + 1], y) for t in range(k)]
-        for target, away in plans:
+        for t, (target, away) in enumerate(plans):
             for r in range(c.restarts):
                 idx = (~found).nonzero().squeeze(1)  # one host synchronisation per run
                 if idx.numel() == 0:
                     return out
                 xs = x[idx]
-                start = xs if r == 0 else half_budget_start(xs, c.eps, self.norm, generator, bounds)
+                start = xs if r == 0 else half_budget_start(xs, c.eps, self.norm, noise[idx], ("fab-start", t, r), bounds)
                 adv, ok, _ = fab_run(
                     model, xs, y[idx], start, norm=self.norm, eps=c.eps, steps=c.steps, bounds=bounds,
                     alpha_max=c.alpha_max, eta=c.eta, beta=c.beta,
                     target=None if target is None else target[idx], away=None if away is None else away[idx],
-                    targeted=targeted,
+                    targeted=targeted, early_exit=self.exits_early,
                 )
                 out[idx] = torch.where(per_example_view(ok, xs), adv, xs)
                 found[idx] = ok

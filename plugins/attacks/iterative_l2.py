@@ -17,7 +17,7 @@ from pydantic import Field
 
 from advx import Attack, AttackConfig, hookimpl
 
-from ._common import iterate_l2
+from ._common import early_exit_field, iterate_l2
 
 
 class IterativeL2(Attack):
@@ -31,6 +31,7 @@ class IterativeL2(Attack):
         eps: float = Field(0.47, gt=0, description="L2 budget in input units (seed 004: 0.47 CIFAR-10, 12.5 ImageNet)")
         alpha: float | None = Field(None, gt=0, description="step size; default 2.5 * eps / steps")
         steps: int = Field(10, ge=1, le=100000, description="number of iterations (seed 004: 10)")
+        early_exit: bool = early_exit_field()
 
     @property
     def step_size(self) -> float:
@@ -40,7 +41,10 @@ class IterativeL2(Attack):
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        return iterate_l2(model, x, y, x.clone(), c.eps, self.step_size, c.steps, bounds, targeted, keep=not self.surrogate).detach_()
+        return iterate_l2(
+            model, x, y, x.clone(), c.eps, self.step_size, c.steps, bounds, targeted, keep=not self.surrogate,
+            early_exit=self.exits_early,
+        ).detach_()
 
 
 @hookimpl

@@ -12,10 +12,14 @@ class (``Attack.norm`` is a ClassVar) to check every returned batch: ``pgd`` is 
 ``pgd-l2`` is L2. Defaults follow Madry et al.'s MNIST evaluation (eps 0.3, step 0.01,
 40 steps; their CIFAR-10 setting is eps 8/255, step 2/255, 7-20 steps).
 
-The random start is drawn from ``Attack.generator``: seeded from ``seed`` and, inside the
-kernel, from the batch's position in the cell, so every batch draws fresh noise while the
-same batch gives the same result whatever ran before (a cell can be re-run or resumed
-alone and equals an uninterrupted run).
+The random start is drawn per example (``Attack.noise``): from ``seed`` and, inside the
+kernel, the cell's seed and the example's index in the dataset, so an example starts
+from the same point whatever batch it is in (a result does not depend on the batch size
+or a split into shards), every example from its own, and the same cell gives the same
+result whatever ran before (it can be re-run or resumed alone). Restart ``r`` is its own
+draw. With ``early_exit`` (``Attack.exits_early``) an example leaves the batch at the
+first iterate that fools the model, and later restarts run only on the examples not yet
+broken: the same examples are broken, for fewer passes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pydantic import Field, model_validator
 
 from advx import Attack, AttackConfig, hookimpl
 
-from ._common import iterate_l2, iterate_linf, per_example_view, uniform_l2_ball
+from ._common import early_exit_field, iterate_l2, iterate_linf, per_example_view, uniform_l2_ball
 
 
 class _PGDConfig(AttackConfig):
@@ -36,6 +40,7 @@ class _PGDConfig(AttackConfig):
     random_start: bool = Field(True, description="start from a uniform random point of the eps-ball (false: from x, i.e. BIM)")
     restarts: int = Field(1, ge=1, le=1000, description="independent random starts; per example the best is kept")
     seed: int = Field(0, ge=0, description="seed of the random starts")
+    early_exit: bool = early_exit_field()
 
     @model_validator(mode="after")
     def _restarts_need_randomness(self):
@@ -47,7 +52,7 @@ class _PGDConfig(AttackConfig):
 class _PGDBase(Attack):
     """Shared run/restart logic; subclasses set the norm, the start and the step loop."""
 
-    def _start(self, x, generator):
+    def _start(self, x, noise, restart):
         raise NotImplementedError
 
     def _iterate(self, model, x, y, x_adv, bounds, targeted):
@@ -56,11 +61,13 @@ class _PGDBase(Attack):
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
-        generator = self.generator(x.device, c.seed) if c.random_start else None
-        best = best_score = None
-        for _ in range(c.restarts):
-            x_adv = self._start(x, generator).add_(x).clamp_(*bounds) if c.random_start else x.clone()
-            x_adv = self._iterate(model, x, y, x_adv, bounds, targeted).detach_()
+        noise = self.noise(x, c.seed) if c.random_start else None
+        best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
+        todo = torch.arange(len(x), device=x.device)  # the examples the next restart runs on
+        for r in range(c.restarts):
+            xs, ys = (x, y) if r == 0 else (x[todo], y[todo])
+            x_adv = self._start(xs, noise[todo], r).add_(xs).clamp_(*bounds) if c.random_start else xs.clone()
+            x_adv = self._iterate(model, xs, ys, x_adv, bounds, targeted).detach_()
             if c.restarts == 1:
                 return x_adv
             # One extra forward per restart to rank the runs. no_grad rather than
@@ -68,17 +75,18 @@ class _PGDBase(Attack):
             # would fail if the caller ever fed it through autograd.
             with torch.no_grad():
                 logits = model(x_adv)
-                loss = F.cross_entropy(logits, y, reduction="none")
-                hit = logits.argmax(1) == y
+                loss = F.cross_entropy(logits, ys, reduction="none")
+                hit = logits.argmax(1) == ys
                 success = hit if targeted else ~hit
                 # on a surrogate (Attack.surrogate) fooling it is not the goal: rank by loss only
                 score = torch.where(success & (not self.surrogate), torch.inf, -loss if targeted else loss)
-                if best is None:
-                    best, best_score = x_adv, score
-                else:
-                    better = score > best_score
-                    best = torch.where(per_example_view(better, x), x_adv, best)
-                    best_score = torch.maximum(score, best_score)
+                better = (score > best_score[todo]) | (r == 0)
+                best[todo] = torch.where(per_example_view(better, xs), x_adv, best[todo])
+                best_score[todo] = torch.maximum(score, best_score[todo])
+            if self.exits_early:  # a broken example needs no further restart (one synchronisation)
+                todo = todo[~success]
+                if not len(todo):
+                    break
         return best
 
 
@@ -94,13 +102,15 @@ class PGD(_PGDBase):
         eps: float = Field(0.3, gt=0, description="L-inf budget in input units (Madry MNIST 0.3, CIFAR-10 8/255)")
         alpha: float = Field(0.01, gt=0, description="step size (Madry MNIST 0.01, CIFAR-10 2/255)")
 
-    def _start(self, x, generator):
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def _start(self, x, noise, restart):
+        u = noise.uniform(x.shape[1:], ("pgd-start", restart), dtype=x.dtype)
         return u.mul_(2 * self.config.eps).sub_(self.config.eps)
 
     def _iterate(self, model, x, y, x_adv, bounds, targeted):
         c = self.config
-        return iterate_linf(model, x, y, x_adv, c.eps, c.alpha, c.steps, bounds, targeted, keep=not self.surrogate)
+        return iterate_linf(
+            model, x, y, x_adv, c.eps, c.alpha, c.steps, bounds, targeted, keep=not self.surrogate, early_exit=self.exits_early
+        )
 
 
 class PGDL2(_PGDBase):
@@ -121,12 +131,15 @@ class PGDL2(_PGDBase):
         c = self.config
         return c.alpha if c.alpha is not None else 2.5 * c.eps / c.steps
 
-    def _start(self, x, generator):
-        return uniform_l2_ball(x, self.config.eps, generator)
+    def _start(self, x, noise, restart):
+        return uniform_l2_ball(x, self.config.eps, noise, ("pgd-start", restart))
 
     def _iterate(self, model, x, y, x_adv, bounds, targeted):
         c = self.config
-        return iterate_l2(model, x, y, x_adv, c.eps, self.step_size, c.steps, bounds, targeted, keep=not self.surrogate)
+        return iterate_l2(
+            model, x, y, x_adv, c.eps, self.step_size, c.steps, bounds, targeted, keep=not self.surrogate,
+            early_exit=self.exits_early,
+        )
 
 
 @hookimpl

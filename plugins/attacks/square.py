@@ -19,10 +19,14 @@ the paper's schedule from ``p_init`` (halved at 10, 50, 200, 500, 1000, 2000, 40
 
 Unlike AutoAttack's and torchattacks' PyTorch ports, which draw one window position and
 one sign vector per query for the whole batch, every example draws its own (as the
-paper's code), so examples are searched independently and the result of one does not
-depend on which others share its batch. Examples leave the search as soon as they are
-adversarial (the loop works on the unbroken ones: one host synchronisation per query);
-the first adversarial point found is returned, else the best point.
+paper's code), from its own numbers (``Attack.noise``: keyed by the example, named by
+the query), so examples are searched independently and the result of one does not
+depend on which others share its batch, nor on the batch size. With ``early_exit``
+(default; ``Attack.exits_early``) examples leave the search as soon as they are
+adversarial (the loop works on the unbroken ones: one host synchronisation per query)
+and the first adversarial point found is returned, else the best point; without it (or
+on a stand-in, ``Attack.surrogate``) every example spends every query and the point of
+lowest margin is returned.
 
 Cost: ``queries`` forward passes at most per example (plus one for the start), no
 backward pass. Inputs are images ``(C, H, W)``; other shapes are searched as one-row
@@ -38,9 +42,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from advx import Attack, AttackConfig, hookimpl
+from advx import Attack, AttackConfig, ExampleNoise, hookimpl
 
-from ._common import l2_norm, margin_to_other, per_example_view, project_l2_
+from ._common import early_exit_field, l2_norm, margin_to_other, per_example_view, project_l2_
 
 # The paper's schedule: p is halved after these shares of 10000 queries.
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -100,36 +104,40 @@ class _SquareBase(Attack):
         x = x.detach()
         shape = x.shape
         x4 = x.reshape(len(x), 1, 1, -1) if x.dim() != 4 else x
-        g = self.generator(x.device, c.seed)
+        noise = self.noise(x, c.seed)
+        early = self.exits_early
         with torch.no_grad():
-            best = self._start(x4, g, bounds)
+            best = self._start(x4, noise, bounds)
             loss = margin(model(best.view(shape)), y, targeted)
+            act = torch.arange(len(x), device=x.device)
             for i in range(c.queries):
-                act = (loss > 0).nonzero().squeeze(1)  # the one host synchronisation per query
-                if act.numel() == 0:
-                    break
+                if early:
+                    act = (loss > 0).nonzero().squeeze(1)  # the one host synchronisation per query
+                    if act.numel() == 0:
+                        break
                 xa, ba = x4[act], best[act]
-                cand = self._query(xa, ba, g, p_at(i, c.queries, c.p_init), bounds)
+                cand = self._query(xa, ba, noise[act], i, p_at(i, c.queries, c.p_init), bounds)
                 new = margin(model(cand.view(len(act), *shape[1:])), y[act], targeted)
                 better = new < loss[act]
                 best[act] = torch.where(per_example_view(better, ba), cand, ba)
                 loss[act] = torch.where(better, new, loss[act])
         return best.view(shape)
 
-    def _window(self, p, x, g, minimum=1, odd=False):
-        """A random window per example: its indexing tuple and its (sh, sw)."""
+    def _window(self, p, x, words, minimum=1, odd=False):
+        """A random window per example, placed by two of its random ``words`` (``(N, 2)``, 32-bit
+        integers): its indexing tuple and its (sh, sw)."""
         n, ch, h, w = x.shape
         s = max(int(round(math.sqrt(p * h * w))), minimum)
         if odd and s % 2 == 0:
             s += 1
         sh, sw = min(s, h), min(s, w)
-        top = torch.randint(0, h - sh + 1, (n,), generator=g, device=x.device)
-        left = torch.randint(0, w - sw + 1, (n,), generator=g, device=x.device)
+        top, left = words[:, 0] % (h - sh + 1), words[:, 1] % (w - sw + 1)
         return window_index(n, ch, sh, sw, top, left), (sh, sw)
 
 
-def _signs(shape, g, like: Tensor) -> Tensor:
-    return torch.randint(0, 2, shape, generator=g, device=like.device).to(like.dtype).mul_(2).sub_(1)
+def _signs(words: Tensor, like: Tensor) -> Tensor:
+    """``-1``/``+1`` from the top bit of each of ``words`` (32-bit integers), in ``like``'s dtype."""
+    return (words >> 31).to(like.dtype).mul_(2).sub_(1)
 
 
 class Square(_SquareBase):
@@ -143,18 +151,20 @@ class Square(_SquareBase):
         queries: int = Field(5000, ge=1, le=1000000, description="query budget per example (AutoAttack: 5000)")
         p_init: float = Field(0.8, gt=0, le=1, description="initial share of pixels changed per query (paper L-inf: 0.05-0.3; AutoAttack 0.8)")
         seed: int = Field(0, ge=0, description="seed of the random search")
+        early_exit: bool = early_exit_field()
 
-    def _start(self, x4, g, bounds):
+    def _start(self, x4, noise, bounds):
         eps = self.config.eps
-        n, ch, _, w = x4.shape
-        return (x4 + eps * _signs((n, ch, 1, w), g, x4)).clamp_(*bounds)
+        ch, _, w = x4.shape[1:]
+        return (x4 + eps * _signs(noise.bits((ch, 1, w), "square-start"), x4)).clamp_(*bounds)
 
-    def _query(self, x, best, g, p, bounds):
+    def _query(self, x, best, noise, i, p, bounds):
         eps = self.config.eps
         n, ch = x.shape[:2]
-        idx, _ = self._window(p, x, g)
+        words = noise.bits((2 + ch,), ("square-query", i))  # window, then one sign per channel
+        idx, _ = self._window(p, x, words)
         cand = best.clone()
-        cand[idx] = (x[idx] + eps * _signs((n, ch, 1, 1), g, x)).clamp_(*bounds)
+        cand[idx] = (x[idx] + eps * _signs(words[:, 2:].reshape(n, ch, 1, 1), x)).clamp_(*bounds)
         return cand
 
 
@@ -169,28 +179,32 @@ class SquareL2(_SquareBase):
         queries: int = Field(5000, ge=1, le=1000000, description="query budget per example (AutoAttack: 5000)")
         p_init: float = Field(0.1, gt=0, le=1, description="initial share of pixels changed per query (paper L2 and AutoAttack: 0.1)")
         seed: int = Field(0, ge=0, description="seed of the random search")
+        early_exit: bool = early_exit_field()
 
     def _finish(self, x, delta, bounds):
         eps = self.config.eps
         delta = project_l2_(delta.mul_(eps / l2_norm(delta).clamp_(min=1e-12)), eps)
         return delta.add_(x).clamp_(*bounds)
 
-    def _start(self, x4, g, bounds):
+    def _start(self, x4, noise, bounds):
         n, ch, h, w = x4.shape
         sh, sw = max(h // 5, 1), max(w // 5, 1)
         sh = sw = min(sh, sw) if h > 1 else sh
         b = bump(sh, sw, x4.device, x4.dtype)
         delta = torch.zeros_like(x4)
-        for r in range((h % sh) // 2, h - sh + 1, sh):
-            for col in range((w % sw) // 2, w - sw + 1, sw):
-                delta[:, :, r : r + sh, col : col + sw] += b * _signs((n, ch, 1, 1), g, x4)
+        rows, cols = range((h % sh) // 2, h - sh + 1, sh), range((w % sw) // 2, w - sw + 1, sw)
+        signs = _signs(noise.bits((len(rows), len(cols), ch), "square-start"), x4)  # one per tile and channel
+        for a, r in enumerate(rows):
+            for c, col in enumerate(cols):
+                delta[:, :, r : r + sh, col : col + sw] += b * signs[:, a, c].view(n, ch, 1, 1)
         return self._finish(x4, delta, bounds)
 
-    def _query(self, x, best, g, p, bounds):
+    def _query(self, x, best, noise, i, p, bounds):
         eps = self.config.eps
         n, ch = x.shape[:2]
-        i1, (sh, sw) = self._window(p, x, g, minimum=3, odd=True)
-        i2, _ = self._window(p, x, g, minimum=3, odd=True)
+        words = noise.bits((5 + ch,), ("square-query", i))  # two windows, the bump's orientation, signs
+        i1, (sh, sw) = self._window(p, x, words[:, 0:2], minimum=3, odd=True)
+        i2, _ = self._window(p, x, words[:, 2:4], minimum=3, odd=True)
         delta = best - x
         mask = torch.zeros_like(x)
         mask[i1] = 1.0
@@ -201,9 +215,9 @@ class SquareL2(_SquareBase):
         old_norm = old.square().sum((-2, -1), keepdim=True).sqrt()
         b = bump(sh, sw, x.device, x.dtype)
         if sh == sw:  # the bump's orientation, per example
-            flip = torch.rand(n, generator=g, device=x.device) > 0.5
+            flip = (words[:, 4] >> 31) == 1
             b = torch.where(per_example_view(flip, x), b.t(), b)
-        new = b * _signs((n, ch, 1, 1), g, x) + old / (old_norm + 1e-12)
+        new = b * _signs(words[:, 5:].reshape(n, ch, 1, 1), x) + old / (old_norm + 1e-12)
         room = ((eps**2 - norm_image.square()).clamp_(min=0) / ch + norm_windows.square()).sqrt()
         new = new / new.square().sum((-2, -1), keepdim=True).sqrt().add_(1e-12) * room
         delta[i2] = 0.0

@@ -6,6 +6,11 @@ parameter-free attacks", ICML 2020): APGD-CE, APGD-T, FAB-T, Square (the default
 Each member runs only on the examples that every earlier member (and the clean input)
 left unbroken, so the suite costs little more than its strongest member where that one
 succeeds, and its robust accuracy is the per-example worst case over the members.
+Inside each member, with ``early_exit`` (default; ``Attack.exits_early``), an example
+also leaves the member's batch at the first iterate that fools the model (APGD's steps,
+FAB's steps, Square's queries). Random starts and Square's search are drawn per example
+(``Attack.noise``), each member and target from its own stream, so the suite's result
+does not depend on the batch size.
 
 Members (``attacks``, in order):
 
@@ -43,7 +48,7 @@ from pydantic import Field
 
 from advx import Attack, AttackConfig, hookimpl
 
-from ._common import is_success
+from ._common import early_exit_field, is_success
 from .apgd import apgd_run, random_sphere_start
 from .fab import FAB, FABL2
 from .square import Square, SquareL2
@@ -61,6 +66,7 @@ class _SuiteConfig(AttackConfig):
     target_classes: int = Field(9, ge=1, le=1000, description="apgd-t and fab-t: targets tried, by clean logit rank (AutoAttack: 9)")
     queries: int = Field(5000, ge=1, le=1000000, description="square: query budget per example (AutoAttack: 5000)")
     seed: int = Field(0, ge=0, description="seed of the random starts and of Square's search")
+    early_exit: bool = early_exit_field()
 
 
 class _SuiteBase(Attack):
@@ -86,7 +92,7 @@ class _SuiteBase(Attack):
         c = self.config
         x = x.detach()
         n = len(x)
-        generator = self.generator(x.device, c.seed)
+        noise = self.noise(x, c.seed)
         out = x.clone()
         with torch.no_grad():
             clean_logits = model(x)
@@ -97,7 +103,7 @@ class _SuiteBase(Attack):
             idx = (~done).nonzero().squeeze(1)  # one host synchronisation per member
             if idx.numel() == 0:
                 break
-            adv = self._run(member, model, x[idx], y[idx], clean_logits[idx], bounds, targeted, generator)
+            adv = self._run(member, model, x[idx], y[idx], clean_logits[idx], bounds, targeted, noise[idx])
             with torch.no_grad():
                 ok = is_success(model(adv), y[idx], targeted)
             hit = idx[ok]
@@ -107,30 +113,39 @@ class _SuiteBase(Attack):
         self.broken_by = broken_by
         return out
 
-    def _apgd(self, model, x, y, bounds, generator, loss, targeted, true=None):
+    def _apgd(self, model, x, y, bounds, noise, stream, loss, targeted, true=None):
         c = self.config
-        start = random_sphere_start(x, c.eps, self.norm, generator).add_(x).clamp_(*bounds)
+        start = random_sphere_start(x, c.eps, self.norm, noise, stream).add_(x).clamp_(*bounds)
         adv, _, _ = apgd_run(
             model, x, y, start, loss=loss, targeted=targeted, norm=self.norm, eps=c.eps, steps=c.steps,
-            bounds=bounds, true=true,
+            bounds=bounds, true=true, early_exit=self.exits_early,
         )
         return adv
 
-    def _run(self, member, model, x, y, clean_logits, bounds, targeted, generator):
+    def _member(self, cls, params, noise):
+        """The suite's ``fab-t`` or ``square`` member as an attack of its own, seeing what the suite
+        sees: the examples' draws (``noise``), the stand-in and random-module flags, the switch."""
+        c = self.config
+        member = cls(cls.validate_config({"eps": c.eps, "seed": c.seed, "early_exit": c.early_exit, **params}))
+        member.begin_batch(getattr(self, "_batch_seed", None) or 0, noise)
+        member.surrogate, member.random_view = self.surrogate, self.random_view
+        return member
+
+    def _run(self, member, model, x, y, clean_logits, bounds, targeted, noise):
         c = self.config
         if member == "apgd-ce":
-            return self._apgd(model, x, y, bounds, generator, "ce", targeted)
+            return self._apgd(model, x, y, bounds, noise, ("apgd-start", 0), "ce", targeted)
         if member == "apgd-dlr":
-            return self._apgd(model, x, y, bounds, generator, "dlr", targeted)
+            return self._apgd(model, x, y, bounds, noise, ("apgd-start", 0), "dlr", targeted)
         if member == "apgd-t":
             if targeted:
-                return self._apgd(model, x, y, bounds, generator, "dlr", True)
+                return self._apgd(model, x, y, bounds, noise, ("apgd-t-start", 0), "dlr", True)
             k = min(c.target_classes, clean_logits.shape[1] - 1)
             ranked = clean_logits.argsort(dim=1, descending=True)
             out, left = x.clone(), torch.arange(len(x), device=x.device)
             for t in range(k):
                 target = ranked[left, t + 1]
-                adv = self._apgd(model, x[left], target, bounds, generator, "dlr", True, true=y[left])
+                adv = self._apgd(model, x[left], target, bounds, noise[left], ("apgd-t-start", t), "dlr", True, true=y[left])
                 out[left] = adv
                 with torch.no_grad():
                     ok = is_success(model(adv), y[left], False)
@@ -139,13 +154,9 @@ class _SuiteBase(Attack):
                     break
             return out
         if member == "fab-t":
-            fab = self.fab_cls(self.fab_cls.validate_config(
-                {"eps": c.eps, "steps": c.steps, "target_classes": c.target_classes, "seed": c.seed}
-            ))
-            fab._batch_seed = getattr(self, "_batch_seed", None)
+            fab = self._member(self.fab_cls, {"steps": c.steps, "target_classes": c.target_classes}, noise)
             return fab.perturb(model, x, y, bounds, targeted)
-        square = self.square_cls(self.square_cls.validate_config({"eps": c.eps, "queries": c.queries, "seed": c.seed}))
-        square._batch_seed = getattr(self, "_batch_seed", None)
+        square = self._member(self.square_cls, {"queries": c.queries}, noise)
         return square.perturb(model, x, y, bounds, targeted)
 
 

@@ -20,12 +20,21 @@ from advx import ConfigError, Defense, DefenseConfig, check_budget, hookimpl, re
 
 
 def make_attack(ctx, table: dict[str, Any]):
-    """The attack plugin of a table ``{name = ..., ...}``, config validated."""
+    """The attack plugin of a table ``{name = ..., ...}``, config validated.
+
+    Early exit (``Attack.exits_early``) is off unless the table turns it on: it answers an
+    evaluation's question (is there an adversarial point inside eps?) at the first success,
+    while training wants the attack's whole schedule, whose points have a higher loss than
+    an example's first, barely adversarial, iterate.
+    """
     params = dict(table)
     name = params.pop("name", None)
     if not isinstance(name, str):
         raise ConfigError("adversarial-training: attack needs a 'name' (an attack plugin)")
-    return ctx.create("attack", name, params)
+    attack = ctx.create("attack", name, params)
+    if "early_exit" in type(attack).Config.model_fields and "early_exit" not in params:
+        attack = ctx.create("attack", name, {**params, "early_exit": False})
+    return attack
 
 
 def adversarial_loss(attack, rho: float, bounds: tuple[float, float], num_classes: int):

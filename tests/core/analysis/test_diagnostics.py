@@ -141,7 +141,7 @@ def test_zero_gradients_flag(tmp_path, reg):
 def test_silent_success_and_not_converged_flags(tmp_path, reg):
     rows = run(
         tmp_path, reg, [{"name": "none"}],
-        [{"name": "forgetful"}, {"name": "bim", "eps": 0.3, "alpha": 0.02, "steps": 5}, {"name": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 10}],
+        [{"name": "forgetful"}, {"name": "bim", "eps": 0.3, "alpha": 0.02, "steps": 5, "early_exit": False}, {"name": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 10}],
     )
     by = {r["attack"].split("(")[0]: r for r in rows}
     assert by["forgetful"]["details"]["diagnostics"]["silent_success"] > 10
@@ -150,7 +150,8 @@ def test_silent_success_and_not_converged_flags(tmp_path, reg):
     assert conv["steps"] == 5 and conv["success_doubled"] > conv["success"]
     assert any("bim" in f.message for f in checks(rows, "not-converged"))
     assert not any("pgd" in f.message for f in checks(rows, "not-converged"))
-    # the probes are neither timed nor counted as the attack's passes
+    # the probes are neither timed nor counted as the attack's passes (5 steps on every example:
+    # no early exit)
     assert by["bim"]["forwards_per_sample"] == 5.0 and by["bim"]["backwards_per_sample"] == 5.0
 
 
@@ -200,3 +201,32 @@ def test_gradient_health_is_measured_through_bpda(tmp_path):
     rows = run(tmp_path, r, [{"name": "quantised"}], [{"name": "fgsm", "eps": 0.1}])
     assert rows[0]["details"]["diagnostics"]["gradients"]["zero_share"] == 0.0
     assert not checks(rows, "zero-gradients")
+
+
+class RecordsStarts(Forgetful):
+    """An 'iterative' attack (Forgetful's config) that returns its per-example random start."""
+
+    name: ClassVar[str] = "records-starts"
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        u = self.noise(x).uniform(x.shape[1:], "start", dtype=x.dtype)
+        return (x + self.config.eps * (2 * u - 1)).clamp(*bounds)
+
+
+def test_convergence_probe_reruns_the_examples_from_their_own_starts(digits, monkeypatch):
+    """The doubled-steps rerun keys each example by its dataset index, as the run did: it
+    differs from the run only by its steps, not by other random starts."""
+    import advx.analysis.diagnostics as diagnostics
+    from advx.runtime.crafting import CraftOptions, craft
+
+    _, info, x, y = digits
+    x, y, index = x[:8], y[:8], torch.arange(100, 108)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    options = CraftOptions(info.bounds, 10, "cpu", 4, 0)
+    attack = RecordsStarts(RecordsStarts.validate_config({}))
+    run = craft(model, attack, x, y, options, index)
+    seen = []
+    monkeypatch.setattr(diagnostics, "craft", lambda *a, **k: seen.append(craft(*a, **k)) or seen[-1])
+    diagnostics.convergence(attack, model, x, y, run.x_adv, run.target, options, run.index)
+    assert torch.equal(seen[0].x_adv, run.x_adv)  # the same starts
+    assert not torch.equal(craft(model, attack, x, y, options).x_adv, run.x_adv)  # indices 0..7 draw others

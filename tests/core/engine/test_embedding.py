@@ -26,7 +26,8 @@ def test_embedding_example_own_module_own_data():
         opt.step()
     model.eval()
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
-    reports = advx.evaluate(model, loader, ["fgsm", ("bim", {"eps": 0.05, "alpha": 0.01, "steps": 10})], num_classes=3)
+    # bim without early exit: every example costs its 10 steps
+    reports = advx.evaluate(model, loader, ["fgsm", ("bim", {"eps": 0.05, "alpha": 0.01, "steps": 10, "early_exit": False})], num_classes=3)
     fgsm, bim = reports
     assert fgsm.metrics["n"] == 120 and fgsm.metrics["clean_accuracy"] > 0.5
     assert bim.metrics["max_linf"] <= 0.05 + 1e-6

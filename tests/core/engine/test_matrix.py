@@ -47,7 +47,8 @@ def test_issue_spec_runs_and_resumes(tmp_path, cache):
             assert r["max_linf"] <= eps + 1e-6 and r["n"] == 500
             assert r["forwards_per_sample"] == 1.0 and r["backwards_per_sample"] == 1.0
         bim = by_attack["bim(eps=0.2, alpha=0.025, steps=8)"]
-        assert bim["forwards_per_sample"] == 8.0 and bim["backwards_per_sample"] == 8.0
+        # early exit: a broken example leaves the batch, so fewer than the 8 steps on average
+        assert 1.0 <= bim["forwards_per_sample"] == bim["backwards_per_sample"] < 8.0
         assert bim["robust_accuracy"] <= by_attack["fgsm(eps=0.2)"]["robust_accuracy"]
         r = rows[0]
         assert r["clean_accuracy"] > 0.7

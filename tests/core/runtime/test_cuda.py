@@ -31,7 +31,7 @@ def test_evaluate_keeps_tensors_on_the_model_device(digits, digits_cnn):
     _, info, x, y = digits
     model = digits_cnn.to("cuda")
     try:
-        (rep,) = advx.evaluate(model, (x, y), ["bim"], bounds=info.bounds)
+        (rep,) = advx.evaluate(model, (x, y), [("bim", {"early_exit": False})], bounds=info.bounds)  # 8 steps each
         assert rep.x_adv.device.type == "cpu" and rep.metrics["backwards_per_sample"] == 8
     finally:
         digits_cnn.to("cpu")

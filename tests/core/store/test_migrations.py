@@ -88,12 +88,19 @@ def test_every_stored_number_reads_as_before(v2):
 def test_a_rerun_resumes_into_the_migrated_file(v2, tmp_path):
     spec = advx.MatrixSpec.from_toml(V2_SPEC)
     spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": str(tmp_path / "cache")})})
+    dry = advx.engine.dry_run(spec, store=v2)  # says which cells a rerun will recompute
+    assert {c.attack.name for c in dry.todo} == {"pgd"} and len(dry.todo) == 6 and len(dry.done) == 12
     res = advx.run_matrix(spec, store=v2)
-    assert res.rows == [] and res.skipped == 18  # every finished cell kept its key: nothing recomputed
+    # fgsm and the not-applicable cells kept their keys: skipped. pgd gained a setting since 0.1.0
+    # (early_exit, and per-example random starts): its numbers differ, so its cells are new ones
+    assert res.skipped == 12 and {r.attack_config["name"] for r in res.rows} == {"pgd"} and len(res.rows) == 6
     with advx.ResultStore(v2) as store:
         # the resumed cells now carry the identity the current plan computes for their key
-        assert all(not r.identity["examples"].get("legacy") for r in store.cells())
-        assert [r.cell_key for r in store.cells("fixture-v2")] and len(store.cells("fixture-v2")) == 18
+        assert all(not r.identity["examples"].get("legacy") for r in store.cells("fixture-v2"))
+        assert len(store.cells("fixture-v2")) == 18
+        # the 0.1.0 pgd cells stay readable, listed as cells of an earlier version of the spec
+        earlier = store.earlier_cells("fixture-v2")
+        assert len(earlier) == 6 and {r.attack_config["name"] for r in earlier} == {"pgd"}
 
 
 def test_exports_of_the_migrated_file(v2):

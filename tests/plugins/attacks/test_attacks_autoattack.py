@@ -228,10 +228,11 @@ def test_no_silent_success(name):
 
 def test_apgd_costs_steps_plus_one_forwards_steps_backwards_and_restarts_only_rerun_unbroken(model, xy):
     x, y = xy
-    _, fwd, bwd = counted("apgd-ce", model, x, y, eps=0.1, steps=10)
+    full = {"eps": 0.1, "steps": 10, "early_exit": False}  # every step on every example (else: test_early_exit.py)
+    _, fwd, bwd = counted("apgd-ce", model, x, y, **full)
     assert (fwd, bwd) == (12.0, 10.0)  # a clean forward; the last iterate's gradient is not computed
-    out1 = run("apgd-ce", model, x, y, eps=0.1, steps=10)
-    out3, fwd3, _ = counted("apgd-ce", model, x, y, eps=0.1, steps=10, restarts=3)
+    out1 = run("apgd-ce", model, x, y, **full)
+    out3, fwd3, _ = counted("apgd-ce", model, x, y, **full, restarts=3)
     broken = float(fooled(model, out1, y).float().mean())
     assert 0 < broken < 1
     assert 12.0 < fwd3 <= 12.0 + 2 * 11.0 * (1 - broken) + 1e-9  # later restarts only on the unbroken

@@ -283,7 +283,7 @@ def test_pgd_l2_random_start_is_uniform_in_the_ball():
     from advx.plugins.attacks._common import uniform_l2_ball
 
     x = torch.zeros(4000, 1, 2, 2)  # d = 4
-    r = l2(uniform_l2_ball(x, 1.0, torch.Generator().manual_seed(0)), x)
+    r = l2(uniform_l2_ball(x, 1.0, advx.ExampleNoise.of(0, torch.arange(len(x)))), x)
     assert float(r.max()) <= 1.0 + 1e-6
     assert abs(float(r.median()) - 0.5**0.25) < 0.02
 
@@ -332,7 +332,7 @@ def test_invalid_config_names_the_field(name, params, field):
 
 # ---- every config field pinned -----------------------------------------------------------
 # (name, field, a, b, what changes): "output" for fields that change the examples returned,
-# "passes" for abort_early, whose job is to stop early with nearly the same result. The
+# "passes" for abort_early and early_exit, whose job is to stop early with nearly the same result. The
 # base of each row is FAST's settings, with a budget small enough that some examples survive
 # (so that more steps, restarts or a larger eps have something left to change).
 PINS = [
@@ -352,6 +352,8 @@ PINS = [
     ("cw-l2", "steps", 10, 30, "output"),
     ("cw-l2", "lr", 0.01, 0.05, "output"),
     ("cw-l2", "abort_early", True, False, "passes"),
+    # early exit: the same examples broken, for fewer passes (tests/plugins/attacks/test_early_exit.py)
+    *[(n, "early_exit", True, False, "passes") for n in ("bim", "pgd", "iterative-l2", "pgd-l2")],
 ]
 PIN_BASE = {**FAST, "bim": {"eps": 0.05, "alpha": 0.01, "steps": 10}, "pgd": {"eps": 0.05, "alpha": 0.01, "steps": 10},
             "iterative-l2": {"eps": 0.3, "steps": 10}, "pgd-l2": {"eps": 0.3, "steps": 10}}

@@ -136,18 +136,20 @@ def test_fab_costs_two_forwards_per_step_and_a_backward_per_boundary(params, tar
     x, y = x[:20], y[:20]
     labels = (y + 1) % 10 if targeted else y
     counter = PassCounter(model)
-    REG.attack("fab", eps=0.05, steps=5, **params).perturb(counter, x, labels, BOUNDS, targeted=targeted)
+    # the whole schedule on every example (early exit costs less: test_early_exit.py)
+    REG.attack("fab", eps=0.05, steps=5, early_exit=False, **params).perturb(counter, x, labels, BOUNDS, targeted=targeted)
     assert (counter.forwards / len(x), counter.backwards / len(x)) == (1 + 2 * 5, backwards)
 
 
 @pytest.mark.parametrize("name", ["fab", "fab-l2"])
 def test_eps_only_decides_which_adversarial_points_are_accepted(name, data):
-    """One run from x draws nothing at random and does not look at eps: a larger eps accepts a
-    superset of the examples, each at the same point; the others come back clean."""
+    """One run from x draws nothing at random and, without early exit (which stops an example at
+    its first point within eps), does not look at eps: a larger eps accepts a superset of the
+    examples, each at the same point; the others come back clean."""
     model, x, y = data
     small, large = EPS[name] / 2, EPS[name]
-    a = run(name, model, x, y, eps=small, steps=20)
-    b = run(name, model, x, y, eps=large, steps=20)
+    a = run(name, model, x, y, eps=small, steps=20, early_exit=False)
+    b = run(name, model, x, y, eps=large, steps=20, early_exit=False)
     fa, fb = fooled(model, a, y), fooled(model, b, y)
     assert float(dist(a, x, name).max()) <= small * (1 + 1e-6) and float(dist(b, x, name).max()) <= large * (1 + 1e-6)
     assert bool((fb | ~fa).all()) and int(fb.sum()) > int(fa.sum()) > 0
@@ -156,10 +158,11 @@ def test_eps_only_decides_which_adversarial_points_are_accepted(name, data):
 
 @pytest.mark.parametrize("name", ["fab", "fab-l2"])
 def test_more_steps_continue_the_run_to_smaller_perturbations(name, data):
-    """steps=20 is steps=3 continued: every success of the short run is kept, at a norm no larger."""
+    """steps=20 is steps=3 continued: every success of the short run is kept, at a norm no larger
+    (the minimum-norm search: without early exit, which stops at the first point within eps)."""
     model, x, y = data
-    a = run(name, model, x, y, eps=EPS[name], steps=3)
-    b = run(name, model, x, y, eps=EPS[name], steps=20)
+    a = run(name, model, x, y, eps=EPS[name], steps=3, early_exit=False)
+    b = run(name, model, x, y, eps=EPS[name], steps=20, early_exit=False)
     fa, fb = fooled(model, a, y), fooled(model, b, y)
     assert bool((fb | ~fa).all())
     na, nb = dist(a, x, name), dist(b, x, name)
@@ -332,7 +335,8 @@ def ta():
 def test_fab_agrees_with_torchattacks(ta, data, name, norm, target_classes):
     model, x, y = data
     eps = EPS[name]
-    a = run(name, model, x, y, eps=eps, steps=20, target_classes=target_classes)
+    # the minimum-norm search, as the peer's (early exit would stop at the first point within eps)
+    a = run(name, model, x, y, eps=eps, steps=20, target_classes=target_classes, early_exit=False)
     b = ta.FAB(model, norm=norm, eps=eps, steps=20, multi_targeted=target_classes > 0, n_classes=10)(x, y)
     fa, fb = fooled(model, a, y), fooled(model, b, y)
     assert float((fa == fb).float().mean()) >= 0.98

@@ -165,23 +165,43 @@ def test_fgsm_bim_match_art(art_classifier, data):
 # ---- APGD and Square (torchattacks; adv-lib's apgd) -------------------------------------
 #
 # torchattacks' APGD seeds the global generator with ``seed`` and draws the start with
-# ``torch.rand``/``torch.randn`` of the batch's shape; ours draws the same numbers from
-# ``Attack.generator`` (seed alone outside the kernel), so on CPU the two runs start from
-# the same point and must agree example by example. Unbroken examples are not compared by
-# value: torchattacks returns the clean input there, ours the point of highest loss.
+# ``torch.rand``/``torch.randn`` of the batch's shape; ours draws each example's start from
+# its own numbers (``Attack.noise``), so that a result does not depend on the batch. The
+# algorithm is compared from torchattacks' start (``apgd_run`` given the point it starts
+# from, the whole schedule): example by example. The plugin, from its own starts, is
+# compared in aggregate. Unbroken examples are not compared by value: torchattacks
+# returns the clean input there, ours the point of highest loss.
 
 APGD_CASES = [("apgd-ce", "Linf", "ce", 0.1), ("apgd-dlr", "Linf", "dlr", 0.1), ("apgd-ce-l2", "L2", "ce", 0.7), ("apgd-dlr-l2", "L2", "dlr", 0.7)]
 
 
+def torchattacks_start(x, eps, norm, seed=0):
+    """The start torchattacks' APGD draws for ``x`` after ``torch.manual_seed(seed)`` (on the sphere)."""
+    g = torch.Generator().manual_seed(seed)
+    if norm == "Linf":
+        t = 2 * torch.rand(x.shape, generator=g) - 1
+        t = t / t.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+    else:
+        t = torch.randn(x.shape, generator=g)
+        t = t / (t.square().sum(dim=(1, 2, 3), keepdim=True).sqrt() + 1e-12)
+    return (x + eps * t).clamp(*BOUNDS)
+
+
 @pytest.mark.parametrize("name,norm,loss,eps", APGD_CASES)
 def test_apgd_matches_torchattacks(ta, data, name, norm, loss, eps):
+    from advx.plugins.attacks.apgd import apgd_run
+
     model, x, y = data
-    a = ours(name, model, x, y, eps=eps, steps=20)
+    start = torchattacks_start(x, eps, norm)
+    a, _, _ = apgd_run(model, x, y, start, loss=loss, targeted=False, norm=norm.lower(), eps=eps, steps=20, bounds=BOUNDS)
     b = ta.APGD(model, norm=norm, eps=eps, steps=20, loss=loss, seed=0)(x, y)
     fa, fb = fooled(model, a, y), fooled(model, b, y)
     assert int((fa != fb).sum()) <= 1  # measured: identical on all 200 digits of the issue note
     both = fa & fb
     assert_same(a[both], b[both], atol=1e-4, max_rows=1)  # the same last adversarial iterate
+    # the plugin, from its own per-example starts and with early exit: the same strength
+    ours = fooled(model, REG.attack(name, eps=eps, steps=20).perturb(model, x, y, BOUNDS), y)
+    assert abs(float(ours.float().mean()) - float(fb.float().mean())) <= 0.03
 
 
 def test_apgd_t_matches_torchattacks_apgdt(ta, data):

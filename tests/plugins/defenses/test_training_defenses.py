@@ -61,6 +61,10 @@ def test_adversarial_training_uses_the_configured_attack_and_keys_it(registry, r
     assert len(set(keys)) == 3 and "pgd" in keys[2]
     assert not torch.allclose(small["loss_fn"](net, x, y), eps3)
     assert pgd["loss_fn"](net, x, y) > F.cross_entropy(net(x), y)  # rho 0: adversarial loss only
+    # training runs the attack's whole schedule (no early exit) unless the table asks for it
+    assert pgd["extra_key"]["adversarial-training"]["attack"][1]["early_exit"] is False
+    early = _at_call(registry, recording, rho=0.0, attack={"name": "pgd", "eps": 0.1, "steps": 3, "early_exit": True})
+    assert early["extra_key"]["adversarial-training"]["attack"][1]["early_exit"] is True
     with pytest.raises(advx.ConfigError):
         registry.create("defense", "adversarial-training", {"attack": {"eps": 0.1}})
     with pytest.raises(advx.ConfigError):
