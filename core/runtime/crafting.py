@@ -43,6 +43,10 @@ class PassCounter(nn.Module):
 
     A backward pass is counted by a hook on the output tensor, so it counts exactly the
     gradient computations that reached the model, however the attack asked for them.
+
+    A module that runs the model several times per call (EOT's view averages ``draws``
+    forward passes) declares it with ``passes_per_call``; every one of them is counted, so
+    an attack under 10 EOT draws costs 10 forward and backward passes per step, not one.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -51,6 +55,7 @@ class PassCounter(nn.Module):
         self.forwards = 0
         self.backwards = 0
         self.counting = True
+        self.per_call = int(getattr(model, "passes_per_call", 1))
 
     def _count_backward(self, n: int) -> None:
         self.backwards += n
@@ -59,9 +64,9 @@ class PassCounter(nn.Module):
         out = self.model(x)
         if self.counting:
             n = x.shape[0]
-            self.forwards += n
+            self.forwards += n * self.per_call
             if out.requires_grad:
-                out.register_hook(lambda _g, n=n: self._count_backward(n))
+                out.register_hook(lambda _g, n=n * self.per_call: self._count_backward(n))
             if self._watch is not None and n == len(self._watch[1]):
                 self._see(x, out)
         return out
@@ -97,7 +102,7 @@ class PassCounter(nn.Module):
 
     def hidden_states(self, x: Tensor) -> dict[str, Tensor]:
         if self.counting:
-            self.forwards += x.shape[0]
+            self.forwards += x.shape[0] * self.per_call
         return self.model.hidden_states(x)  # type: ignore[operator]
 
     def reset(self) -> None:

@@ -13,6 +13,7 @@ import advx
 from advx import Attack, AttackConfig, Defense
 from advx.analysis.checks import run_checks
 from advx.contract.threats import EOTView
+from advx.runtime.crafting import craft
 
 
 class Shift(advx.InputTransform):
@@ -112,6 +113,23 @@ def test_eot_is_the_default_for_declared_randomness_and_flags_hidden_randomness(
     rows = run(tmp_path, reg, [{"name": "hidden-noise"}], [{"name": "fgsm", "eps": 0.1}], threats=[{"name": "white-box", "eot": 4}])
     assert rows[0]["details"]["diagnostics"]["eot"] == 4 and not checks(rows, "random-forward-without-eot")
     assert rows[0]["threat"] == "white-box(eot=4)"
+    # the cost columns count every EOT draw: FGSM is one pass per example and draw
+    assert rows[0]["forwards_per_sample"] == 4.0 and rows[0]["backwards_per_sample"] == 4.0
+
+
+def test_the_pass_counter_counts_every_eot_draw():
+    """FGSM through an EOT view of 10 draws: 10 forward and 10 backward passes per example,
+    exactly the passes the defended module made (and 1 of each without EOT)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    shift = Shift()
+    module = nn.Sequential(shift, net).eval()
+    x, y = torch.rand(6, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    fgsm = advx.Registry.discover().create("attack", "fgsm", {"eps": 0.1})
+    for view, draws in ((EOTView(module, 10).eval(), 10), (module, 1)):
+        calls = shift.calls
+        crafted = craft(view, fgsm, x, y, (0.0, 1.0), 3, torch.device("cpu"), 3)
+        assert shift.calls - calls == 2 * draws  # two batches of 3
+        assert crafted.cost.forwards == crafted.cost.backwards == 6 * draws
 
 
 def test_eot_view_gradient_is_the_mean_of_the_draws_loss_gradients():
