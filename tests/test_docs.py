@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from advx.contract import hookspecs
@@ -62,10 +63,66 @@ def test_readme_embedding_example_runs(capsys):
     assert "fgsm: clean" in out and "bim: clean" in out
 
 
-def test_readme_commands_match_ci():
+def _readme_commands():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_commands", ROOT / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ci_runs_the_readme_commands_as_they_are():
+    """``.ci/run`` reads the README's two commands and runs them: it installs nothing of its own
+    before the README's test command, so CI cannot pass where a fresh clone would not."""
+    commands = _readme_commands()
+    setup, tests = commands.command("setup"), commands.command("test")
+    assert setup == "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e '.[test]' && .venv/bin/advx run"
+    assert tests == ".venv/bin/python -m pytest -q"
+    # the command as the README shows it, in the block right after its marker
+    assert f"<!-- ci: setup -->\n```bash\n{setup}\n```" in README and f"<!-- ci: test -->\n```bash\n{tests}\n```" in README
     ci = (ROOT / ".ci" / "run").read_text()
-    assert ".venv/bin/python -m pytest -q" in README and ".venv/bin/python -m pytest -q" in ci
-    assert "torch==2.13.0 -e '.[test]'" in README and "torch==2.13.0 -e '.[test]'" in ci
+    lines = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    run_setup = lines.index('bash -euo pipefail -c "$setup"')
+    run_tests = next(i for i, ln in enumerate(lines) if ln.endswith('bash -euo pipefail -c "$tests"'))
+    assert "setup=$(python3 .ci/readme_commands.py setup)" in lines and "tests=$(python3 .ci/readme_commands.py test)" in lines
+    assert run_setup < run_tests
+    assert not any("pip " in ln or "pytest" in ln for ln in lines[:run_tests]), "CI installs or tests something before the README's commands"
+
+
+def test_a_command_that_is_not_one_line_is_refused():
+    commands = _readme_commands()
+    assert commands.command("x", "<!-- ci: x -->\n```bash\necho a\n```\n") == "echo a"
+    with pytest.raises(SystemExit, match="must be one line"):
+        commands.command("x", "<!-- ci: x -->\n```bash\necho a\necho b\n```\n")
+    with pytest.raises(SystemExit, match="no command marked"):
+        commands.command("y", "<!-- ci: x -->\n```bash\necho a\n```\n")
+
+
+def test_skips_for_a_missing_package_are_recorded_for_ci(tmp_path):
+    """What CI runs again after installing the extras: tests and modules skipped by importorskip
+    or for an optional package, not those skipped for other reasons."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_a.py").write_text(
+        "import pytest\n"
+        "def test_extra():\n    pytest.importorskip('advx_no_such_package')\n"
+        "def test_optional():\n    pytest.skip('torchvision is optional')\n"
+        "def test_other():\n    pytest.skip('needs a CUDA device')\n"
+        "def test_runs():\n    pass\n"
+    )
+    (tmp_path / "test_b.py").write_text("import pytest\npytest.importorskip('advx_no_such_package')\ndef test_never():\n    pass\n")
+    out = tmp_path / "skipped.txt"
+    env = {**os.environ, "ADVX_SKIPPED_FOR_EXTRAS": str(out)}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert "1 passed, 4 skipped" in run.stdout, run.stdout + run.stderr
+    assert sorted(out.read_text().splitlines()) == ["test_a.py::test_extra", "test_a.py::test_optional", "test_b.py"]
 
 
 def test_every_experiment_spec_validates():
