@@ -171,3 +171,116 @@ def test_each_audience_has_one_module_and_one_list():
     for name in advx.testing.__all__:
         assert f"`{name}`" in page, f"advx.testing.{name} is not in docs/plugins.md"
         assert (getattr(advx.testing, name).__doc__ or "").strip(), name
+
+
+# -- docs/plugins.md: the protocol examples run, the metric keys come from the declarations ------
+
+PLUGINS_PAGE = ROOT / "docs" / "plugins.md"
+
+
+def page_block(marker: str) -> str:
+    text = PLUGINS_PAGE.read_text()
+    start = text.index(marker)
+    m = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    assert m, f"no python block after {marker}"
+    return m.group(1)
+
+
+def _defenses_of(marker: str) -> list:
+    namespace: dict = {"__name__": f"docs_{marker}"}
+    exec(compile(page_block(f"<!-- protocol-example: {marker} -->"), "docs/plugins.md", "exec"), namespace)  # our own page
+    return namespace["advx_register_defenses"]()
+
+
+def test_the_protocol_examples_run_and_the_kernel_recognises_them(tmp_path):
+    """The page's input transform, detector and ensemble, each run in a matrix: the transform is
+    attacked through BPDA with EOT (10 draws, each counted), the detector's scores are recorded
+    and the detector-aware attacker applies, the ensemble's member threat models apply."""
+    import advx
+
+    registry = advx.Registry.discover()
+    names = {}
+    for marker in ("input-transform", "detector", "ensemble"):
+        (cls,) = _defenses_of(marker)
+        registry.add("defense", cls, package="docs")
+        names[marker] = cls.name
+    spec = {
+        "matrix": {"name": "protocols", "samples": 40, "batch_size": 40, "cache_dir": str(tmp_path / "cache")},
+        "datasets": [{"name": "digits"}],
+        "models": [{"name": "mlp", "train": {"epochs": 2}}],
+        "defenses": [{"name": n} for n in names.values()],
+        "threats": [{"name": "white-box"}, {"name": "detector-aware"}, {"name": "member", "index": 1}, {"name": "member-mean"}],
+        "attacks": [{"name": "fgsm", "eps": 0.1}],
+    }
+    result = advx.run_matrix(spec, registry=registry)
+    assert result.failed == 0, [r.error for r in result.rows if r.error]
+    status = {(r.defense, r.threat): r.status for r in result.rows}
+    expected_done = {
+        names["input-transform"]: {"white-box"},
+        names["detector"]: {"white-box", "detector-aware"},
+        names["ensemble"]: {"white-box", "member(index=1)", "member-mean"},
+    }
+    for (defense, threat), st in status.items():
+        assert st == ("done" if threat in expected_done[defense] else "not-applicable"), (defense, threat, st)
+    rows = {(r.defense, r.threat): r for r in result.rows}
+    quantized = rows[(names["input-transform"], "white-box")]
+    assert quantized.details["diagnostics"]["eot"] == 10 and quantized.metric("forwards_per_sample") == 10.0
+    assert quantized.details["diagnostics"]["gradients"]["zero_share"] == 0.0  # BPDA: the rounding does not stop the gradient
+    detector = rows[(names["detector"], "white-box")]
+    assert detector.metric("detection_auc") is not None and 0 < detector.metric("detection_fpr") < 0.5
+
+
+def test_the_keys_of_attack_report_metrics_are_the_declared_metrics():
+    """The table on the page is generated from the metric declarations (``python tests/test_docs.py``
+    writes it), so that a metric added or renamed cannot leave the page behind."""
+    text = PLUGINS_PAGE.read_text()
+    begin, end = "<!-- metrics: begin (generated: python tests/test_docs.py) -->\n", "<!-- metrics: end -->"
+    assert begin in text and end in text
+    assert text[text.index(begin) + len(begin) : text.index(end)] == metrics_table(), "docs/plugins.md: run python tests/test_docs.py"
+
+
+def test_attack_report_metrics_has_exactly_those_keys(digits_cnn, digits):
+    import advx
+    from advx.analysis.metrics import METRICS
+
+    _, info, x, y = digits
+    (report,) = advx.evaluate(digits_cnn, (x[:16], y[:16]), ["fgsm"], bounds=info.bounds)
+    assert list(report.metrics) == [m.name for m in METRICS]
+    assert set(report.per_class["0"]) == {m.name for m in METRICS if m.breakdown}
+
+
+#: words of the project's own history, which a user has no use for: study numbers ("seed 002"),
+#: the catalog of sources, issue numbers
+INTERNAL_HISTORY = re.compile(r"\bseed \d{3}\b|catalog|\bissues? #?\d+|shared/seeds", re.I)
+
+
+def test_the_documents_a_user_reads_speak_to_users():
+    """README, docs/plugins.md and experiments/README.md name papers and files, not the
+    project's history. The metric table is left out: it is generated from the metric
+    declarations, where a description that names a study (robust_accuracy's, today) is fixed."""
+    begin, end = "<!-- metrics: begin", "<!-- metrics: end -->"
+    for path in (ROOT / "README.md", PLUGINS_PAGE, ROOT / "experiments" / "README.md"):
+        text = path.read_text()
+        if begin in text:
+            text = text[: text.index(begin)] + text[text.index(end) :]
+        found = [m.group(0) for m in INTERNAL_HISTORY.finditer(text)]
+        assert not found, f"{path.relative_to(ROOT)}: {found}"
+
+
+def metrics_table() -> str:
+    """The page's table of metrics: name, per class and bucket or not, description."""
+    from advx.analysis.metrics import METRICS
+
+    lines = ["| key | per class / bucket | what it is |", "|---|---|---|"]
+    for m in METRICS:
+        lines.append(f"| `{m.name}` | {'yes' if m.breakdown else 'no'} | {m.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # rewrite the generated table of docs/plugins.md
+    page = PLUGINS_PAGE.read_text()
+    begin, end = "<!-- metrics: begin (generated: python tests/test_docs.py) -->\n", "<!-- metrics: end -->"
+    head, rest = page.split(begin)
+    PLUGINS_PAGE.write_text(head + begin + metrics_table() + end + rest.split(end, 1)[1])
+    print(f"{PLUGINS_PAGE}: {metrics_table().count(chr(10)) - 2} metrics")
+
