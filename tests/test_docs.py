@@ -173,6 +173,24 @@ def test_each_audience_has_one_module_and_one_list():
         assert (getattr(advx.testing, name).__doc__ or "").strip(), name
 
 
+def test_the_readme_maps_other_libraries_calls_to_valid_advx_attacks():
+    """Every ``("name", {params})`` the README's section for users of torchattacks, AutoAttack
+    and ART gives is an attack advx validates, and every spec table it names is a plugin."""
+    import advx
+
+    section = README[README.index("## Coming from another library") :]
+    section = section[: section.index("\n## ", 1)]
+    registry = advx.Registry.discover()
+    calls = re.findall(r'\("([a-z0-9-]+)", (\{[^}]*\})\)', section)
+    assert {name for name, _ in calls} >= {"pgd", "suite", "fgsm"}
+    for name, params in calls:
+        registry.create("attack", name, eval(params, {"__builtins__": {}}))  # e.g. {"eps": 8/255}: our own README
+    for name in re.findall(r'`name = "([a-z0-9-]+)"`', section):
+        assert any(e.name == name for e in registry.entries()), name
+    for path in re.findall(r"`(tests/plugins/attacks/[a-z_]+\.py)`", section):
+        assert (ROOT / path).is_file(), path
+
+
 # -- docs/plugins.md: the protocol examples run, the metric keys come from the declarations ------
 
 PLUGINS_PAGE = ROOT / "docs" / "plugins.md"
