@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="with --executor ray: address of an existing Ray cluster (default: a local one)")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run, those already done and what would be trained; run nothing")
     p.add_argument("--report", nargs="?", const=True, metavar="FILE.html", help="write the HTML report at the end (default: the results file's name with .html)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads of the run (overrides [matrix] threads; default: one per core)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress (bar on a terminal, lines elsewhere): the results and the summary only")
     p.set_defaults(func=cmd_run)
 

@@ -62,10 +62,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = MatrixSpec.from_toml(args.spec) if args.spec else MatrixSpec.from_toml_string(DEFAULT_SPEC, "default spec")
     if args.cache_dir:
         spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
-    if args.executor or args.address:
+    if args.executor or args.address or args.threads is not None:
         from advx.engine.run import load_spec
 
-        spec = load_spec(spec, executor=args.executor, ray_address=args.address)
+        spec = load_spec(spec, executor=args.executor, ray_address=args.address, threads=args.threads)
     if args.dry_run:
         return _print_dry_run(console, spec, args)
     if args.report and args.report is not True and Path(args.report).suffix.lower() not in (".html", ".htm"):

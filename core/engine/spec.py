@@ -81,6 +81,14 @@ class MatrixOptions(BaseModel):
         ge=1,
         description="out of memory: a batch is retried at half the size, down to this floor (then the cell fails)",
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "torch CPU threads of the run (default: torch's, one per core); each worker's with several CPU "
+            "devices. Fewer than the cores when other processes share them: see the README's timings"
+        ),
+    )
     diagnostics: bool = Field(
         True,
         description=(

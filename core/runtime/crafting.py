@@ -162,7 +162,8 @@ def craft(
     """Run ``attack`` on ``model`` over ``x`` in batches; check every batch; count passes.
 
     ``check_silent`` also counts the examples the attack fooled (inside the budget) at some
-    iterate but returned not fooled (one uncounted, untimed forward per batch).
+    iterate but returned not fooled, among those the clean input does not already fool (two
+    uncounted, untimed forwards per batch: the clean input and the result).
 
     A batch that runs out of memory (CUDA, or the host) is retried at half the batch size,
     down to ``min_batch_size``; the rest of the cell runs at the smaller size, so the result
@@ -211,6 +212,16 @@ def craft(
         attack.begin_batch(s)
         torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
         if watch:
+            # examples the clean input already fools are not the attack's to lose: an attack that
+            # moves one of them elsewhere (a single step that turns a wrong answer right) has no
+            # iterate it failed to keep, and FGSM, whose one forward is at the clean input, none at all
+            t_clean = time.perf_counter()
+            counter.counting = False
+            with torch.no_grad():
+                pred0 = counter(xb).argmax(1)
+            counter.counting = True
+            already = pred0 == labels if targeted else pred0 != labels
+            excluded += time.perf_counter() - t_clean
             counter.watch(xb, labels, targeted, attack.norm, attack.eps, bounds)
         attack.surrogate = surrogate
         try:
@@ -228,7 +239,7 @@ def craft(
                 pred = counter(xa).argmax(1)
             counter.counting = True
             final = pred == labels if targeted else pred != labels
-            silent += int((counter.ever_fooled & ~final).sum())
+            silent += int((counter.ever_fooled & ~final & ~already).sum())
             excluded += time.perf_counter() - t_check
         outs.append(xa.detach().to("cpu", non_blocking=False))
         extra = attack.batch_info()

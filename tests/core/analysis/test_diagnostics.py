@@ -218,3 +218,35 @@ def test_gradient_health_is_measured_through_bpda(tmp_path):
     rows = run(tmp_path, r, [{"name": "quantised"}], [{"name": "fgsm", "eps": 0.1}])
     assert rows[0]["details"]["diagnostics"]["gradients"]["zero_share"] == 0.0
     assert not checks(rows, "zero-gradients")
+
+
+class CosineOfMean(nn.Module):
+    """Two classes: 0 always scores 0, 1 scores ``3 cos(8 t)`` (t the mean pixel). At t = 0.3125
+    class 0 wins (a wrong answer for label 1), and the loss gradient points up: FGSM's step of
+    0.5 lands at t = 0.8125, where class 1 wins. A single step that turns a wrong answer right."""
+
+    def forward(self, x):
+        t = x.flatten(1).mean(1)
+        return torch.stack([torch.zeros_like(t), 3 * torch.cos(8 * t)], 1)
+
+
+def test_a_single_step_that_turns_a_wrong_answer_right_is_no_silent_success():
+    """FGSM's one forward is at the clean input: an example that input already fools is not one
+    the attack found and lost (the MNIST / i-defender / detector-aware FGSM cell that raised the
+    flag had one such example). An attack that does lose what it found is still counted."""
+    model = CosineOfMean().eval()
+    x, y = torch.full((4, 1, 2, 2), 0.3125), torch.ones(4, dtype=torch.long)
+    assert bool((model(x).argmax(1) != y).all())  # wrong on the clean input
+    fgsm = advx.Registry.discover().create("attack", "fgsm", {"eps": 0.5})
+    crafted = craft(model, fgsm, x, y, (0.0, 1.0), 2, torch.device("cpu"), 4, check_silent=True)
+    assert bool((model(crafted.x_adv).argmax(1) == y).all())  # right after the attack
+    assert crafted.silent_success == 0
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():  # class 0 scores sum(x) - 2, class 1 scores 0
+        net[1].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [0, 0, 0, 0]]))
+        net[1].bias.copy_(torch.tensor([-2.0, 0.0]))
+    forgetful = Forgetful(Forgetful.Config(eps=0.3))
+    x0, y0 = torch.full((3, 1, 2, 2), 0.55), torch.zeros(3, dtype=torch.long)  # right: 0.2 against 0
+    crafted = craft(net, forgetful, x0, y0, (0.0, 1.0), 2, torch.device("cpu"), 3, check_silent=True)
+    assert crafted.silent_success == 3  # right on the clean input, fooled at its step, returned clean
+
