@@ -7,6 +7,7 @@ the ``registry`` fixture uses the real entry points (the package is installed fo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,39 @@ import advx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+#: the reasons of a skip for a package that is not installed (``pytest.importorskip``, with
+#: its own message or the reasons the tests give)
+MISSING_PACKAGE = re.compile(r"could not import|optional (extra|package)|is optional")
+_skipped_for_a_package: dict[str, None] = {}
+
+
+def skipped_for_a_package(report) -> bool:
+    """Whether a test (or a whole module) was skipped because a package is not installed."""
+    if not report.skipped:
+        return False
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return bool(MISSING_PACKAGE.search(reason))
+
+
+def pytest_runtest_logreport(report):
+    if skipped_for_a_package(report):
+        _skipped_for_a_package[report.nodeid] = None
+
+
+def pytest_collectreport(report):
+    if skipped_for_a_package(report):  # a module-level importorskip
+        _skipped_for_a_package[report.nodeid] = None
+
+
+def pytest_sessionfinish(session):
+    """CI (``.ci/run``) names a file in ADVX_SKIPPED_FOR_EXTRAS: the tests that skipped for a
+    missing package go there, one node id a line, to run again once the extras are installed."""
+    out = os.environ.get("ADVX_SKIPPED_FOR_EXTRAS")
+    if out and _skipped_for_a_package:
+        with open(out, "a") as f:
+            f.writelines(f"{nodeid}\n" for nodeid in _skipped_for_a_package)
 
 
 def pytest_collection_modifyitems(config, items):

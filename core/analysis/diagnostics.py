@@ -12,7 +12,9 @@ and cannot be read from results alone:
 * ``convergence``: the attack rerun with twice its ``steps`` on a sample: if that finds
   clearly more adversarial examples, the attack had not converged;
 * ``silent_success``: examples the attack had fooled, inside the budget, at some iterate
-  but did not return fooled (recorded while crafting, see ``crafting.PassCounter``).
+  but did not return fooled (recorded while crafting, see ``crafting.PassCounter``); an
+  example the clean input already fools is not counted (the attack found nothing there,
+  and a single-step attack, whose one forward is at the clean input, has no iterate to keep).
 
 Each probe runs outside the timed attack and its passes are not counted as the attack's.
 ``diagnose`` runs them all, for a matrix cell and for ``advx.evaluate`` alike

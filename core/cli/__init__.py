@@ -12,6 +12,9 @@ what they print; this module holds the parser and ``main``.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
 from advx._version import __version__
 from advx.contract.errors import AdvxError
 from advx.cli.console import _console, _error_line
@@ -27,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list installed plugins with their config fields")
-    p.add_argument("kind", nargs="?", help="attacks, defenses, models, datasets or threats (default: all)")
+    p = sub.add_parser("plugins", help="list installed plugins by kind; a kind or a plugin's name: with their config fields")
+    p.add_argument("kind", nargs="?", metavar="KIND|NAME", help="attacks, defenses, models, datasets or threats: every plugin of the kind with its config fields; a plugin's name: that plugin (default: all kinds, one line each)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="json: every plugin with kind, package, version and config JSON schema")
     p.set_defaults(func=cmd_plugins)
 
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="with --executor ray: address of an existing Ray cluster (default: a local one)")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run, those already done and what would be trained; run nothing")
     p.add_argument("--report", nargs="?", const=True, metavar="FILE.html", help="write the HTML report at the end (default: the results file's name with .html)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads of the run (overrides [matrix] threads; default: one per core)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress (bar on a terminal, lines elsewhere): the results and the summary only")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("results", help="show or export a results file")
@@ -83,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (advx plugins | head): stop quietly, and keep the
+        # interpreter from reporting the unflushed rest at exit; a run stopped before its end
+        # says so in its exit status (128 + SIGPIPE), as a killed process would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141 if args.command == "run" else 0
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is still one line
         if args.verbose:
             raise

@@ -41,25 +41,26 @@ def cmd_results(args: argparse.Namespace) -> int:
             return 0
         rows = store.cells(args.spec)
         console = _console()
-        console.print(_result_table(rows, f"{args.db}: {len(rows)} cells"))
+        console.print(_result_table(rows, f"{args.db}: {len(rows)} cells", console.width))
         _print_problems(console, rows)
         if args.breakdown:
-            for table in _breakdown_tables(rows, args.breakdown):
+            for table in _breakdown_tables(rows, args.breakdown, console.width):
                 console.print(table)
         if args.worst_case:
-            console.print(_worst_case_table(store, rows))
+            console.print(_worst_case_table(store, rows, width=console.width))
         if args.history and args.spec:
             earlier = store.earlier_cells(args.spec)
-            console.print(_result_table(earlier, f"{args.spec}: {len(earlier)} cells of earlier versions of the spec (not in it now)"))
+            console.print(_result_table(earlier, f"{args.spec}: {len(earlier)} cells of earlier versions of the spec (not in it now)", console.width))
         elif args.spec and store.earlier_cells(args.spec):
             console.print(f"{len(store.earlier_cells(args.spec))} cells of earlier versions of {args.spec!r} are kept in the file (--history lists them)", markup=False)
         _print_flags(console, rows, store.samples)
     return 0
 
 
-def _breakdown_tables(rows: list[dict[str, Any]], kind: str):
-    from rich.table import Table
+def _breakdown_tables(rows: list[dict[str, Any]], kind: str, width: int | None = None):
+    from rich.markup import escape
 
+    from advx.cli.console import fitted_table
     from advx.store.schema import format_value
 
     key = "per_class" if kind == "class" else "per_confidence"
@@ -69,36 +70,33 @@ def _breakdown_tables(rows: list[dict[str, Any]], kind: str):
             continue
         data = r.details.get(key, {})
         title = f"{r['dataset']} / {r['model']} / {r['defense']} / {r['threat']} / {r['attack']}: per {kind}"
-        table = Table(title=title, title_justify="left")
-        table.add_column(kind)
-        for c in cols:
-            table.add_column(c.replace("_", " "), justify="right")
         order = ["high", "medium", "low"] if kind == "confidence" else sorted(data, key=lambda k: int(k) if k.isdigit() else k)
-        for name in order:
-            if name not in data:
-                continue
-            m = {**data[name], "n": data[name].get("n", data[name].get("count"))}
-            table.add_row(name, *[format_value(c, m.get(c)) for c in cols])
-        yield table
+        order = [name for name in order if name in data]
+        values = {name: {**data[name], "n": data[name].get("n", data[name].get("count"))} for name in order}
+        columns = [(kind, False, [escape(name) for name in order])]
+        columns += [(c.replace("_", " "), True, [format_value(c, values[name].get(c)) for name in order]) for c in cols]
+        yield fitted_table(title, columns, width)
 
 
-def _worst_case_table(store, rows: list[Any], only_groups: bool = False):
+def _worst_case_table(store, rows: list[Any], only_groups: bool = False, width: int | None = None):
     """Per-example worst case over the attacks of one place (dataset, model, defense, threat,
     examples: by identity) and one threat constraint (norm and eps; unbounded attacks apart).
 
     After a run (``only_groups``) only where several attacks share a constraint.
     """
     from rich.markup import escape
-    from rich.table import Table
 
     from advx.analysis.groups import worst_case_groups
+    from advx.cli.console import fitted_table
 
     groups = worst_case_groups(rows, min_size=2 if only_groups else 1)
-    table = Table(title="worst case per example over attacks of one threat constraint (mean of min)", title_justify="left")
-    for c in ("place", "constraint", "attacks", "best single attack", "worst case"):
-        table.add_column(c, justify="right" if c in ("attacks", "best single attack", "worst case") else "left")
+    table: dict[str, list[str]] = {c: [] for c in ("place", "constraint", "attacks", "best single attack", "worst case")}
     for place, constraint, cells in groups:
         worst = store.worst_case(cells)
-        best_single = min(c.robust_accuracy for c in cells)
-        table.add_row(escape(place), escape(constraint), str(len(cells)), f"{best_single:.4f}", f"{worst:.4f}" if worst is not None else "-")
-    return table
+        table["place"].append(escape(place))
+        table["constraint"].append(escape(constraint))
+        table["attacks"].append(str(len(cells)))
+        table["best single attack"].append(f"{min(c.robust_accuracy for c in cells):.4f}")
+        table["worst case"].append(f"{worst:.4f}" if worst is not None else "-")
+    columns = [(c, c not in ("place", "constraint"), cells) for c, cells in table.items()]
+    return fitted_table("worst case per example over attacks of one threat constraint (mean of min)", columns, width)

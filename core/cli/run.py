@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
-from advx.cli.console import _Progress, _console, _print_flags, _print_problems, _print_trainings, _result_table
+from advx.cli.console import _console, progress_for, _print_flags, _print_problems, _print_trainings, _result_table
 from advx.cli.report import _report_path
 from advx.analysis.groups import worst_case_groups
 from advx.cli.results import _worst_case_table
@@ -62,17 +62,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = MatrixSpec.from_toml(args.spec) if args.spec else MatrixSpec.from_toml_string(DEFAULT_SPEC, "default spec")
     if args.cache_dir:
         spec = spec.model_copy(update={"matrix": spec.matrix.model_copy(update={"cache_dir": args.cache_dir})})
-    if args.executor or args.address:
+    if args.executor or args.address or args.threads is not None:
         from advx.engine.run import load_spec
 
-        spec = load_spec(spec, executor=args.executor, ray_address=args.address)
+        spec = load_spec(spec, executor=args.executor, ray_address=args.address, threads=args.threads)
     if args.dry_run:
         return _print_dry_run(console, spec, args)
     if args.report and args.report is not True and Path(args.report).suffix.lower() not in (".html", ".htm"):
         from advx.contract.errors import ConfigError
 
         raise ConfigError(f"--report {args.report}: the report of a run is HTML; name it .html (or use advx report --format md)")
-    with _Progress(console) as progress:
+    with progress_for(console, args.quiet) as progress:
         try:
             result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
         except KeyboardInterrupt:
@@ -88,10 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _record_spec_file(args.db, spec.matrix.name, args.spec)
     with ResultStore(args.db, readonly=True) as store:
         rows = store.cells(spec.matrix.name)
-        console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}"))
+        console.print(_result_table(rows, f"{spec.matrix.name}: results in {args.db}", console.width))
         _print_problems(console, rows)
         if worst_case_groups(rows):
-            console.print(_worst_case_table(store, rows, only_groups=True))
+            console.print(_worst_case_table(store, rows, only_groups=True, width=console.width))
         _print_trainings(console, result.trainings)
         _print_flags(console, rows, store.samples)
     console.print(
@@ -125,9 +125,20 @@ def _print_dry_run(console, spec: Any, args: argparse.Namespace) -> int:
     plan = dry_run(spec, store=args.db, device=args.device, rerun=args.rerun)
     console.print(f"dry run of {escape(plan.spec_name)}: {len(plan.todo) + len(plan.done)} cells, {len(plan.todo)} to run, {len(plan.done)} already done in {escape(args.db)}; nothing is run")
     for c in plan.todo:
-        console.print(f"  run   {escape(c.title())}", soft_wrap=True)
+        _print_wrapped(console, "  run    ", c.title())
     for c in plan.done:
-        console.print(f"  done  {escape(c.title())}", soft_wrap=True)
+        _print_wrapped(console, "  done   ", c.title())
     for what, cached in plan.trainings:
-        console.print(f"  {'cached' if cached else 'train'} {escape(what)}", soft_wrap=True)
+        _print_wrapped(console, f"  {'cached' if cached else 'train'} ", what)
     return 0
+
+
+def _print_wrapped(console, prefix: str, text: str) -> None:
+    """``prefix`` and ``text`` within the console's width, continued under the text: lines
+    break at spaces only (a label's number or a name with a hyphen is never split)."""
+    import textwrap
+
+    width = max(console.width - len(prefix), 20)
+    lines = textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False) or [""]
+    for i, line in enumerate(lines):
+        console.print((prefix if i == 0 else " " * len(prefix)) + line, markup=False, highlight=False, soft_wrap=True)

@@ -51,14 +51,20 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
-def format_validation_error(prefix: str, exc: Exception) -> str:
-    """Turn a pydantic ``ValidationError`` into one line naming every bad field."""
+def format_validation_error(prefix: str, exc: Exception, names: dict[str, str] | None = None) -> str:
+    """Turn a pydantic ``ValidationError`` into one line naming every bad field.
+
+    ``names`` shows a field under another name: a value of a swept list as ``eps[1]``."""
     errors = getattr(exc, "errors", None)
     if errors is None:
         return f"{prefix}: {exc}"
+    names = names or {}
     parts = []
     for err in errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(config)"
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc and loc[0] in names:
+            loc[0] = names[loc[0]]
+        loc = ".".join(loc) or "(config)"
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
             msg = "unknown field"

@@ -230,12 +230,18 @@ def mean_of_loss_gradients(member_logits: Tensor) -> Tensor:
 
 class EOTView(nn.Module):
     """A randomised module as the EOT attacker sees it: the mean prediction over ``draws`` forward
-    passes, with the mean of the draws' loss gradients."""
+    passes, with the mean of the draws' loss gradients. Each call runs the module ``draws``
+    times, which ``passes_per_call`` tells the kernel's pass counter (the cost columns count
+    every draw)."""
 
     def __init__(self, module: nn.Module, draws: int) -> None:
         super().__init__()
         self.module = module
         self.draws = draws
+
+    @property
+    def passes_per_call(self) -> int:
+        return self.draws
 
     def forward(self, x: Tensor) -> Tensor:
         return mean_of_loss_gradients(torch.stack([self.module(x) for _ in range(self.draws)]))

@@ -17,7 +17,7 @@ from typing import Any
 from advx.contract.errors import AdvxError, ConfigError
 from advx.contract.interfaces import Dataset
 from advx.contract.registry import Registry
-from advx.engine.spec import MatrixOptions, MatrixSpec, ModelTable, PluginRef, expand, sweep, validate_strict
+from advx.engine.spec import MatrixOptions, MatrixSpec, ModelTable, PluginRef, expand, sweep_indexed, validate_strict
 from advx.contract.threats import ThreatModel
 
 
@@ -122,10 +122,10 @@ def plan_threats(spec: MatrixSpec, registry: Registry, errors: list[AdvxError]) 
                 source = refs[0]
             elif "source" in params:
                 raise ConfigError(f"{prefix}: source: only the transfer threat model takes a source")
-            for p in sweep({k: v for k, v in params.items() if k != "source"}, cls.Config, prefix):
+            for p, names in sweep_indexed({k: v for k, v in params.items() if k != "source"}, cls.Config, prefix):
                 if source is not None:
                     p = {**p, "source": params["source"]}
-                cfg = validate_strict(cls.Config, p, prefix)
+                cfg = validate_strict(cls.Config, p, prefix, names)
                 out.append(cls(cfg, source))  # type: ignore[arg-type]
         except AdvxError as exc:
             errors.append(exc)

@@ -9,6 +9,8 @@ resumes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,30 @@ def run_matrix(
     tune_cpu_allocator()  # a matrix is thousands of same-sized passes: keep their memory (see advx.runtime.allocator)
     registry = registry or Registry.discover()
     cells = plan(spec, registry)
+    with _torch_threads(spec.matrix.threads):
+        return _run(spec, registry, cells, store, executor, on_event, rerun)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` for the run (``[matrix] threads``, ``--threads``),
+    then back to what they were: the setting is process-wide, and an embedding program's own
+    work after ``run_matrix`` keeps its threads."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(spec: MatrixSpec, registry: Registry, cells: list, store: Any, executor: Executor | None, on_event: Event | None, rerun: bool) -> MatrixResult:
+    """``run_matrix`` once the spec is planned: skip what the store holds, execute, commit."""
     devices = resolve_devices(spec.matrix.device)
     own_store = False
     if store is not None and not isinstance(store, ResultStore):
@@ -126,7 +152,7 @@ def run_matrix(
 
                 executor = RayExecutor(spec.matrix.ray_address)
             else:
-                executor = MultiDeviceExecutor(devices) if len(devices) > 1 else InProcessExecutor()
+                executor = MultiDeviceExecutor(devices, cpu_threads=spec.matrix.threads) if len(devices) > 1 else InProcessExecutor()
         result = MatrixResult(spec.matrix.name, store.path if store is not None else None, [], skipped, 0)
         for cell, outcome in executor.map(todo, registry, devices[0], spec.matrix.cache_dir, on_event):
             row = outcome.row.replace(spec_name=spec.matrix.name, spec_hash=spec_hash)

@@ -82,6 +82,14 @@ class MatrixOptions(BaseModel):
         ge=1,
         description="out of memory: a batch is retried at half the size, down to this floor (then the cell fails)",
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "torch CPU threads of the run (default: torch's, one per core); each worker's with several CPU "
+            "devices. Fewer than the cores when other processes share them: see the README's timings"
+        ),
+    )
     diagnostics: bool = Field(
         True,
         description=(
@@ -262,17 +270,28 @@ def _is_list_type(annotation: Any) -> bool:
 
 def sweep(params: dict[str, Any], config_cls: type[BaseModel], where: str = "") -> list[dict[str, Any]]:
     """Expand list values into the cartesian product of configs."""
-    keys, choices = [], []
+    return [combo for combo, _ in sweep_indexed(params, config_cls, where)]
+
+
+def sweep_indexed(params: dict[str, Any], config_cls: type[BaseModel], where: str = "") -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """``sweep``, each config with the names of its swept values' places (``{"eps": "eps[1]"}``),
+    so that an invalid value of a list is named by its position."""
+    keys, choices, swept = [], [], []
     for k, v in params.items():
         field = config_cls.model_fields.get(k)
         is_sweep = isinstance(v, list) and not (
             field is not None and _is_list_type(field.annotation) and not (v and isinstance(v[0], list))
         )
         keys.append(k)
-        choices.append(v if is_sweep else [v])
+        choices.append(list(enumerate(v)) if is_sweep else [(None, v)])
+        swept.append(is_sweep)
         if is_sweep and not v:
             raise ConfigError(f"{where + ': ' if where else ''}{k}: an empty list sweeps nothing")
-    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
+    out = []
+    for combo in itertools.product(*choices):
+        names = {k: f"{k}[{i}]" for k, (i, _), s in zip(keys, combo, swept) if s}
+        out.append(({k: v for k, (_, v) in zip(keys, combo)}, names))
+    return out
 
 
 @dataclass(frozen=True)
@@ -328,12 +347,13 @@ def _describe_value(v: Any) -> str:
     return str(v)
 
 
-def validate_strict(config_cls: type[BaseModel], params: dict[str, Any], where: str) -> BaseModel:
-    """Validate spec values strictly (``eps = "0.1"`` is an error, not a silent conversion)."""
+def validate_strict(config_cls: type[BaseModel], params: dict[str, Any], where: str, names: dict[str, str] | None = None) -> BaseModel:
+    """Validate spec values strictly (``eps = "0.1"`` is an error, not a silent conversion);
+    ``names`` shows swept values by their position (``eps[1]``, from ``sweep_indexed``)."""
     try:
         return config_cls.model_validate_json(json.dumps(params, default=str), strict=True)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(where, exc)) from None
+        raise ConfigError(format_validation_error(where, exc, names)) from None
 
 
 def expand(tables: list[PluginTable], kind: str, registry: Registry, where: str, errors: list[AdvxError] | None = None) -> list[PluginRef]:
@@ -347,7 +367,7 @@ def expand(tables: list[PluginTable], kind: str, registry: Registry, where: str,
         prefix = f'{where}[{i}] "{table.name}"'
         try:
             cls = registry.get(kind, table.name)  # type: ignore[arg-type]
-            configs = sweep(table.params(), cls.Config, prefix)
+            configs = sweep_indexed(table.params(), cls.Config, prefix)
         except AdvxError as exc:
             if errors is None:
                 raise
@@ -363,9 +383,9 @@ def expand(tables: list[PluginTable], kind: str, registry: Registry, where: str,
                     raise
                 errors.append(exc)
                 continue
-        for params in configs:
+        for params, names in configs:
             try:
-                cfg = validate_strict(cls.Config, params, prefix)
+                cfg = validate_strict(cls.Config, params, prefix, names)
             except ConfigError as exc:
                 if errors is None:
                     raise

@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import Any
 from advx.report.blocks import INSTALL_HINT, MAX_FIGURES, Para, Section, Table
 from advx.report.common import _cfg, _fmt, _place
-from advx.report.plots import _Plotter, _slug
+from advx.report.plots import LEGEND_FONT, _Plotter, _slug
 
 
 def _operating_label(row: Any, registry: Any) -> str:
@@ -68,7 +68,7 @@ def _roc_section(rows: list[dict[str, Any]], plotter: _Plotter | None, registry:
         ax = fig.subplots()
         for r in cells:
             pts = _cfg(r, "details")["roc"]
-            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{r['defense'][:36]} (AUC {r['detection_auc']:.3f})")[0]
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{r['defense'][:36]} (AUC {r['detection_auc']:.3f})", color=plotter.color("defense", r["defense"]))[0]
             if r.get("detection_fpr") is not None and r.get("detection_tpr") is not None:
                 ax.plot([r["detection_fpr"]], [r["detection_tpr"]], marker="D", ms=7, color=line.get_color(), mec="black")
                 ax.annotate(_operating_label(r, registry), (r["detection_fpr"], r["detection_tpr"]), textcoords="offset points", xytext=(6, -10), fontsize=7)
@@ -78,7 +78,7 @@ def _roc_section(rows: list[dict[str, Any]], plotter: _Plotter | None, registry:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.set_title(f"{a} on {d} / {m}, {t}", fontsize=9)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=LEGEND_FONT, loc="lower right")
         sec.blocks.append(plotter.done(fig, f"roc-{_slug(a + '-' + d + '-' + m + '-' + t)}", f"ROC: {a} on {d} / {m}, {t}"))
     if len(items) > MAX_FIGURES:
         sec.blocks.append(Para(f"{len(items) - MAX_FIGURES} more ROC plots are not drawn; the table has every cell.", "note"))

@@ -32,7 +32,7 @@ def build_report(
     registry = Registry.discover()
     rows = store.cells(spec_name)
     use_plots = (have_matplotlib() if plots is None else plots) and not tables_only
-    plotter = _Plotter(fmt) if use_plots else None
+    plotter = _Plotter(fmt, rows) if use_plots else None
     flags = run_checks(rows, store.samples, list(registry.checks.values()))
     ctx = SectionContext(rows, store, plotter, flags, fmt, tables_only, [Path(p) for p in attachments])
     sections: list[Section] = []

@@ -10,7 +10,7 @@ from advx.report.blocks import GALLERY_EXAMPLES, Gallery, INSTALL_HINT, MAX_FIGU
 from advx.analysis.groups import MODEL_PARTS, distinct_labels, worst_case_groups
 from advx.report.common import _cfg, _flags_of, _fmt, _heat, _place
 from advx.report.images import example_images
-from advx.report.plots import _Plotter, _slug
+from advx.report.plots import LEGEND_FONT, _Plotter, _slug
 
 
 def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _Plotter | None) -> Section:
@@ -178,7 +178,7 @@ def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter
                 rs = sorted(rs, key=lambda r: _cfg(r, "attack_config")["eps"])
                 xs = [_cfg(r, "attack_config")["eps"] for r in rs]
                 ys = [r["robust_accuracy"] for r in rs]
-                ax.plot(xs, ys, marker="o", ms=4, label=defense[:40])
+                ax.plot(xs, ys, marker="o", ms=4, label=defense[:40], color=plotter.color("defense", defense))
                 for x_, y_, r in zip(xs, ys, rs):
                     if _flags_of(r, flags):
                         ax.plot([x_], [y_], marker="o", ms=12, mfc="none", mec="red", mew=2)
@@ -187,7 +187,7 @@ def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
             ax.set_title(f"{name} on {d} / {m}, {t}", fontsize=9)
-            ax.legend(fontsize=7, title="defense", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            ax.legend(fontsize=LEGEND_FONT, title="defense", title_fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
             sec.blocks.append(plotter.done(fig, f"eps-{_slug(name + '-' + d + '-' + m + '-' + t)}", f"{name}: {d} / {m}, {t}"))
         if len(items) > MAX_FIGURES:
             sec.blocks.append(Para(f"{len(items) - MAX_FIGURES} more eps sweeps are not drawn (at most {MAX_FIGURES} plots per section); their numbers are in the matrix.", "note"))
@@ -219,7 +219,7 @@ def _breakdown_section(rows: list[dict[str, Any]], kind: str, plotter: _Plotter 
         sec.blocks.append(Para("Top-1 error after the attack per bucket of the clean top-1 probability (High >= 30%, Medium 15-30%, Low < 15%), one bar per attack; the bucket's count is under its name."))
         metric, order = "top1_error", ["high", "medium", "low"]
     for (d, m, df, t), cells in items[:MAX_FIGURES]:
-        cells = cells[:6]
+        # every attack of the group: a chart that drops some would hide the attacks that broke it
         first = _cfg(cells[0], "details")[key]
         cats = order or sorted(first, key=lambda k: int(k) if k.isdigit() else 0)
         cats = [c for c in cats if c in first]
@@ -237,19 +237,22 @@ def _breakdown_section(rows: list[dict[str, Any]], kind: str, plotter: _Plotter 
         series = ([("clean", [first[c].get("clean_accuracy") for c in cats])] if kind == "class" else []) + [
             (r["attack"], [_cfg(r, "details")[key].get(c, {}).get(metric) for c in cats]) for r in cells
         ]
-        w = min(11.0, max(5.5, 0.12 * len(cats) * len(series) + 4))
-        fig = plotter.figure(w, 3.4, right=1 - 2.3 / w, bottom=(0.55 if kind == "class" else 0.75) / 3.4)
+        legend_w = 0.6 + 0.075 * max(len(label[:48]) for label, _ in series)  # inches the legend's longest label takes
+        w = min(14.0, max(5.5, 0.12 * len(cats) * len(series) + 2.5 + legend_w))
+        h = max(3.4, 0.8 + 0.2 * len(series))  # a legend of many attacks stays inside the figure
+        fig = plotter.figure(w, h, right=1 - (legend_w + 0.2) / w, bottom=(0.55 if kind == "class" else 0.75) / h, top=1 - 0.35 / h)
         ax = fig.subplots()
         width = 0.8 / len(series)
         xs = np.arange(len(cats))
         for i, (label, vals) in enumerate(series):
-            ax.bar(xs + i * width - 0.4 + width / 2, [np.nan if v is None else v for v in vals], width, label=label[:48])
+            color = "#b0b0b0" if i == 0 and kind == "class" else plotter.color("attack", label)  # clean: grey
+            ax.bar(xs + i * width - 0.4 + width / 2, [np.nan if v is None else v for v in vals], width, label=label[:48], color=color)
         ticks = cats if kind == "class" else [f"{c}\n(n={first[c].get('count', '?')})" for c in cats]
-        ax.set_xticks(xs, ticks, fontsize=7)
+        ax.set_xticks(xs, ticks, fontsize=LEGEND_FONT - 1)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy" if kind == "class" else "top-1 error after the attack")
         ax.set_title(f"{d} / {m} / {df}, {t}", fontsize=9)
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.legend(fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.grid(axis="y", alpha=0.3)
         sec.blocks.append(plotter.done(fig, f"{kind}-{_slug(d + '-' + m + '-' + df + '-' + t)}", f"per {kind}: {d} / {m} / {df}, {t}"))
     if plotter is None:

@@ -48,6 +48,10 @@ class PassCounter(nn.Module):
 
     A backward pass is counted by a hook on the output tensor, so it counts exactly the
     gradient computations that reached the model, however the attack asked for them.
+    
+    A module that runs the model several times per call (EOT's view averages ``draws``
+    forward passes) declares it with ``passes_per_call``; every one of them is counted, so
+    an attack under 10 EOT draws costs 10 forward and backward passes per step, not one.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -56,6 +60,7 @@ class PassCounter(nn.Module):
         self.forwards = 0
         self.backwards = 0
         self.counting = True
+        self.per_call = int(getattr(model, "passes_per_call", 1))
 
     def _count_backward(self, n: int) -> None:
         self.backwards += n
@@ -67,16 +72,16 @@ class PassCounter(nn.Module):
         out = self.model(x)
         if self.counting:
             n = x.shape[0]
-            self.forwards += n
+            self.forwards += n * self.per_call
             if out.requires_grad:
-                out.register_hook(lambda _g, n=n: self._count_backward(n))
+                out.register_hook(lambda _g, n=n * self.per_call: self._count_backward(n))
             if self.observer is not None:
                 self.observer(x, out)
         return out
 
     def hidden_states(self, x: Tensor) -> dict[str, Tensor]:
         if self.counting:
-            self.forwards += x.shape[0]
+            self.forwards += x.shape[0] * self.per_call
         return self.model.hidden_states(x)  # type: ignore[operator]
 
     def reset(self) -> None:
@@ -85,14 +90,16 @@ class PassCounter(nn.Module):
 
 class SilentSuccessWatch:
     """Silent success: the examples an attack had fooled inside its budget at some iterate but
-    returned not fooled (it should have kept that iterate).
+    returned not fooled (it should have kept that iterate), among those the clean input does
+    not already fool.
 
     ``start`` attaches the watch to a ``PassCounter`` for one batch: every counted forward of
     that whole batch records, on the device (no synchronisation), which examples it shows
     fooled inside the budget; forwards on other batch sizes (an attack working on a subset)
     are not watched. ``finish(x_adv)`` detaches it and compares with what the attack
-    returned (one uncounted forward, whose time is added to ``seconds`` so that the caller
-    can keep it out of the attack's time); it returns the batch's count.
+    returned (two uncounted forwards, the clean input's and the result's, whose time is added
+    to ``seconds`` so that the caller can keep it out of the attack's time); it returns the
+    batch's count.
     """
 
     def __init__(self, counter: PassCounter, norm: str, eps: float | None, bounds: tuple[float, float]) -> None:
@@ -103,6 +110,17 @@ class SilentSuccessWatch:
     def start(self, x: Tensor, labels: Tensor, targeted: bool) -> None:
         self.x0, self.labels, self.targeted = x, labels, targeted
         self.ever_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        # examples the clean input already fools are not the attack's to lose: an attack that
+        # moves one of them elsewhere (a single step that turns a wrong answer right) has no
+        # iterate it failed to keep, and FGSM, whose one forward is at the clean input, none at all
+        t0 = time.perf_counter()
+        counting, self.counter.counting = self.counter.counting, False
+        try:
+            with torch.no_grad():
+                self.already = is_fooled(self.counter(x), labels, targeted)
+        finally:
+            self.counter.counting = counting
+        self.seconds += time.perf_counter() - t0
         self.counter.observer = self._see
 
     def stop(self) -> None:
@@ -131,7 +149,7 @@ class SilentSuccessWatch:
                 final = is_fooled(self.counter(x_adv), self.labels, self.targeted)
         finally:
             self.counter.counting = counting
-        silent = int((self.ever_fooled & ~final).sum())  # type: ignore[operator]
+        silent = int((self.ever_fooled & ~final & ~self.already).sum())  # type: ignore[operator]
         self.seconds += time.perf_counter() - t0
         return silent
 

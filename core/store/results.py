@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sqlite3
 import zlib
@@ -453,9 +454,16 @@ class ResultStore:
 
 
 def _csv_value(v: Any) -> Any:
-    """A CSV field: JSON for structures, floats without float32 noise (0.984, not 0.984000027179718)."""
+    """A CSV field: JSON for structures, floats without float32 noise (0.984, not 0.984000027179718).
+
+    A float that is exactly a float32 was computed in float32 (accuracies, norms): it is
+    written as the shortest decimal that reads back as that float32 (``0.984``); any other
+    float as the shortest decimal that reads back as itself (``repr``)."""
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True, default=str)
     if isinstance(v, float):
-        return float(f"{v:.10g}")
+        import numpy as np
+
+        single = np.float32(v)
+        return str(single) if math.isfinite(v) and float(single) == v else repr(v)
     return v

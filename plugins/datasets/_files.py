@@ -289,6 +289,7 @@ def locate_or_download(
     if not config.download:
         raise missing_error(name, names, dirs, "download is disabled", hint)
     dest = download_dir(name, config.data_dir)
+    created = _missing_folders(dest)
     try:
         if archive is not None:
             tar_path = download_verified(archive.remote, dest)
@@ -309,8 +310,32 @@ def locate_or_download(
                     raise missing_error(name, names, dirs, "no download source is known for them", hint)
                 found[key] = download_verified(remotes[key], dest)
     except _NetworkUnavailable as exc:
+        _remove_if_empty(created)
         raise missing_error(name, names, dirs, f"download failed ({exc})", hint) from None
+    except BaseException:
+        _remove_if_empty(created)
+        raise
     return found
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` (itself included) that do not exist yet, deepest first."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders a failed download created, deepest first, where nothing was put in
+    them: a spec whose data is neither present nor downloadable leaves no folder behind (an
+    ``ADVX_DATA`` pointing nowhere stays pointing nowhere)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (a file was kept), or not ours to remove
+            return
 
 
 # -- IDX (MNIST family) -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import advx
 from advx import Attack, AttackConfig, Defense
 from advx.analysis.checks import run_checks
 from advx.contract.threats import EOTView
+from advx.runtime.crafting import CraftOptions, craft
 
 
 class Shift(advx.InputTransform):
@@ -112,6 +113,23 @@ def test_eot_is_the_default_for_declared_randomness_and_flags_hidden_randomness(
     rows = run(tmp_path, reg, [{"name": "hidden-noise"}], [{"name": "fgsm", "eps": 0.1}], threats=[{"name": "white-box", "eot": 4}])
     assert rows[0]["details"]["diagnostics"]["eot"] == 4 and not checks(rows, "random-forward-without-eot")
     assert rows[0]["threat"] == "white-box(eot=4)"
+    # the cost columns count every EOT draw: FGSM is one pass per example and draw
+    assert rows[0]["forwards_per_sample"] == 4.0 and rows[0]["backwards_per_sample"] == 4.0
+
+
+def test_the_pass_counter_counts_every_eot_draw():
+    """FGSM through an EOT view of 10 draws: 10 forward and 10 backward passes per example,
+    exactly the passes the defended module made (and 1 of each without EOT)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    shift = Shift()
+    module = nn.Sequential(shift, net).eval()
+    x, y = torch.rand(6, 1, 3, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    fgsm = advx.Registry.discover().create("attack", "fgsm", {"eps": 0.1})
+    for view, draws in ((EOTView(module, 10).eval(), 10), (module, 1)):
+        calls = shift.calls
+        crafted = craft(view, fgsm, x, y, CraftOptions((0.0, 1.0), 3, "cpu", 3))
+        assert shift.calls - calls == 2 * draws  # two batches of 3
+        assert crafted.cost.forwards == crafted.cost.backwards == 6 * draws
 
 
 def test_eot_view_gradient_is_the_mean_of_the_draws_loss_gradients():
@@ -230,3 +248,35 @@ def test_convergence_probe_reruns_the_examples_from_their_own_starts(digits, mon
     diagnostics.convergence(attack, model, x, y, run.x_adv, run.target, options, run.index)
     assert torch.equal(seen[0].x_adv, run.x_adv)  # the same starts
     assert not torch.equal(craft(model, attack, x, y, options).x_adv, run.x_adv)  # indices 0..7 draw others
+
+
+class CosineOfMean(nn.Module):
+    """Two classes: 0 always scores 0, 1 scores ``3 cos(8 t)`` (t the mean pixel). At t = 0.3125
+    class 0 wins (a wrong answer for label 1), and the loss gradient points up: FGSM's step of
+    0.5 lands at t = 0.8125, where class 1 wins. A single step that turns a wrong answer right."""
+
+    def forward(self, x):
+        t = x.flatten(1).mean(1)
+        return torch.stack([torch.zeros_like(t), 3 * torch.cos(8 * t)], 1)
+
+
+def test_a_single_step_that_turns_a_wrong_answer_right_is_no_silent_success():
+    """FGSM's one forward is at the clean input: an example that input already fools is not one
+    the attack found and lost (the MNIST / i-defender / detector-aware FGSM cell that raised the
+    flag had one such example). An attack that does lose what it found is still counted."""
+    model = CosineOfMean().eval()
+    x, y = torch.full((4, 1, 2, 2), 0.3125), torch.ones(4, dtype=torch.long)
+    assert bool((model(x).argmax(1) != y).all())  # wrong on the clean input
+    fgsm = advx.Registry.discover().create("attack", "fgsm", {"eps": 0.5})
+    crafted = craft(model, fgsm, x, y, CraftOptions((0.0, 1.0), 2, "cpu", 4, check_silent=True))
+    assert bool((model(crafted.x_adv).argmax(1) == y).all())  # right after the attack
+    assert crafted.silent_success == 0
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():  # class 0 scores sum(x) - 2, class 1 scores 0
+        net[1].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [0, 0, 0, 0]]))
+        net[1].bias.copy_(torch.tensor([-2.0, 0.0]))
+    forgetful = Forgetful(Forgetful.Config(eps=0.3))
+    x0, y0 = torch.full((3, 1, 2, 2), 0.55), torch.zeros(3, dtype=torch.long)  # right: 0.2 against 0
+    crafted = craft(net, forgetful, x0, y0, CraftOptions((0.0, 1.0), 2, "cpu", 3, check_silent=True))
+    assert crafted.silent_success == 3  # right on the clean input, fooled at its step, returned clean
+

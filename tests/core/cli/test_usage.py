@@ -58,8 +58,8 @@ def test_every_error_of_a_spec_is_reported_together():
     for part in (
         'models[0] "mlp" train: epochs: Input should be a valid integer',
         'threats[0] "transfer": source: a substitute model table is required',
-        'attacks[0] "fgsm": eps: Input should be greater than 0',
-        'attacks[0] "fgsm": eps: Input should be a valid number',
+        'attacks[0] "fgsm": eps[1]: Input should be greater than 0',  # a swept value is named by its position
+        'attacks[0] "fgsm": eps[2]: Input should be a valid number',
         "attacks[1] \"untargeted\": label_mode: 'least-likely' is targeted, but this attack cannot target",
     ):
         assert part in msg, part

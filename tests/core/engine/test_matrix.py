@@ -392,3 +392,48 @@ def test_sample_seed_draws_a_seeded_subset_of_the_test_set(tmp_path, cache):
     one, again, two = indices(1, "one"), indices(1, "again"), indices(2, "two")
     assert one == again == sorted(one) and len(set(one)) == 16 and one != list(range(16)) and one != two
     assert max(one) < 500  # digits' test split
+
+
+# -- [matrix] threads, --threads --------------------------------------------------------------------
+
+
+def test_threads_sets_torch_threads_for_the_run_and_restores_them(tiny, monkeypatch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[int] = []
+        record = lambda event, cell, payload: seen.append(torch.get_num_threads()) if event in ("cell_start", "batch") else None  # noqa: E731
+        assert advx.run_matrix(tiny(threads=1), on_event=record).failed == 0
+        assert seen and set(seen) == {1}  # while the cell ran
+        assert torch.get_num_threads() == 2  # the embedding program's own setting, back
+        seen.clear()
+        advx.run_matrix(tiny(), on_event=record)
+        assert set(seen) == {2}  # unset: torch's as it was
+        # several CPU devices: each worker gets that many threads
+        got = []
+        monkeypatch.setattr("advx.engine.run.MultiDeviceExecutor", lambda devices, cpu_threads=None: got.append(cpu_threads) or advx.InProcessExecutor())
+        advx.run_matrix(tiny(threads=1, device="cpu,cpu"))
+        assert got == [1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from advx.cli import main
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('[matrix]\nthreads = 2\n[[datasets]]\nname = "digits"\n[[models]]\nname = "mlp"\n[[attacks]]\nname = "fgsm"\n')
+    got = []
+
+    def spy(spec, **kwargs):
+        got.append(spec.matrix.threads)
+        raise RuntimeError("spied")
+
+    monkeypatch.setattr("advx.engine.run_matrix", spy)
+    assert main(["run", str(spec), "--db", str(tmp_path / "r.db")]) == 1
+    assert main(["run", str(spec), "--db", str(tmp_path / "r.db"), "--threads", "1"]) == 1
+    assert got == [2, 1]  # the spec's, then the flag's
+    capsys.readouterr()
+    assert main(["run", str(spec), "--db", str(tmp_path / "r.db"), "--threads", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("[ConfigError]: matrix: threads: Input should be greater than or equal to 1")

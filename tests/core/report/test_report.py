@@ -336,6 +336,7 @@ def test_rotation_curves_from_a_study_json(results, tmp_path):
 
 
 def test_a_1000_cell_report_renders_in_under_10s_and_5mb(tmp_path):
+    pytest.importorskip("matplotlib")  # the plots are what it measures ("more eps sweeps are not drawn")
     db = tmp_path / "big.db"
     cache: dict = {}
     with advx.ResultStore(db) as s:
@@ -492,16 +493,78 @@ def render_in_chromium(pages: list[tuple[Path, Path, int | None]], width: int = 
                 and not m["params"]["request"]["url"].startswith("data:")
                 and m["params"]["request"]["url"] != own
             ]
-            results.append({"errors": errors, "requests": requests, "height": full, "sections": sections})
+            # the legend entries of the per-class chart as the browser draws them: text and height in pixels
+            legend = value(
+                "[...document.querySelectorAll('#per-class svg g[id^=\"legend\"] text')]"
+                ".map(t => [t.textContent, t.getBoundingClientRect().height])"
+            )
+            results.append({"errors": errors, "requests": requests, "height": full, "sections": sections, "legend": legend})
             cdp.send("Target.closeTarget", targetId=target)
         return results
     finally:
         cdp.close()
 
 
+#: eight attacks on one place: more than the six the breakdown charts used to keep
+MANY_ATTACKS = ("fgsm", "bim", "pgd", "apgd-ce", "square", "deepfool", "cw-l2", "fab")
+
+
+def record_many_attacks(db: Path) -> list[str]:
+    """Eight attacks on the place ``digits / mnist-cnn / i-defender(keep=95) / white-box`` (a
+    detector, so its defense is also in the ROC plot); returns their labels."""
+    with advx.ResultStore(db) as s:
+        rows = [record_cell(s, attack=a, defense="i-defender(keep=95)", defense_config={"keep": 95}, eps=0.2, acc=0.05 * i, seed=40 + i, detector=True) for i, a in enumerate(MANY_ATTACKS)]
+    return [r["attack"] for r in rows]
+
+
+def _section(page: str, sid: str) -> str:
+    start = page.index(f'<section id="{sid}"')
+    end = page.find("<section id=", start + 1)
+    return page[start : end if end > 0 else len(page)]
+
+
+def legend_entries(section: str) -> list[tuple[str, str | None, float]]:
+    """(label, colour, font size in points) of every legend entry of a section's plots, read from
+    matplotlib's SVG: each label's colour is the fill or stroke of the handle drawn before it."""
+    out = []
+    for legend in re.findall(r'<g id="legend_\d+">(.*?)\n   </g>', section, re.S):
+        colour = None
+        for m in re.finditer(r'(?:fill|stroke): (#[0-9a-f]{6})|<text style="font-size: ([\d.]+)px[^>]*>([^<]*)</text>', legend):
+            if m.group(1):
+                if m.group(1) not in ("#ffffff", "#cccccc"):  # the legend's frame, not a handle
+                    colour = colour or m.group(1)
+            else:
+                out.append((html.unescape(m.group(3)), colour, float(m.group(2))))
+                colour = None
+    return out
+
+
+def test_breakdown_charts_show_every_attack_and_one_colour_each(results, tmp_path):
+    """Every attack of a place is in its per-class and per-confidence charts (none dropped after
+    six), each attack has one colour in both, each defense one colour in the eps and ROC plots,
+    and legends are at least 9 points."""
+    pytest.importorskip("matplotlib")
+    labels = record_many_attacks(results)
+    page = write_report(results, tmp_path / "report.html").read_text()
+    colour_of: dict[str, str] = {}
+    for sid in ("per-class", "per-confidence"):
+        entries = legend_entries(_section(page, sid))
+        shown = {label: colour for label, colour, _ in entries}
+        assert set(labels) <= set(shown), (sid, set(labels) - set(shown))
+        for label in labels:
+            assert colour_of.setdefault(label, shown[label]) == shown[label], (sid, label)
+        assert all(size >= 9 for _, _, size in entries)
+    assert len({colour_of[label] for label in labels}) == len(labels)  # eight attacks, eight colours
+    eps = {label: colour for label, colour, _ in legend_entries(_section(page, "eps")) if colour}
+    roc = {label.split(" (AUC")[0]: colour for label, colour, _ in legend_entries(_section(page, "roc"))}
+    shared = set(eps) & set(roc)
+    assert "i-defender(keep=95)" in shared and all(eps[d] == roc[d] for d in shared)
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no chromium installed (Debian: apt-get install chromium)")
 def test_report_renders_in_headless_chromium_offline(results, tmp_path):
     pytest.importorskip("matplotlib")
+    labels = record_many_attacks(results)  # a matrix with more than six attacks on one place
     page = write_report(results, tmp_path / "report.html")
     # a page that does make a request and logs an error: the harness must see both
     probe = tmp_path / "probe.html"
@@ -510,5 +573,8 @@ def test_report_renders_in_headless_chromium_offline(results, tmp_path):
     assert any("127.0.0.1:9" in u for u in seen["requests"]) and seen["errors"]
     assert got["errors"] == [] and got["requests"] == []
     assert got["sections"] >= 8 and got["height"] > 1500
+    drawn = dict(got["legend"])
+    assert set(labels) <= set(drawn), set(labels) - set(drawn)  # all eight attacks, as drawn
+    assert min(drawn[label] for label in labels) >= 10  # legend text at least 10 px high on a 1200 px page
     shot = (tmp_path / "report.png").read_bytes()
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000

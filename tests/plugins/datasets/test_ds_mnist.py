@@ -103,6 +103,41 @@ def test_missing_files_offline(reg, tmp_path):
     assert "download failed" in msg and "ADVX_DATA" in msg
 
 
+def test_absent_data_leaves_no_folder_behind(reg, tmp_path, monkeypatch):
+    """Offline, with ADVX_DATA or data_dir pointing nowhere: the one-line error, and the
+    folders the download would have gone into are not left created."""
+    monkeypatch.setenv("ADVX_DATA", str(tmp_path / "nowhere" / "data"))
+    with pytest.raises(advx.DataError, match="download failed"):
+        reg.dataset("mnist").load("test")
+    assert not (tmp_path / "nowhere").exists()
+    with pytest.raises(advx.DataError, match="download failed"):
+        reg.dataset("mnist", data_dir=str(tmp_path / "elsewhere")).load("test")
+    assert not (tmp_path / "elsewhere").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there stays
+    with pytest.raises(advx.DataError):
+        reg.dataset("mnist", data_dir=str(tmp_path / "mine")).load("test")
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_spec_with_absent_data_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    """A spec whose dataset is neither present nor downloadable fails when it is planned, in
+    ``--dry-run`` as in a run: one line, nothing trained, no results file, no data folder."""
+    from advx.cli import main
+
+    monkeypatch.setenv("ADVX_DATA", str(tmp_path / "nowhere"))
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'[matrix]\nname = "absent"\ncache_dir = "{tmp_path / "cache"}"\n[[datasets]]\nname = "mnist"\n'
+        '[[models]]\nname = "mlp"\n[[attacks]]\nname = "fgsm"\n'
+    )
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(spec), "--db", str(tmp_path / "r.db"), *extra]) == 1
+        captured = capsys.readouterr()
+        assert captured.err.startswith("[DataError]: dataset 'mnist': missing train-images-idx3-ubyte.gz")
+        assert captured.err.count("\n") == 1 and "cell" not in captured.out
+    assert [p.name for p in tmp_path.iterdir()] == ["s.toml"]
+
+
 def test_missing_files_download_disabled_uses_cache_location(reg, isolated):
     with pytest.raises(advx.DataError, match=rf"looked in {isolated / 'mnist'}; download is disabled"):
         reg.dataset("mnist", download=False).load("train")
@@ -137,7 +172,7 @@ def test_download_with_wrong_checksum_is_refused(reg, fmt, tmp_path, serve):
     with pytest.raises(advx.DataError, match=r"t10k-images-idx3-ubyte.gz: checksum mismatch on download") as ei:
         reg.dataset("mnist", data_dir=str(dest)).load("test")
     fmt.assert_one_line(ei.value)
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()  # nothing kept, not even the folder the download created
 
 
 def test_invalid_config_is_one_line_config_error(reg):
