@@ -10,7 +10,9 @@ Version 2 (advx up to 0.1.0 of 2026-12-06) had one column per metric and a ``met
 column holding breakdowns; version 3 keeps metrics by name in JSON (a new metric needs
 no migration), names the breakdowns ``details``, stores what identifies each part of a
 cell (``identity``) and the threat model's traits with each row, and marks which cells
-of a spec are its current ones (``members.current``).
+of a spec are its current ones (``members.current``). Version 4 adds the ``claims`` table:
+the cells a live run is computing (owner, heartbeat, expiry), so that two runs on one file
+share the work.
 """
 
 from __future__ import annotations
@@ -109,8 +111,15 @@ def v2_to_v3(conn: sqlite3.Connection) -> str:
     return f"{len(old)} cells: metrics by name, breakdowns as details, identities and threat traits rebuilt from the stored configs"
 
 
+def v3_to_v4(conn: sqlite3.Connection) -> str:
+    from advx.store.schema import CLAIMS_DDL
+
+    conn.execute(CLAIMS_DDL)
+    return "a claims table (the cells a live run is computing)"
+
+
 #: version -> the migration to version + 1
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: v2_to_v3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: v2_to_v3, 3: v3_to_v4}
 
 
 def backup_path(path: Path, version: int) -> Path:

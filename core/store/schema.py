@@ -22,7 +22,7 @@ from advx.analysis.metrics import METRICS
 from advx.analysis.records import SAMPLE_COLUMN_NAMES, SAMPLE_COLUMNS, SampleColumn  # noqa: F401 (re-exported for the store)
 from advx.analysis.rows import JSON_FIELDS, CellRow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,15 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
     Column("seconds", "REAL", fmt=".2f"),
     Column("cached", "INTEGER", description="1 if it was loaded (from the cache, or a model file: Model.pretrained), not trained"),
     Column("recorded"),
+)
+
+
+#: the claims table: a cell being computed by a live run (``owner``: host, process and run;
+#: ``heartbeat`` and ``expires``: Unix times). Another run skips or waits for a claimed cell;
+#: a claim whose owner stopped refreshing it (a killed run) expires and may be taken over.
+CLAIMS_DDL = (
+    "CREATE TABLE IF NOT EXISTS claims (cell_key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+    "heartbeat REAL NOT NULL, expires REAL NOT NULL)"
 )
 
 
