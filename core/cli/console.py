@@ -153,6 +153,19 @@ def _print_trainings(console, trainings: list[dict[str, Any]]) -> None:
     )
 
 
+def _trainings_table(trainings: list[dict[str, Any]], title: str):
+    """The trainings of a results file, one row each: what, how long, trained or loaded."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("kind", "left"), ("what", "left"), ("seconds", "right"), ("", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for t in trainings:
+        table.add_row(t["kind"], escape(t["description"] or ""), f"{t['seconds']:.2f}", "loaded" if t["cached"] else "trained")
+    return table
+
+
 def _print_flags(console, rows: list[dict[str, Any]], samples: Any = None) -> None:
     from rich.markup import escape
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
-from advx.cli.console import _console, _print_flags, _print_problems, _result_table
+from advx.cli.console import _console, _print_flags, _print_problems, _result_table, _trainings_table
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -53,6 +53,10 @@ def cmd_results(args: argparse.Namespace) -> int:
             console.print(_result_table(earlier, f"{args.spec}: {len(earlier)} cells of earlier versions of the spec (not in it now)"))
         elif args.spec and store.earlier_cells(args.spec):
             console.print(f"{len(store.earlier_cells(args.spec))} cells of earlier versions of {args.spec!r} are kept in the file (--history lists them)", markup=False)
+        trainings = store.trainings()
+        if trainings:
+            trained = sum(1 for t in trainings if not t["cached"])
+            console.print(_trainings_table(trainings, f"trainings in {args.db}: {trained} trained, {len(trainings) - trained} loaded"))
         _print_flags(console, rows, store.samples)
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 from advx.cli.console import _Progress, _console, _print_flags, _print_problems, _print_trainings, _result_table
@@ -53,7 +55,21 @@ name = "deepfool"
 """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finished cells kept, the workers stopped, exit 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from advx.engine import run_matrix
     from advx.store.results import ResultStore
     from advx.engine.spec import MatrixSpec
@@ -75,7 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _Progress(console) as progress:
         try:
             result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the message short
             if progress.started:
                 progress.progress.stop()
             kept = 0
@@ -83,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 with ResultStore(args.db, readonly=True) as store:
                     kept = len(store.cells(spec.matrix.name, status="done"))
             console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
-            return 130
+            return 143 if isinstance(exc, Terminated) else 130
     if result.db is not None:
         _record_spec_file(args.db, spec.matrix.name, args.spec)
     with ResultStore(args.db, readonly=True) as store:
@@ -97,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(
         f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
         + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
+        + (f"; {result.elsewhere} computed meanwhile by another run on {args.db}" if result.elsewhere else "")
     )
     if args.report:
         from advx.report import write_report
