@@ -18,7 +18,7 @@ from advx.cli.console import _console, _error_line
 from advx.cli.plugins import cmd_plugins
 from advx.cli.report import cmd_report
 from advx.cli.results import cmd_results
-from advx.cli.run import Terminated, cmd_run
+from advx.cli.run import cmd_run, interrupt_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")
-        return 143 if isinstance(exc, Terminated) else 130
+        return interrupt_code(exc)
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is still one line
         if args.verbose:
             raise

@@ -59,8 +59,18 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: finished cells kept, the workers stopped, exit 143."""
 
 
+#: set by SIGTERM: what some libraries (Ray's waits) re-raise is a plain KeyboardInterrupt
+_SIGTERM = threading.Event()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    _SIGTERM.set()
     raise Terminated()
+
+
+def interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The exit code of an interrupt: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 143 if isinstance(exc, Terminated) or _SIGTERM.is_set() else 130
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -100,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
                 with ResultStore(args.db, readonly=True) as store:
                     kept = len(store.cells(spec.matrix.name, status="done"))
             console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
-            return 143 if isinstance(exc, Terminated) else 130
+            return interrupt_code(exc)
     if result.db is not None:
         _record_spec_file(args.db, spec.matrix.name, args.spec)
     with ResultStore(args.db, readonly=True) as store:

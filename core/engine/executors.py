@@ -21,13 +21,14 @@ it computed.
   points) to use them here.
 
 Faults, for ``MultiDeviceExecutor``: a worker never outlives its driver (a parent-death
-signal on Linux, and everywhere a watchdog thread that ends the worker when the driver's
-pipe breaks or the worker finds itself re-parented), ignores the terminal's Ctrl-C (its
-driver stops it) and sends a heartbeat. A worker that dies, stays silent for ``[matrix]
-heartbeat_timeout`` seconds (stopped, hung) or runs one cell past ``[matrix] cell_timeout``
-(a cell stops itself at the timeout; this is the backstop for a cell stuck where Python
-cannot interrupt it) has its cell recorded as failed with the cause; a fresh worker takes
-its place on the device, and the other workers go on.
+signal on Linux, and everywhere a heartbeat thread that ends the worker when the driver's
+pipe breaks or the worker finds itself re-parented: ``advx._lifeline``, which starts
+before torch loads), ignores the terminal's Ctrl-C (its driver stops it) and sends a
+heartbeat. A worker that dies, stays silent for ``[matrix] heartbeat_timeout`` seconds
+(stopped, hung) or runs one cell past ``[matrix] cell_timeout`` (a cell stops itself at the
+timeout; this is the backstop for a cell stuck where Python cannot interrupt it) has its
+cell recorded as failed with the cause; a fresh worker takes its place on the device, and
+the other workers go on.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import sys
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -46,6 +45,7 @@ from typing import Any
 
 import torch
 
+from advx._lifeline import worker
 from advx.runtime.allocator import tune_cpu_allocator
 from advx.contract.registry import Registry
 from advx.engine.execute import CellOutcome, execute_cell, failed_outcome
@@ -57,10 +57,6 @@ Claim = Callable[[Cell], str]
 
 #: seconds between two asks of a cell that another run is computing
 WAIT_POLL = 2.0
-
-#: seconds a worker process may take to start (import torch, discover plugins) before its
-#: first message, when that is longer than ``[matrix] heartbeat_timeout``
-STARTUP_SECONDS = 300.0
 
 
 class Executor(ABC):
@@ -151,52 +147,11 @@ class InProcessExecutor(Executor):
             torch.set_num_threads(threads)
 
 
-# -- worker processes -------------------------------------------------------------------------
+# -- worker processes (started in ``advx._lifeline``, which beats before torch loads) ----------
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this process when its parent dies (``PR_SET_PDEATHSIG``)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover - the watchdog still ends the worker
-            pass
-    if os.getppid() != parent:  # the parent died before the signal was asked for
-        os._exit(1)
-
-
-class _Link:
-    """A worker's end of its pipe: messages from its two threads (cells, heartbeat) sent one at a
-    time; when the driver is gone (a broken pipe, or this process re-parented) the worker ends."""
-
-    def __init__(self, conn: Any, parent: int) -> None:
-        self.conn = conn
-        self.parent = parent
-        self.lock = threading.Lock()
-
-    def send(self, msg: tuple) -> None:
-        with self.lock:
-            try:
-                self.conn.send(msg)
-            except (OSError, EOFError, ValueError):
-                os._exit(1)
-
-    def heartbeat(self, every: float) -> None:
-        while True:
-            time.sleep(every)
-            if os.getppid() != self.parent:
-                os._exit(1)
-            self.send(("beat",))
-
-
-def _worker(device: str, conn: Any, cache_dir: str | None, threads: int, parent: int, beat: float) -> None:
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver stops us
-    link = _Link(conn, parent)
-    threading.Thread(target=link.heartbeat, args=(beat,), name="advx-heartbeat", daemon=True).start()
-    link.send(("up",))
+def worker_loop(link: Any, device: str, cache_dir: str | None, threads: int) -> None:
+    """The cells of one worker, one at a time as the driver sends them, until it sends None."""
     tune_cpu_allocator()  # a spawned process starts with glibc's defaults
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -208,13 +163,7 @@ def _worker(device: str, conn: Any, cache_dir: str | None, threads: int, parent:
             link.send(("event", event, cell.key if cell is not None else None, payload))
 
     ws = Workspace(Registry.discover(), dev, cache_dir, on_event)
-    while True:
-        try:
-            cell = conn.recv()
-        except (EOFError, OSError):
-            os._exit(1)  # the driver is gone
-        if cell is None:
-            break
+    while (cell := link.recv()) is not None:
         link.send(("start", cell.key))
         outcome = execute_cell(cell, ws)
         # numpy, not tensors: torch shares tensors through file descriptors that die with the worker
@@ -248,8 +197,7 @@ class _Worker:
     device: str
     proc: Any
     conn: Any
-    seen: float  # monotonic time of its last message
-    up: bool = False  # it has sent its first message
+    seen: float  # monotonic time of its last message (or of its start)
     cell: Cell | None = None  # the cell it computes
     since: float = 0.0  # when that cell was handed to it
     group: str | None = None  # the model group of its last cell
@@ -284,7 +232,7 @@ class MultiDeviceExecutor(Executor):
         def spawn(slot: int) -> _Worker:
             here, there = ctx.Pipe()
             dev = self.devices[slot]
-            p = ctx.Process(target=_worker, args=(dev, there, cache_dir, threads_of[slot], os.getpid(), beat), daemon=True)
+            p = ctx.Process(target=worker, args=(there, os.getpid(), beat, dev, cache_dir, threads_of[slot]), daemon=True)
             p.start()
             there.close()
             return _Worker(slot, dev, p, here, time.monotonic())
@@ -325,7 +273,7 @@ class MultiDeviceExecutor(Executor):
                     try:
                         while w.conn.poll():
                             msg = w.conn.recv()
-                            w.seen, w.up = time.monotonic(), True
+                            w.seen = time.monotonic()
                             kind = msg[0]
                             if kind == "start" and on_event is not None:
                                 on_event("cell_start", by_key[msg[1]], {})
@@ -338,7 +286,6 @@ class MultiDeviceExecutor(Executor):
                     except (EOFError, OSError):
                         broken = True
                     now = time.monotonic()
-                    silent = opts.heartbeat_timeout if w.up else max(opts.heartbeat_timeout, STARTUP_SECONDS)
                     if broken or not w.proc.is_alive():
                         if w.stopping and w.cell is None:
                             w.proc.join(timeout=10)
@@ -346,7 +293,7 @@ class MultiDeviceExecutor(Executor):
                             live.remove(w)
                         else:
                             yield from stop(w, None)
-                    elif now - w.seen > silent:
+                    elif now - w.seen > opts.heartbeat_timeout:
                         yield from stop(w, f"stopped responding (no heartbeat for {now - w.seen:.0f} s, [matrix] heartbeat_timeout = {opts.heartbeat_timeout:g} s) and was killed")
                     elif w.cell is not None and now - w.since > opts.cell_timeout + opts.heartbeat_timeout:
                         yield from stop(w, f"ran past [matrix] cell_timeout = {opts.cell_timeout:g} s without stopping and was killed")
