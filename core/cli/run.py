@@ -74,9 +74,14 @@ def interrupt_code(exc: KeyboardInterrupt) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    return _run(args)
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        return _run(args)
+    _SIGTERM.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -102,7 +107,6 @@ def _run(args: argparse.Namespace) -> int:
         try:
             result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
         except KeyboardInterrupt as exc:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the message short
             if progress.started:
                 progress.progress.stop()
             kept = 0
