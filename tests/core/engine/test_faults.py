@@ -52,6 +52,20 @@ def start(tmp_path: Path, *args: str, spec: str | None = None, db: str = "r.db",
     return proc
 
 
+def busy(tmp_path: Path, *args: str, cells: int = 1, **kw) -> tuple[subprocess.Popen, list[int]]:
+    """``start``, then wait until the run computes ``cells`` cells, with its two workers up when it
+    has ``--device cpu,cpu``; the run and the processes below it then."""
+    run = start(tmp_path, *args, **kw)
+    n = 2 if "cpu,cpu" in args else 0
+    wait_for(lambda: in_flight(tmp_path / "r.db", run, cells) and len(workers(run.pid)) >= n, run)
+    return run, [p for p, _ in descendants(run.pid)]
+
+
+def text(path: Path) -> str:
+    """The output of a run, as one line (the console wraps at 80 columns)."""
+    return " ".join(path.read_text().split())
+
+
 def finish(proc: subprocess.Popen, timeout: float = 240) -> int:
     try:
         return proc.wait(timeout=timeout)
@@ -146,9 +160,7 @@ def in_flight(db: Path, run: subprocess.Popen, n: int = 1) -> bool:
 @pytest.mark.parametrize("device", ["cpu", "cpu,cpu"])
 def test_kill_9_of_the_driver_leaves_no_process_and_a_rerun_resumes(tmp_path, device):
     db = tmp_path / "r.db"
-    run = start(tmp_path, "--device", device)
-    wait_for(lambda: in_flight(db, run) and (device == "cpu" or len(workers(run.pid)) == 2), run)
-    below = [p for p, _ in descendants(run.pid)]  # workers and multiprocessing's resource tracker
+    run, below = busy(tmp_path, "--device", device)  # below: workers and multiprocessing's resource tracker
     run.send_signal(signal.SIGKILL)
     assert finish(run) == -signal.SIGKILL
     assert left_behind(below) == []  # none re-parented to go on computing cells nobody stores
@@ -156,7 +168,7 @@ def test_kill_9_of_the_driver_leaves_no_process_and_a_rerun_resumes(tmp_path, de
     # the dead run's claims are stale at once (its process is gone): the rerun does not wait for them
     rerun = start(tmp_path, "--device", device, log="rerun.txt")
     assert finish(rerun) == 0
-    out = " ".join((tmp_path / "rerun.txt").read_text().split())
+    out = text(tmp_path / "rerun.txt")
     assert f"{CELLS - len(kept)} cells run, {len(kept)} skipped (already done), 0 failed" in out
     assert list(cells(db).values()) == ["done"] * CELLS
     assert query(db, "SELECT COUNT(*) FROM claims") == [(0,)]
@@ -168,8 +180,7 @@ def test_kill_9_of_the_driver_leaves_no_process_and_a_rerun_resumes(tmp_path, de
 @pytest.mark.slow
 def test_a_killed_worker_fails_its_cell_and_the_others_finish(tmp_path):
     db = tmp_path / "r.db"
-    run = start(tmp_path, "--device", "cpu,cpu")
-    wait_for(lambda: in_flight(db, run, 2) and len(workers(run.pid)) == 2, run)  # both workers on a cell
+    run, _ = busy(tmp_path, "--device", "cpu,cpu", cells=2)  # both workers on a cell
     victim = workers(run.pid)[0]
     os.kill(victim, signal.SIGKILL)
     assert finish(run) == 1  # a failed cell
@@ -177,7 +188,7 @@ def test_a_killed_worker_fails_its_cell_and_the_others_finish(tmp_path):
     assert sorted(s for s, _ in rows) == ["done"] * (CELLS - 1) + ["failed"]
     (error,) = [e for s, e in rows if s == "failed"]
     assert f"worker process on cpu (pid {victim}) died (killed by SIGKILL) while computing this cell" in error
-    out = " ".join((tmp_path / "out.txt").read_text().split())
+    out = text(tmp_path / "out.txt")
     assert f"{CELLS - 1} cells run, 0 skipped (already done), 1 failed" in out and "Traceback" not in out
     assert descendants(run.pid) == []
 
@@ -185,8 +196,7 @@ def test_a_killed_worker_fails_its_cell_and_the_others_finish(tmp_path):
 @pytest.mark.slow
 def test_a_stopped_worker_is_detected_by_its_heartbeat(tmp_path):
     db = tmp_path / "r.db"
-    run = start(tmp_path, "--device", "cpu,cpu", spec=spec_text(tmp_path, heartbeat_timeout=10.0))
-    wait_for(lambda: in_flight(db, run, 2) and len(workers(run.pid)) == 2, run)
+    run, _ = busy(tmp_path, "--device", "cpu,cpu", cells=2, spec=spec_text(tmp_path, heartbeat_timeout=10.0))
     victim = workers(run.pid)[0]
     os.kill(victim, signal.SIGSTOP)
     try:
@@ -284,7 +294,7 @@ def test_two_runs_on_one_file_compute_every_cell_once(tmp_path):
     first = start(tmp_path, log="first.txt")
     second = start(tmp_path, log="second.txt")
     assert finish(first) == 0 and finish(second) == 0
-    outs = [" ".join((tmp_path / f).read_text().split()) for f in ("first.txt", "second.txt")]
+    outs = [text(tmp_path / f) for f in ("first.txt", "second.txt")]
     ran = [int(o.split(" cells run, ")[0].rsplit(" ", 1)[-1]) for o in outs]
     assert sum(ran) == CELLS  # every cell computed once, by one run or the other
     assert list(cells(db).values()) == ["done"] * CELLS
@@ -301,12 +311,10 @@ def test_two_runs_on_one_file_compute_every_cell_once(tmp_path):
 @pytest.mark.parametrize("device", ["cpu", "cpu,cpu"])
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, device):
     db = tmp_path / "r.db"
-    run = start(tmp_path, "--device", device)
-    wait_for(lambda: in_flight(db, run) and (device == "cpu" or len(workers(run.pid)) == 2), run)
-    below = [p for p, _ in descendants(run.pid)]
+    run, below = busy(tmp_path, "--device", device)
     run.send_signal(signal.SIGTERM)
     assert finish(run) == 143
-    out = " ".join((tmp_path / "out.txt").read_text().split())  # the console wraps at 80 columns
+    out = text(tmp_path / "out.txt")
     assert "interrupted: " in out and "run the same command again to resume" in out and "Traceback" not in out
     assert left_behind(below) == []
     assert query(db, "SELECT COUNT(*) FROM claims") == [(0,)]  # given back: a rerun starts at once
@@ -314,13 +322,10 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, device):
 
 @pytest.mark.slow
 def test_ctrl_c_on_the_terminal_prints_no_worker_traceback(tmp_path):
-    db = tmp_path / "r.db"
-    run = start(tmp_path, "--device", "cpu,cpu", session=True)  # its own process group, as a terminal's job
-    wait_for(lambda: in_flight(db, run, 2) and len(workers(run.pid)) == 2, run)
-    below = [p for p, _ in descendants(run.pid)]
+    run, below = busy(tmp_path, "--device", "cpu,cpu", cells=2, session=True)  # its own process group, as a terminal's job
     os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: to the driver and its workers alike
     assert finish(run) == 130
-    out = (tmp_path / "out.txt").read_text()
+    out = text(tmp_path / "out.txt")
     assert "interrupted: " in out and "Traceback" not in out and "KeyboardInterrupt" not in out
     assert left_behind(below) == []
 
@@ -332,15 +337,13 @@ def test_ctrl_c_on_the_terminal_prints_no_worker_traceback(tmp_path):
 def test_ray_driver_killed_leaves_no_ray_process_and_sigterm_exits_143(tmp_path):
     pytest.importorskip("ray")
     db = tmp_path / "r.db"
-    run = start(tmp_path, "--executor", "ray")
-    wait_for(lambda: in_flight(db, run), run)
-    below = [p for p, _ in descendants(run.pid)]
+    run, below = busy(tmp_path, "--executor", "ray")
     run.send_signal(signal.SIGKILL)
     finish(run)
     assert left_behind(below, timeout=15) == []  # Ray's agents do not linger for a minute
-    run = start(tmp_path, "--executor", "ray", log="term.txt")
-    wait_for(lambda: in_flight(db, run), run)
+    run, _ = busy(tmp_path, "--executor", "ray", log="term.txt")
     run.send_signal(signal.SIGTERM)
     assert finish(run) == 143
-    out = " ".join((tmp_path / "term.txt").read_text().split())
+    out = text(tmp_path / "term.txt")
     assert "interrupted: " in out and "Traceback" not in out
+    assert query(db, f"SELECT COUNT(*) FROM claims WHERE owner LIKE '%:{run.pid}:%'") == [(0,)]  # given back
