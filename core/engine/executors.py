@@ -36,9 +36,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
@@ -180,6 +182,21 @@ def worker_threads(devices: Sequence[str], shares: Sequence[Sequence[Any]], cpu_
     return [cpu if d.startswith("cpu") else torch.get_num_threads() for d in devices]
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored while a worker starts: the worker inherits it from its first instant (Python
+    installs no KeyboardInterrupt handler in a process started with SIGINT ignored), so the
+    terminal's Ctrl-C, which reaches the whole process group, is left to the driver."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _exit_cause(code: int | None) -> str:
     if code is not None and code < 0:
         try:
@@ -233,7 +250,8 @@ class MultiDeviceExecutor(Executor):
             here, there = ctx.Pipe()
             dev = self.devices[slot]
             p = ctx.Process(target=worker, args=(there, os.getpid(), beat, dev, cache_dir, threads_of[slot]), daemon=True)
-            p.start()
+            with _sigint_ignored():
+                p.start()
             there.close()
             return _Worker(slot, dev, p, here, time.monotonic())
 

@@ -323,6 +323,10 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, device):
 @pytest.mark.slow
 def test_ctrl_c_on_the_terminal_prints_no_worker_traceback(tmp_path):
     run, below = busy(tmp_path, "--device", "cpu,cpu", cells=2, session=True)  # its own process group, as a terminal's job
+    one = workers(run.pid)[0]
+    os.kill(one, signal.SIGINT)  # a worker leaves Ctrl-C to its driver: it goes on computing
+    time.sleep(1.0)
+    assert alive(one) and one in workers(run.pid)
     os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: to the driver and its workers alike
     assert finish(run) == 130
     out = text(tmp_path / "out.txt")
