@@ -21,7 +21,7 @@ from advx.cli.console import _console, _error_line
 from advx.cli.plugins import cmd_plugins
 from advx.cli.report import cmd_report
 from advx.cli.results import cmd_results
-from advx.cli.run import cmd_run
+from advx.cli.run import cmd_run, interrupt_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error_line(type(exc).__name__, str(exc))
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")
-        return 130
+        return interrupt_code(exc)
     except BrokenPipeError:
         # the reader of our output went away (advx plugins | head): stop quietly, and keep the
         # interpreter from reporting the unflushed rest at exit; a run stopped before its end

@@ -366,6 +366,18 @@ def _print_trainings(console, trainings: list[dict[str, Any]]) -> None:
     )
 
 
+def _trainings_table(trainings: list[dict[str, Any]], title: str):
+    """The trainings of a results file, one row each: what, how long, trained or loaded; fitted
+    to the terminal like the result tables (records where it is too narrow)."""
+    columns = [
+        ("kind", False, [t["kind"] for t in trainings]),
+        ("what", False, [t["description"] or "" for t in trainings]),
+        ("seconds", True, [f"{t['seconds']:.2f}" for t in trainings]),
+        ("", False, ["loaded" if t["cached"] else "trained" for t in trainings]),
+    ]
+    return fitted_table(title, columns)
+
+
 def _print_flags(console, rows: list[dict[str, Any]], samples: Any = None) -> None:
     from rich.markup import escape
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
-from advx.cli.console import _console, _print_flags, _print_problems, _result_table
+from advx.cli.console import _console, _print_flags, _print_problems, _result_table, _trainings_table
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -54,6 +54,10 @@ def cmd_results(args: argparse.Namespace) -> int:
         elif args.spec and store.earlier_cells(args.spec):
             console.print(f"{len(store.earlier_cells(args.spec))} cells of earlier versions of {args.spec!r} are kept in the file (--history lists them)", markup=False)
         _print_flags(console, rows, store.samples)
+        trainings = store.trainings()
+        if trainings:  # after the numbers and their flags: what was trained to get them
+            trained = sum(1 for t in trainings if not t["cached"])
+            console.print(_trainings_table(trainings, f"trainings in {args.db}: {trained} trained, {len(trainings) - trained} loaded"))
     return 0
 
 

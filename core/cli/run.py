@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 from advx.cli.console import _console, progress_for, _print_flags, _print_problems, _print_trainings, _result_table
@@ -53,7 +55,36 @@ name = "deepfool"
 """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finished cells kept, the workers stopped, exit 143."""
+
+
+#: set by SIGTERM: what some libraries (Ray's waits) re-raise is a plain KeyboardInterrupt
+_SIGTERM = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _SIGTERM.set()
+    raise Terminated()
+
+
+def interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The exit code of an interrupt: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 143 if isinstance(exc, Terminated) or _SIGTERM.is_set() else 130
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        return _run(args)
+    _SIGTERM.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from advx.engine import run_matrix
     from advx.store.results import ResultStore
     from advx.engine.spec import MatrixSpec
@@ -75,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with progress_for(console, args.quiet) as progress:
         try:
             result = run_matrix(spec, store=args.db, on_event=progress, device=args.device, rerun=args.rerun)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if progress.started:
                 progress.progress.stop()
             kept = 0
@@ -83,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 with ResultStore(args.db, readonly=True) as store:
                     kept = len(store.cells(spec.matrix.name, status="done"))
             console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
-            return 130
+            return interrupt_code(exc)
     if result.db is not None:
         _record_spec_file(args.db, spec.matrix.name, args.spec)
     with ResultStore(args.db, readonly=True) as store:
@@ -97,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(
         f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
         + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
+        + (f"; {result.elsewhere} computed meanwhile by another run on {args.db}" if result.elsewhere else "")
     )
     if args.report:
         from advx.report import write_report

@@ -11,12 +11,21 @@ error, naming the plugin that raised.
 Times: ``seconds`` covers crafting and scoring (and applying a defense); the training and
 fitting that happened while the cell ran are in ``train_seconds`` and ``trainings``, so
 the first cell of a run is comparable with the rest.
+
+A cell runs for at most ``[matrix] cell_timeout`` seconds, its trainings included: past
+that it is stopped (an alarm, where the cell runs on a process's main thread on POSIX) and
+recorded as failed with that cause. Executors with worker processes also enforce it from
+outside, for a cell stuck where Python cannot interrupt it.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -70,8 +79,54 @@ def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
     }
 
 
+def failed_outcome(cell: Cell, device: str | torch.device, error: str) -> CellOutcome:
+    """A cell that could not run to its end (its worker died, hung or was killed): a failed row with the cause."""
+    row = base_row(cell, torch.device(device))
+    row.update(error=error, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return CellOutcome(CellRow(**row))
+
+
+class CellTimeout(AdvxError):
+    """A cell ran past ``[matrix] cell_timeout``."""
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raise ``CellTimeout`` in this thread after ``seconds``: POSIX, on the main thread, when no
+    other timer is set (elsewhere nothing happens, and a worker's driver enforces the limit)."""
+    usable = (
+        seconds is not None
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    )
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise CellTimeout(f"the cell ran past [matrix] cell_timeout = {seconds:g} s and was stopped")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
-    """Run one cell; return its row, records and trainings (never raises for cell errors)."""
+    """Run one cell; return its row, records and trainings (never raises for cell errors),
+    within ``[matrix] cell_timeout``."""
+    try:
+        with deadline(cell.options.cell_timeout):
+            return _execute_cell(cell, ws)
+    except CellTimeout as exc:  # past the cell's own handler (it was building its row)
+        return failed_outcome(cell, ws.device, str(exc))
+
+
+def _execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
     t0 = time.perf_counter()
     first_training = len(ws.trainings)
     row = base_row(cell, ws.device)
@@ -128,7 +183,10 @@ def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
         raise
     except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the matrix goes on
         row["status"] = "failed"
-        row["error"] = str(exc) if isinstance(exc, AdvxError) else f"{stage} raised {type(exc).__name__}: {exc}"
+        if isinstance(exc, CellTimeout):
+            row["error"] = f"{exc} (in {stage})"
+        else:
+            row["error"] = str(exc) if isinstance(exc, AdvxError) else f"{stage} raised {type(exc).__name__}: {exc}"
         row["details"] = {"traceback": traceback.format_exc(limit=8)}
         samples = None
     trainings = ws.trainings[first_training:]

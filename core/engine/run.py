@@ -4,11 +4,14 @@ The spec is validated in full before anything else (a rejected spec creates no r
 file and trains nothing). Each finished cell is committed to the store the moment it comes
 back from the executor, with the trainings it triggered; a cell that raises is recorded
 as failed and the matrix goes on; an interrupt keeps every finished cell, and a rerun
-resumes.
+resumes. Runs on one results file share its cells: each cell is claimed in the file just
+before it is computed (``ResultStore.claim``), so a cell another live run is computing is
+waited for, never computed twice.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +44,7 @@ class MatrixResult:
         failed: cells that failed now.
         not_applicable: cells whose threat model does not apply (recorded with a reason).
         trainings: every training and fitting done now (key, kind, description, seconds, cached).
+        elsewhere: cells another run on the same results file computed while this one ran.
     """
 
     spec_name: str
@@ -50,6 +54,7 @@ class MatrixResult:
     failed: int
     not_applicable: int = 0
     trainings: list[dict[str, Any]] = field(default_factory=list)
+    elsewhere: int = 0
 
     @property
     def done(self) -> int:
@@ -154,7 +159,17 @@ def _run(spec: MatrixSpec, registry: Registry, cells: list, store: Any, executor
             else:
                 executor = MultiDeviceExecutor(devices, cpu_threads=spec.matrix.threads) if len(devices) > 1 else InProcessExecutor()
         result = MatrixResult(spec.matrix.name, store.path if store is not None else None, [], skipped, 0)
-        for cell, outcome in executor.map(todo, registry, devices[0], spec.matrix.cache_dir, on_event):
+        kw: dict[str, Any] = {}
+        if store is not None and "claim" in inspect.signature(executor.map).parameters:  # executors of before claims run unclaimed
+
+            def claim(cell: Any) -> str:
+                verdict = store.claim(cell.key, rerun=rerun)  # type: ignore[union-attr]
+                if verdict == "done":  # finished by another run meanwhile
+                    result.elsewhere += 1
+                return verdict
+
+            kw["claim"] = claim
+        for cell, outcome in executor.map(todo, registry, devices[0], spec.matrix.cache_dir, on_event, **kw):
             row = outcome.row.replace(spec_name=spec.matrix.name, spec_hash=spec_hash)
             if store is not None and not store.record(row, outcome.samples, outcome.trainings):
                 # another run finished this cell meanwhile: its result stands, not this failure
@@ -170,7 +185,12 @@ def _run(spec: MatrixSpec, registry: Registry, cells: list, store: Any, executor
         return result
     finally:
         if own_store:
-            store.close()  # type: ignore[union-attr]
+            store.close()  # type: ignore[union-attr]  (gives back this run's claims)
+        elif store is not None and not store.readonly:
+            try:
+                store.release()
+            except Exception:  # noqa: BLE001 - the file is gone: its claims with it
+                pass
 
 
 @dataclass

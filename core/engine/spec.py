@@ -82,12 +82,29 @@ class MatrixOptions(BaseModel):
         ge=1,
         description="out of memory: a batch is retried at half the size, down to this floor (then the cell fails)",
     )
+    cell_timeout: float = Field(
+        21600.0,
+        gt=0,
+        description=(
+            "seconds a cell may run, the trainings it triggers included, before it is stopped and recorded as "
+            "failed with this cause (default 6 hours; not part of the cell key)"
+        ),
+    )
+    heartbeat_timeout: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "seconds a worker process (--device with several devices) may stay silent (stopped, hung) before it "
+            "is killed, its cell recorded as failed and a fresh worker started for the rest"
+        ),
+    )
     threads: int | None = Field(
         None,
         ge=1,
         description=(
-            "torch CPU threads of the run (default: torch's, one per core); each worker's with several CPU "
-            "devices. Fewer than the cores when other processes share them: see the README's timings"
+            "torch CPU threads of every cell and training, in every executor (default: all cores in one process, "
+            "the cores split between CPU workers, one per Ray task); CPU training is not bit-identical across "
+            "thread counts, so set it for the same numbers whatever the executor"
         ),
     )
     diagnostics: bool = Field(

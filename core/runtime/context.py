@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from advx.contract.errors import AdvxError, ConfigError, DataError
 from advx.contract.interfaces import Dataset, DatasetInfo, Defense, Model, Plugin
 from advx.runtime.joint import TrainRequest, train_models_together
-from advx.runtime.training import LossFn, TrainConfig, TrainResult, atomic_save, build_model, cache_dir, train_model
+from advx.runtime.training import LossFn, TrainConfig, TrainResult, atomic_save, build_model, cache_dir, cache_lock, train_model
 
 if TYPE_CHECKING:
     from advx.contract.registry import Registry
@@ -200,18 +200,19 @@ class DefenseContext:
         )
         path = cache_dir(self.cache_dir) / "artifacts" / f"{name}-{key}.pt"
         t0 = time.perf_counter()
-        if path.exists():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - a damaged cache file must not stop the run
-                raise DataError(f"cached state {path} is unreadable ({type(exc).__name__}: {exc}); delete it to refit") from None
-            self._record(TrainRecord("artifact", key, time.perf_counter() - t0, True, name))
-            return dict(state)
-        state = dict(compute())
-        if not all(isinstance(v, Tensor) for v in state.values()):
-            raise AdvxError(f"artifact {name!r}: compute() must return a mapping of tensors")
-        state = {k: v.detach().cpu() for k, v in state.items()}
-        atomic_save(state, path)
+        with cache_lock(path):  # fitted once, whichever process needs it first
+            if path.exists():
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as exc:  # noqa: BLE001 - a damaged cache file must not stop the run
+                    raise DataError(f"cached state {path} is unreadable ({type(exc).__name__}: {exc}); delete it to refit") from None
+                self._record(TrainRecord("artifact", key, time.perf_counter() - t0, True, name))
+                return dict(state)
+            state = dict(compute())
+            if not all(isinstance(v, Tensor) for v in state.values()):
+                raise AdvxError(f"artifact {name!r}: compute() must return a mapping of tensors")
+            state = {k: v.detach().cpu() for k, v in state.items()}
+            atomic_save(state, path)
         self._record(TrainRecord("artifact", key, time.perf_counter() - t0, False, name))
         return state
 

@@ -50,6 +50,7 @@ from advx.runtime.training import (
     _make_optimizer,
     atomic_save,
     build_model,
+    cache_lock,
     load_checkpoint,
     train_model,
     training_key,
@@ -211,6 +212,11 @@ def _train_group(dataset, info, reqs: list[TrainRequest], device, cache, on_epoc
     nets = [_build(r, info) for r in reqs]
     if stackable(nets) is not None:
         return [_train_alone(dataset, r, r.train_data, device, cache, on_epoch) for r in reqs]
+    with cache_lock(paths[0]):  # the group is trained once, whichever process needs it first
+        return _load_or_fit_group(dataset, reqs, nets, keys, paths, device, cache, on_epoch, t0)
+
+
+def _load_or_fit_group(dataset, reqs, nets, keys, paths, device, cache, on_epoch, t0) -> list[TrainResult]:
     if all(p is not None and p.exists() for p in paths):
         out = []
         for net, key, path in zip(nets, keys, paths):

@@ -7,6 +7,11 @@ version. A second run with the same key loads the checkpoint (``weights_only=Tru
 instead of training. Same seed and same device give the same weights: the model is
 initialised after ``torch.manual_seed(seed)`` and batches are shuffled by a generator
 seeded from it.
+
+A cache entry is trained once however many processes need it at once (workers of one run,
+two runs, Ray tasks on one node or on a shared file system): the training holds a lock
+on the entry (``cache_lock``), and a process that finds it held waits, then loads what the
+other trained.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -141,6 +147,33 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+@contextmanager
+def cache_lock(path: Path | None) -> Iterator[None]:
+    """Hold the cache entry ``path`` (an exclusive ``flock`` on ``path.lock`` beside it) while it
+    is trained or fitted, so that another process needing it waits and then loads it instead
+    of training it again. The kernel drops the lock of a process that dies. Without ``path``,
+    ``fcntl`` (not POSIX) or a writable cache folder (a read-only cache is only read), nothing
+    is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None  # type: ignore[assignment]
+    fd = None
+    if path is not None and fcntl is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
+
+
 def load_checkpoint(path: Path, net: nn.Module) -> dict[str, Any]:
     """Load a cached checkpoint into ``net`` (``weights_only=True``); returns the stored blob.
     A damaged file is a one-line ``DataError`` naming it, not a traceback."""
@@ -240,17 +273,18 @@ def train_model(
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     net = build_model(model, info)
-    if path is not None and path.exists():
-        blob = load_checkpoint(path, net)
-        net.to(device).eval()
-        return TrainResult(net, key, True, time.perf_counter() - t0, blob.get("history", []), path)
-    if callable(train_data):  # a loader: the split is read only when training is needed
-        train_data = train_data()
-    data = train_data if train_data is not None else load_split(dataset, "train")
-    history = fit(net, data, cfg, device, loss_fn, on_epoch)
-    if path is not None:
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        atomic_save({"state_dict": state, "history": history, "key": key}, path)
+    with cache_lock(path):  # another process training this key: wait for it, then load
+        if path is not None and path.exists():
+            blob = load_checkpoint(path, net)
+            net.to(device).eval()
+            return TrainResult(net, key, True, time.perf_counter() - t0, blob.get("history", []), path)
+        if callable(train_data):  # a loader: the split is read only when training is needed
+            train_data = train_data()
+        data = train_data if train_data is not None else load_split(dataset, "train")
+        history = fit(net, data, cfg, device, loss_fn, on_epoch)
+        if path is not None:
+            state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            atomic_save({"state_dict": state, "history": history, "key": key}, path)
     net.eval()
     return TrainResult(net, key, False, time.perf_counter() - t0, history, path)
 

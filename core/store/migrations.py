@@ -11,7 +11,9 @@ column holding breakdowns; version 3 keeps metrics by name in JSON (a new metric
 no migration), names the breakdowns ``details``, defines robust accuracy as the field does
 (correct both clean and under attack; version 2's number is kept as ``adversarial_accuracy``), stores what identifies each part of a
 cell (``identity``) and the threat model's traits with each row, and marks which cells
-of a spec are its current ones (``members.current``).
+of a spec are its current ones (``members.current``). Version 4 adds the ``claims`` table:
+the cells a live run is computing (owner, heartbeat, expiry), so that two runs on one file
+share the work.
 """
 
 from __future__ import annotations
@@ -140,8 +142,15 @@ def v2_to_v3(conn: sqlite3.Connection) -> str:
     )
 
 
+def v3_to_v4(conn: sqlite3.Connection) -> str:
+    from advx.store.schema import CLAIMS_DDL
+
+    conn.execute(CLAIMS_DDL)
+    return "a claims table (the cells a live run is computing)"
+
+
 #: version -> the migration to version + 1
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: v2_to_v3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: v2_to_v3, 3: v3_to_v4}
 
 
 def backup_path(path: Path, version: int) -> Path:

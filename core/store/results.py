@@ -18,6 +18,12 @@ Files outlive upgrades: a file of an older schema is migrated forward when opene
 writing (after a backup copy beside it, ``advx.store.migrations``) and read through a
 migrated temporary copy when opened read-only; a file of a newer advx is read where its
 columns allow and refused for writing. A finished cell is never replaced by a failure.
+
+Several runs may write one file at once and share its work: a run claims each cell before
+computing it (``claim``: the ``claims`` table, with the run as owner and a heartbeat that a
+thread of the run refreshes), so another run skips the cell or waits for it. A claim whose
+run is gone (a process of this host that no longer exists, or no heartbeat for
+``claim_ttl`` seconds) is stale and is taken over.
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ import io
 import json
 import math
 import os
+import socket
 import sqlite3
+import threading
+import time
+import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +53,7 @@ from advx.store.migrations import migrate
 from advx.store.schema import (
     CELL_COLUMN_NAMES,
     CELL_COLUMNS,
+    CLAIMS_DDL,
     EXAMPLE_COLUMNS,
     EXAMPLE_KEYS,
     EXPORT_COLUMNS,
@@ -56,6 +67,9 @@ from advx.store.schema import (
 )
 
 MARKER = "advx-results"
+
+#: seconds a claim stays valid without a heartbeat (its run refreshes it every quarter of this)
+CLAIM_TTL = 60.0
 
 
 def _ddl() -> str:
@@ -79,12 +93,33 @@ CREATE TABLE IF NOT EXISTS members (
 );
 CREATE TABLE IF NOT EXISTS trainings ({trainings});
 CREATE INDEX IF NOT EXISTS cells_spec ON cells(spec_name);
+{CLAIMS_DDL};
 """
 
 
 def _writable(path: Path) -> bool:
     """Writable for this user, and not marked read-only (root ignores permissions; we do not)."""
     return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the run ``owner`` (``host:pid:run``) may still be alive: a process of this host
+    that no longer exists (or is a zombie) is not; on another host only its heartbeat tells."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _pack(t: torch.Tensor) -> bytes:
@@ -103,11 +138,17 @@ class ResultStore:
     ``notice`` is the one line to show the user about the file (a migration done), or None.
     """
 
-    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False, claim_ttl: float = CLAIM_TTL) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self.notice: str | None = None
         self._tmp: Path | None = None
+        #: this run's name in the claims table: host, process, and a random part per store
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.claim_ttl = claim_ttl
+        self._waited: set[str] = set()  # cells found claimed by another live run
+        self._beat: threading.Thread | None = None
+        self._stop = threading.Event()
         p = str(self.path)
         if self.path.is_dir():
             raise ConfigError(f"results path {p!r} is a directory, not a file")
@@ -198,6 +239,16 @@ class ResultStore:
             raise DataError(f"{p!r} has an unreadable results schema version {version!r}") from None
 
     def close(self) -> None:
+        """Stop the claims' heartbeat, give back this run's claims, close the file."""
+        if self._beat is not None:
+            self._stop.set()
+            self._beat.join()
+            self._beat = None
+        if not self.readonly:
+            try:
+                self.release()
+            except (sqlite3.Error, DataError):  # the file is gone or locked: the claims expire anyway
+                pass
         self.conn.close()
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
@@ -210,10 +261,12 @@ class ResultStore:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
         if not self.path.exists() and not self.readonly:
             raise DataError(f"results file {str(self.path)!r} was deleted while advx was writing to it; finished cells are lost with it")
         try:
+            if immediate and not self.conn.in_transaction:
+                self.conn.execute("BEGIN IMMEDIATE")  # read and write as one step: no other run between them
             yield self.conn
             self.conn.commit()
         except BaseException:
@@ -250,6 +303,72 @@ class ResultStore:
                 n += 1
         return n
 
+    # -- claims: several runs on one file ----------------------------------------------------
+
+    def claim(self, cell_key: str, rerun: bool = False) -> str:
+        """Claim a cell before computing it: ``"run"`` (it is this run's now), ``"wait"`` (a live
+        run is computing it: ask again later) or ``"done"`` (finished, or finished by the run
+        this one waited for, whatever its status: skip it). With ``rerun`` (``advx run
+        --rerun``) a cell finished before is this run's to recompute; one another live run
+        computes is still waited for. Starts the heartbeat that keeps this run's claims alive."""
+        now = time.time()
+        with self._tx(immediate=True) as conn:
+            st = conn.execute("SELECT status FROM cells WHERE cell_key = ?", (cell_key,)).fetchone()
+            if cell_key in self._waited or (st is not None and st[0] in ("done", "not-applicable") and not rerun):
+                return "done"
+            held = conn.execute("SELECT owner, expires FROM claims WHERE cell_key = ?", (cell_key,)).fetchone()
+            if held is not None and held[0] != self.owner and held[1] > now and _owner_alive(held[0]):
+                self._waited.add(cell_key)
+                return "wait"
+            conn.execute(
+                "INSERT OR REPLACE INTO claims(cell_key, owner, heartbeat, expires) VALUES (?, ?, ?, ?)",
+                (cell_key, self.owner, now, now + self.claim_ttl),
+            )
+        self._start_heartbeat()
+        return "run"
+
+    def release(self, cell_key: str | None = None) -> None:
+        """Give back this run's claim of ``cell_key`` (None: all of them)."""
+        with self._tx() as conn:
+            if cell_key is None:
+                conn.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+            else:
+                conn.execute("DELETE FROM claims WHERE cell_key = ? AND owner = ?", (cell_key, self.owner))
+
+    def claims(self) -> list[dict[str, Any]]:
+        """The claims in the file: ``cell_key``, ``owner``, ``heartbeat``, ``expires``."""
+        if not self._has_table("claims"):
+            return []
+        cur = self.conn.execute("SELECT cell_key, owner, heartbeat, expires FROM claims ORDER BY cell_key")
+        return [dict(zip(("cell_key", "owner", "heartbeat", "expires"), r)) for r in cur.fetchall()]
+
+    def refresh_claims(self, conn: sqlite3.Connection | None = None) -> None:
+        """Push the expiry of this run's claims ``claim_ttl`` seconds ahead (the heartbeat)."""
+        conn = conn or self.conn
+        now = time.time()
+        conn.execute("UPDATE claims SET heartbeat = ?, expires = ? WHERE owner = ?", (now, now + self.claim_ttl, self.owner))
+        conn.commit()
+
+    def _start_heartbeat(self) -> None:
+        if self._beat is not None:
+            return
+
+        def beat() -> None:
+            # a connection of its own: SQLite connections belong to their thread
+            conn = sqlite3.connect(str(self.path), timeout=self.claim_ttl / 4)
+            try:
+                while not self._stop.wait(self.claim_ttl / 4):
+                    try:
+                        self.refresh_claims(conn)
+                    except sqlite3.Error:  # busy or gone: the next beat tries again, or the claims expire
+                        pass
+            finally:
+                conn.close()
+
+        self._stop.clear()
+        self._beat = threading.Thread(target=beat, name="advx-claims-heartbeat", daemon=True)
+        self._beat.start()
+
     def status(self, cell_key: str) -> str | None:
         r = self.conn.execute("SELECT status FROM cells WHERE cell_key = ?", (cell_key,)).fetchone()
         return None if r is None else r[0]
@@ -276,6 +395,7 @@ class ResultStore:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         key = row.cell_key
         with self._tx() as conn:
+            conn.execute("DELETE FROM claims WHERE cell_key = ? AND owner = ?", (key, self.owner))
             if row.status == "failed":
                 prev = conn.execute("SELECT status FROM cells WHERE cell_key = ?", (key,)).fetchone()
                 if prev is not None and prev[0] in ("done", "not-applicable"):
@@ -307,9 +427,12 @@ class ResultStore:
                     ),
                 )
             for t in trainings:
-                # the first record of a key is the one that trained (later ones loaded it)
+                # one record per key: the one that trained, whichever came back first (a worker
+                # that waited for another's training loaded it from the cache)
                 conn.execute(
-                    "INSERT OR IGNORE INTO trainings(key, kind, description, seconds, cached, recorded) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO trainings(key, kind, description, seconds, cached, recorded) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET description = excluded.description, seconds = excluded.seconds, "
+                    "cached = 0, recorded = excluded.recorded WHERE trainings.cached = 1 AND excluded.cached = 0",
                     (t["key"], t["kind"], t["description"], t["seconds"], int(bool(t["cached"])), now),
                 )
         return True

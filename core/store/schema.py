@@ -23,7 +23,7 @@ from advx.analysis.metrics import METRICS
 from advx.analysis.records import SAMPLE_COLUMN_NAMES, SAMPLE_COLUMNS
 from advx.analysis.rows import JSON_FIELDS, CellRow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,15 @@ def read_samples(conn: Any, cell_key: str) -> dict[str, Any]:
         else:
             out[c.name] = torch.tensor([r[i] for r in rows], dtype=c.dtype)
     return out
+
+
+#: the claims table: a cell being computed by a live run (``owner``: host, process and run;
+#: ``heartbeat`` and ``expires``: Unix times). Another run skips or waits for a claimed cell;
+#: a claim whose owner stopped refreshing it (a killed run) expires and may be taken over.
+CLAIMS_DDL = (
+    "CREATE TABLE IF NOT EXISTS claims (cell_key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+    "heartbeat REAL NOT NULL, expires REAL NOT NULL)"
+)
 
 
 def format_value(column: str, v: object) -> str:

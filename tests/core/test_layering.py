@@ -22,6 +22,7 @@ LAYERS = {
     "analysis": 2,
     "store": 3,
     "engine": 4,
+    "_lifeline": 4,  # the first module of the engine's worker processes (stdlib only until it hands over)
     "report": 5,
     "cli": 6,
     # the facades: the public API tiers, free to import any layer

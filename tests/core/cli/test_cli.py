@@ -61,7 +61,10 @@ def test_run_spec_then_results_exports(tmp_path, capsys):
     md = (tmp_path / "r.md").read_text()
     assert md.startswith("| dataset | model |") and md.count("\n") == 6
     assert main(["results", str(db)]) == 0
-    assert "robust acc" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "robust acc" in out
+    # the trainings of the file, each with its time: the first run trained the model, the second loaded it
+    assert "trainings in" in " ".join(out.split()) and "1 trained, 0 loaded" in " ".join(out.split())
     assert main(["results", str(db), "--breakdown", "class", "--worst-case"]) == 0
     out = capsys.readouterr().out
     assert "fgsm(eps=0.3): per class" in out and "worst case per example" in out

@@ -7,7 +7,7 @@ import torch
 
 import advx
 from advx.engine.devices import resolve_devices
-from advx.engine.executors import assign, worker_threads
+from advx.engine.executors import Dispatch, worker_threads
 
 
 def spec(cache, device):
@@ -34,12 +34,34 @@ def test_two_cpu_workers_give_the_same_results_as_one_process(tmp_path):
         assert len(store.cells(status="done")) == 6
 
 
-def test_assignment_keeps_model_groups_together(registry):
+def test_dispatch_keeps_model_groups_together_then_helps(registry):
     cells = advx.plan(advx.MatrixSpec.from_dict(spec(None, "cpu")), registry)
-    shares = assign(cells, 2)
-    assert sorted(len(s) for s in shares) == [3, 3]
-    for share in shares:
-        assert len({c.model.name for c in share}) == 1
+    todo = Dispatch(cells)
+    a = todo.next(None)  # two fresh workers take one group each
+    b = todo.next(None, {a.model_group()})
+    assert a.model.name != b.model.name
+    # each worker stays on its group while it has cells
+    assert [todo.next(a.model_group(), {b.model_group()}).model.name for _ in range(2)] == [a.model.name] * 2
+    # its group done, a worker helps with the other's (the model comes from the cache, trained once)
+    assert todo.next(a.model_group(), {b.model_group()}).model.name == b.model.name
+    assert todo.next(b.model_group(), {b.model_group()}).model.name == b.model.name
+    assert todo.next(b.model_group()) is None and todo.empty()
+
+
+def test_dispatch_claims_each_cell_as_it_is_handed_out(registry):
+    cells = advx.plan(advx.MatrixSpec.from_dict(spec(None, "cpu")), registry)[:3]
+    verdicts = {cells[0].key: ["done"], cells[1].key: ["wait", "wait", "run"], cells[2].key: ["run"]}
+    asked = []
+
+    def claim(cell):
+        asked.append(cell.key)
+        return verdicts[cell.key].pop(0)
+
+    todo = Dispatch(cells, claim, poll=0.0)
+    assert todo.next() is cells[2]  # the first is done elsewhere, the second being computed elsewhere
+    assert todo.next() is None and not todo.empty()  # still computed elsewhere: nothing to hand out now
+    assert todo.next() is cells[1] and todo.empty()  # its claim expired: ours now
+    assert asked == [cells[0].key, cells[1].key, cells[2].key, cells[1].key, cells[1].key]
 
 
 def test_device_lists_are_validated():

@@ -17,7 +17,8 @@ ray = pytest.importorskip("ray")
 
 
 class DiesOnce(Attack):
-    """FGSM whose worker process dies the first time it runs for a given marker file."""
+    """FGSM whose worker process dies the first time it runs for a given marker file (none: it
+    does not die), after sleeping ``seconds``."""
 
     name: ClassVar[str] = "dies-once"
 
@@ -25,9 +26,15 @@ class DiesOnce(Attack):
         eps: float = 0.1
         marker: str = ""
         always: bool = False
+        seconds: float = 0.0
 
     def perturb(self, model, x, y, bounds, targeted=False):
+        import time
+
+        time.sleep(self.config.seconds)
         marker = Path(self.config.marker)
+        if not self.config.marker:
+            marker = Path(os.devnull)
         if self.config.always or not marker.exists():
             marker.touch()
             os._exit(1)  # the worker dies mid-task, as a killed node would
@@ -97,3 +104,49 @@ def test_missing_ray_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(advx.ConfigError, match=r"pip install 'advx\[distributed\]'"):
         advx.run_matrix(spec(tmp_path, [{"name": "fgsm"}], "ray"))
+
+
+@pytest.mark.slow
+def test_one_training_per_cluster_and_the_same_numbers_as_in_process(tmp_path, cluster):
+    """A trained defense and a gray-box copy: Ray trains what the in-process run trains, once each,
+    and with [matrix] threads (each run training in its own cache) the rows are equal."""
+    def trained_spec(cache, executor):
+        return {
+            "matrix": {"name": "once", "samples": 40, "batch_size": 40, "cache_dir": str(tmp_path / cache), "executor": executor,
+                       "diagnostics": False, "threads": 1},
+            "datasets": [{"name": "digits"}],
+            "models": [{"name": "mlp", "train": {"epochs": 1}}],
+            "defenses": [{"name": "none"}, {"name": "adversarial-training"}],
+            "threats": [{"name": "white-box"}, {"name": "gray-box"}],
+            "attacks": [{"name": "fgsm", "eps": 0.1}],
+        }
+
+    local = advx.run_matrix(trained_spec("a", "local"), store=tmp_path / "local.db")
+    via_ray = advx.run_matrix(trained_spec("b", "ray"), store=tmp_path / "ray.db")
+    assert local.done == via_ray.done == 4
+    keys = ("robust_accuracy", "clean_accuracy", "mean_l2")
+    assert {r.cell_key: tuple(r[k] for k in keys) for r in via_ray.rows} == {r.cell_key: tuple(r[k] for k in keys) for r in local.rows}
+
+    def trained(db):
+        with advx.ResultStore(db) as store:
+            return sorted(t["description"] for t in store.trainings() if not t["cached"])
+
+    # the model, its gray-box copy, and each adversarially trained twin: once each, in both
+    assert trained(tmp_path / "ray.db") == trained(tmp_path / "local.db")
+    assert len(trained(tmp_path / "ray.db")) == 4
+    assert sum(not t["cached"] for t in via_ray.trainings) == 4
+
+
+def test_a_cell_past_cell_timeout_is_stopped_in_its_task(tmp_path, cluster):
+    reg = advx.Registry.discover()
+    reg.add("attack", DiesOnce, package="tests")
+    s = spec(tmp_path, [{"name": "fgsm"}], "local")
+    s["threats"] = [{"name": "white-box"}]
+    advx.run_matrix(s)  # the model trained first: trainings count in a cell's time
+    s = spec(tmp_path, [{"name": "dies-once", "seconds": 60.0}, {"name": "dies-once"}], "ray")
+    s["threats"] = [{"name": "white-box"}]
+    s["matrix"]["cell_timeout"] = 5.0
+    res = advx.run_matrix(s, registry=reg)
+    by = {r.attack_config["seconds"]: r for r in res.rows}
+    assert by[0.0].status == "done"
+    assert by[60.0].status == "failed" and "ran past [matrix] cell_timeout = 5 s and was stopped" in by[60.0].error

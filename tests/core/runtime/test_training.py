@@ -24,6 +24,27 @@ def test_second_run_loads_from_cache(tmp_path, registry):
     assert not second.model.training
 
 
+def test_a_cache_entry_is_trained_once_when_two_need_it_at_once(tmp_path, registry):
+    """Two workers (here threads, each with its own lock file handle, as processes have) that
+    need one model at once: one trains it, the other waits and loads it."""
+    import threading
+    import time
+
+    from advx.runtime.training import cache_lock, checkpoint_path
+
+    ds, model = registry.dataset("digits"), registry.model("mlp")
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(advx.train_model(ds, model, {"epochs": 1}, cache=tmp_path))) for _ in range(2)]
+    with cache_lock(checkpoint_path(ds, model, advx.TrainConfig(epochs=1), "cpu", tmp_path)):
+        for w in workers:
+            w.start()
+        time.sleep(0.5)  # both wait for the entry (without the lock both would find no checkpoint and train)
+    for w in workers:
+        w.join()
+    assert sorted(r.cached for r in results) == [False, True]
+    assert weights_equal(results[0].model, results[1].model)
+
+
 def test_same_seed_same_weights_and_seed_matters(registry):
     ds, model = registry.dataset("digits"), registry.model("mlp")
     a = advx.train_model(ds, model, {"epochs": 2, "seed": 3}, cache=False).model

@@ -43,6 +43,7 @@ def test_opening_an_older_file_migrates_it_after_a_backup(v2):
         assert store.notice and "schema 2 migrated to" in store.notice and "bak-v2" in store.notice
         assert "\n" not in store.notice
         assert store.meta()["schema_version"] == str(SCHEMA_VERSION)
+        assert "claims table" in store.notice and store.claims() == []  # version 4: runs claim cells
     backup = v2.with_name("results.db.bak-v2")
     assert _sha(backup) == before  # the file as it was, byte for byte
     with advx.ResultStore(v2) as store:  # a second open has nothing to migrate

@@ -52,3 +52,79 @@ def test_a_file_deleted_mid_run_is_said_plainly(tmp_path):
             store.record(_row("done", key="k2"))
     finally:
         store.close()
+
+
+# -- claims: two runs on one file share the work ------------------------------------------------
+
+
+def test_a_claimed_cell_is_skipped_or_waited_for_by_another_run(tmp_path):
+    db = tmp_path / "r.db"
+    with advx.ResultStore(db) as first, advx.ResultStore(db) as second:
+        assert first.claim("a") == "run" and first.claim("a") == "run"  # its own claim, again
+        assert second.claim("a") == "wait"  # a live run is computing it
+        assert [c["owner"] for c in second.claims()] == [first.owner]
+        first.record(_row("done", key="a"))  # recording gives the claim back
+        assert second.claims() == [] and second.claim("a") == "done"
+        # the run waited for failed the cell: that failure stands for this round, no second try
+        assert first.claim("b") == "run" and second.claim("b") == "wait"
+        first.record(_row("failed", key="b", error="boom"))
+        assert second.claim("b") == "done"
+        # a failed cell nobody waited for is computed again (a rerun retries failures)
+        first.record(_row("failed", key="c", error="boom"))
+        assert second.claim("c") == "run"
+
+
+def test_closing_a_store_gives_its_claims_back(tmp_path):
+    db = tmp_path / "r.db"
+    with advx.ResultStore(db) as first:
+        assert first.claim("a") == "run"
+    with advx.ResultStore(db) as second:
+        assert second.claims() == [] and second.claim("a") == "run"
+
+
+def _foreign_claim(db, key, owner, ttl):
+    import sqlite3
+    import time
+
+    with sqlite3.connect(db) as c:
+        c.execute("INSERT INTO claims VALUES (?, ?, ?, ?)", (key, owner, time.time(), time.time() + ttl))
+
+
+def test_a_stale_claim_is_taken_over(tmp_path):
+    import time
+
+    db = tmp_path / "r.db"
+    advx.ResultStore(db).close()
+    _foreign_claim(db, "remote", "another-host:123:abcd", 0.5)  # no heartbeat will come
+    import socket
+
+    _foreign_claim(db, "dead", f"{socket.gethostname()}:{2**22 + 7}:abcd", 3600)  # no such process here
+    with advx.ResultStore(db) as store:
+        assert store.claim("dead") == "run"  # its run is gone: taken over at once
+        assert store.claim("remote") == "wait"  # another host's run: only its heartbeat tells
+        time.sleep(0.6)
+        assert store.claim("remote") == "run"
+        assert {c["cell_key"]: c["owner"] for c in store.claims()} == {"dead": store.owner, "remote": store.owner}
+
+
+def test_the_heartbeat_keeps_a_live_runs_claims(tmp_path):
+    import time
+
+    db = tmp_path / "r.db"
+    with advx.ResultStore(db, claim_ttl=2.0) as first, advx.ResultStore(db) as second:
+        assert first.claim("a") == "run"
+        before = first.claims()[0]["expires"]
+        time.sleep(3.0)  # longer than the claim lives without its heartbeat
+        assert first.claims()[0]["expires"] > before
+        assert second.claim("a") == "wait"
+
+
+def test_the_training_record_kept_is_the_one_that_trained(tmp_path):
+    loaded = {"key": "m", "kind": "model", "description": "mlp", "seconds": 0.1, "cached": True}
+    trained = {**loaded, "seconds": 9.0, "cached": False}
+    with advx.ResultStore(tmp_path / "r.db") as store:
+        store.record(_row("done", key="a"), trainings=[loaded])  # the worker that waited came back first
+        store.record(_row("done", key="b"), trainings=[trained])
+        store.record(_row("done", key="c"), trainings=[loaded])
+        (rec,) = store.trainings()
+        assert rec["cached"] == 0 and rec["seconds"] == 9.0
