@@ -27,3 +27,9 @@ def lazy_getattr(package: str, exports: Mapping[str, str], submodules: frozenset
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def tier(package: str, exports: Mapping[str, str]) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
+    """``__all__``, ``__getattr__`` and ``__dir__`` of a public tier module listing ``exports``."""
+    names = list(exports)
+    return names, lazy_getattr(package, exports), lambda: sorted(names)

@@ -7,7 +7,7 @@ the README's "Embedding" section.
 
 from __future__ import annotations
 
-from ._lazy import lazy_getattr
+from ._lazy import tier
 
 #: public name -> the module that defines it (one list: the tier of embedders)
 EXPORTS: dict[str, str] = {
@@ -19,9 +19,4 @@ EXPORTS: dict[str, str] = {
     "tune_cpu_allocator": "advx.runtime.allocator",
 }
 
-__all__ = list(EXPORTS)
-__getattr__ = lazy_getattr(__name__, EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = tier(__name__, EXPORTS)

@@ -7,7 +7,7 @@ planned into cells, run by an executor, and every finished cell is a ``CellRow``
 
 from __future__ import annotations
 
-from ._lazy import lazy_getattr
+from ._lazy import tier
 
 #: public name -> the module that defines it (one list: the tier of engine users)
 EXPORTS: dict[str, str] = {
@@ -31,9 +31,4 @@ EXPORTS: dict[str, str] = {
     "write_report": "advx.report",
 }
 
-__all__ = list(EXPORTS)
-__getattr__ = lazy_getattr(__name__, EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = tier(__name__, EXPORTS)

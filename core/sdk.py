@@ -8,7 +8,7 @@ third party does. See docs/plugins.md.
 
 from __future__ import annotations
 
-from ._lazy import lazy_getattr
+from ._lazy import tier
 
 #: public name -> the module that defines it (one list: the tier of plugin authors)
 EXPORTS: dict[str, str] = {
@@ -81,9 +81,4 @@ EXPORTS: dict[str, str] = {
     "Flag": "advx.analysis.checks",
 }
 
-__all__ = list(EXPORTS)
-__getattr__ = lazy_getattr(__name__, EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = tier(__name__, EXPORTS)
