@@ -314,7 +314,7 @@ class ResultStore:
         now = time.time()
         with self._tx(immediate=True) as conn:
             st = conn.execute("SELECT status FROM cells WHERE cell_key = ?", (cell_key,)).fetchone()
-            if cell_key in self._waited or (st is not None and st[0] in ("done", "not-applicable") and not rerun):
+            if st is not None and ((st[0] in ("done", "not-applicable") and not rerun) or cell_key in self._waited):
                 return "done"
             held = conn.execute("SELECT owner, expires FROM claims WHERE cell_key = ?", (cell_key,)).fetchone()
             if held is not None and held[0] != self.owner and held[1] > now and _owner_alive(held[0]):
