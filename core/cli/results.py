@@ -48,11 +48,11 @@ def cmd_results(args: argparse.Namespace) -> int:
                 console.print(table)
         if args.worst_case:
             console.print(_worst_case_table(store, rows, width=console.width))
+        earlier = store.earlier_cells(args.spec) if args.spec else []
         if args.history and args.spec:
-            earlier = store.earlier_cells(args.spec)
             console.print(_result_table(earlier, f"{args.spec}: {len(earlier)} cells of earlier versions of the spec (not in it now)", console.width))
-        elif args.spec and store.earlier_cells(args.spec):
-            console.print(f"{len(store.earlier_cells(args.spec))} cells of earlier versions of {args.spec!r} are kept in the file (--history lists them)", markup=False)
+        elif earlier:
+            console.print(f"{len(earlier)} cells of earlier versions of {args.spec!r} are kept in the file (--history lists them)", markup=False)
         _print_flags(console, rows, store.samples)
         trainings = store.trainings()
         if trainings:  # after the numbers and their flags: what was trained to get them

@@ -12,8 +12,6 @@ waited for, never computed twice.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,26 +106,9 @@ def run_matrix(
     tune_cpu_allocator()  # a matrix is thousands of same-sized passes: keep their memory (see advx.runtime.allocator)
     registry = registry or Registry.discover()
     cells = plan(spec, registry)
-    with _torch_threads(spec.matrix.threads):
-        return _run(spec, registry, cells, store, executor, on_event, rerun)
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's CPU threads set to ``threads`` for the run (``[matrix] threads``, ``--threads``),
-    then back to what they were: the setting is process-wide, and an embedding program's own
-    work after ``run_matrix`` keeps its threads."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    # ``[matrix] threads`` is applied by the executor that runs the cells (every executor sets
+    # it for its cells and gives the process its own setting back), not here a second time
+    return _run(spec, registry, cells, store, executor, on_event, rerun)
 
 
 def _run(spec: MatrixSpec, registry: Registry, cells: list, store: Any, executor: Executor | None, on_event: Event | None, rerun: bool) -> MatrixResult:
