@@ -38,7 +38,9 @@ and a line under the table names how each kind of interval was made:
 * *over seeds*: a ``spread`` adds the t interval of its mean, ``[mean - t sd / sqrt(k), ...]``
   with k - 1 degrees of freedom, to its mean, sd and range.
 
-A ``path`` selector gets a Wilson interval when it names its count, ``n = 10000`` or ``n = [path
+A ``metric`` may also be a list of keys into the cell (``["metrics", "diagnostics", "gradients",
+"zero_share"]``: what the sanity checks measured); with ``n`` (the 32 probe inputs) it gets a
+Wilson interval. A ``path`` selector gets a Wilson interval when it names its count, ``n = 10000`` or ``n = [path
 of the count]`` (the study's share of ``n`` examples); without one it is a single example's
 probability, an angle or a mean and gets none. A proportion with no count says ``(no interval)``.
 
@@ -182,7 +184,7 @@ def render_entry(entry: Any, table: dict[str, Any], results: Results, used: set[
             raise ReproductionError(f"table {table['id']}: a spread needs two or more values, got {values}")
         mean = statistics.mean(values)
         lo, hi = seeds_interval(values)
-        metrics = {({**table.get("where", {}), **e}).get("metric", "adversarial_accuracy") for e in entry["spread"]}
+        metrics = {str(({**table.get("where", {}), **e}).get("metric", "adversarial_accuracy")) for e in entry["spread"]}
         if metrics <= PROPORTIONS | AUCS:  # a share or an AUC: within [0, 1]
             lo, hi = max(lo, 0.0), min(hi, 1.0)
         used.add("seeds")
@@ -221,6 +223,9 @@ def measure(entry: dict[str, Any], table: dict[str, Any], results: Results) -> t
         n = _walk(results.json(name), count, name, table) if isinstance(count, list) else count
         return value, wilson(value, n), "wilson"
     cell = select(results.cells(name), sel, table["id"])
+    if isinstance(metric, list):  # a value inside the cell, e.g. ["metrics", "diagnostics", "gradients", "zero_share"]
+        value = _walk(cell, metric, name, table)
+        return (value, wilson(value, count), "wilson") if count and value is not None else (value, None, None)
     if metric not in cell:
         raise ReproductionError(f"table {table['id']}: the cells of {name} have no column {metric!r}")
     value = cell[metric]
