@@ -84,6 +84,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 METHODS = {
     "bootstrap": "percentile bootstrap over the test examples (advx results --ci, 1,000 resamples)",
     "wilson": "Wilson score interval from the number of test examples and the proportion (the export keeps no per-example records)",
+    "wilson-n": "Wilson score interval from the count the selector names (a study's examples, or the 32 probe inputs of the sanity checks) and the proportion",
     "hanley-mcneil": "AUC: Hanley-McNeil from the numbers of adversarial (positive) and clean (negative) examples",
     "seeds": "after mean ± sd (range): the t interval of the mean over the training seeds",
     "none": "(no interval): the stored value has no count of examples",
@@ -221,11 +222,11 @@ def measure(entry: dict[str, Any], table: dict[str, Any], results: Results) -> t
         if count is None or value is None:
             return value, None, None
         n = _walk(results.json(name), count, name, table) if isinstance(count, list) else count
-        return value, wilson(value, n), "wilson"
+        return value, wilson(value, n), "wilson-n"
     cell = select(results.cells(name), sel, table["id"])
     if isinstance(metric, list):  # a value inside the cell, e.g. ["metrics", "diagnostics", "gradients", "zero_share"]
         value = _walk(cell, metric, name, table)
-        return (value, wilson(value, count), "wilson") if count and value is not None else (value, None, None)
+        return (value, wilson(value, count), "wilson-n") if count and value is not None else (value, None, None)
     if metric not in cell:
         raise ReproductionError(f"table {table['id']}: the cells of {name} have no column {metric!r}")
     value = cell[metric]

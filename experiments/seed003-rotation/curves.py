@@ -57,7 +57,7 @@ def draw(results: Path, out: Path) -> int:
     for ax in axes[:, 0]:
         ax.set_ylabel("mean probability / accuracy")
     axes.flat[0].legend(fontsize=7, loc="center right")
-    fig.suptitle("seed 003: rotating targeted adversarial examples (dashed: median ORACLE angle)", fontsize=10)
+    fig.suptitle("[4]: rotating targeted adversarial examples (dashed: median ORACLE angle)", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, metadata={"Software": None})
