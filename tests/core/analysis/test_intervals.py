@@ -48,7 +48,7 @@ def test_every_interval_metric_is_the_declared_metric_and_holds_its_value():
         hit, counted = fn(s)
         assert float(hit[counted].float().mean()) == pytest.approx(m[name], abs=1e-9), name
     for name, fn in AUCS.items():
-        assert roc_auc(*fn(s)) == pytest.approx(m[name], abs=1e-12), name
+        assert roc_auc(*fn(s)[:2]) == pytest.approx(m[name], abs=1e-12), name
     got = intervals(s)
     assert set(got) == set(INTERVAL_METRICS)
     for name, (lo, hi) in got.items():
@@ -99,6 +99,8 @@ def test_the_same_records_give_the_same_interval_and_the_settings_count():
     lo1, hi1 = interval(s, "success_rate", resamples=1)  # one resample: one value, no spread
     assert lo1 == hi1
     assert interval(s, "detection_auc", resamples=50) != interval(s, "detection_auc")
+    # every metric reads the same resamples: asking for one alone or for all gives the same interval
+    assert intervals(s)["success_rate"] == interval(s, "success_rate") and intervals(s)["detection_auc"] == interval(s, "detection_auc")
 
 
 def test_no_interval_where_the_metric_is_undefined_and_none_for_norms():
