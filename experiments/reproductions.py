@@ -24,6 +24,26 @@ list of entries renders as its values joined by `` / `` (several numbers in one 
 ``{ spread = [selector, ...] }`` as their mean, sample standard deviation and range,
 ``0.0682 ± 0.0120 (0.0551-0.0800)`` (one study run with several training seeds).
 
+Every number that is a proportion of test examples (accuracies, success and error rates, the
+detector's rates) or a detector AUC is shown with its 95% interval, ``0.6100 [0.5540, 0.6640]``,
+and a line under the table names how each kind of interval was made:
+
+* *bootstrap*: the export carries ``<metric>_ci_low`` / ``<metric>_ci_high``
+  (``advx results DB --ci``: a percentile bootstrap over the per-example records); preferred;
+* *Wilson*: a Wilson score interval from the cell's ``n`` and the proportion (exports made
+  without ``--ci``, whose results files were not kept); ``success_rate`` counts the
+  ``n * clean_accuracy`` examples it is a share of;
+* *Hanley-McNeil*: an AUC's interval from the AUC and the numbers of positives (adversarial
+  examples: ``n``, or ``n * top1_error`` for ``detection_auc_fooled``) and negatives (``n``);
+* *over seeds*: a ``spread`` adds the t interval of its mean, ``[mean - t sd / sqrt(k), ...]``
+  with k - 1 degrees of freedom, to its mean, sd and range.
+
+A ``metric`` may also be a list of keys into the cell (``["metrics", "diagnostics", "gradients",
+"zero_share"]``: what the sanity checks measured); with ``n`` (the 32 probe inputs) it gets a
+Wilson interval. A ``path`` selector gets a Wilson interval when it names its count, ``n = 10000`` or ``n = [path
+of the count]`` (the study's share of ``n`` examples); without one it is a single example's
+probability, an angle or a mean and gets none. A proportion with no count says ``(no interval)``.
+
 In the document each table sits between ``<!-- table: ID -->`` and ``<!-- /table -->``:
 
     python experiments/reproductions.py            # rewrite the tables in docs/reproductions.md
@@ -34,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -47,6 +68,56 @@ TABLES = HERE / "reproductions.toml"
 RESULTS = HERE / "results"
 LABELS = ("dataset", "model", "defense", "threat", "attack", "spec")
 BLOCK = re.compile(r"(<!-- table: (?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+#: the metrics that are a proportion of test examples, and the AUCs: these get intervals
+PROPORTIONS = frozenset({
+    "clean_accuracy", "robust_accuracy", "adversarial_accuracy", "success_rate", "targeted_success_rate",
+    "top1_error", "top5_error", "detection_tpr", "accuracy_with_rejection", "detection_fpr",
+})
+AUCS = frozenset({"detection_auc", "detection_auc_fooled"})
+#: the normal quantile of a two-sided 95% interval
+Z95 = 1.959963984540054
+#: Student's t quantiles (0.975) by degrees of freedom, for intervals over a few seeds
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+#: how each kind of interval was made, as the line under a table says it
+METHODS = {
+    "bootstrap": "percentile bootstrap over the test examples (advx results --ci, 1,000 resamples)",
+    "wilson": "Wilson score interval from the number of test examples and the proportion (the export keeps no per-example records)",
+    "wilson-n": "Wilson score interval from the count the selector names (a study's examples, or the 32 probe inputs of the sanity checks) and the proportion",
+    "hanley-mcneil": "AUC: Hanley-McNeil from the numbers of adversarial (positive) and clean (negative) examples",
+    "seeds": "after mean ± sd (range): the t interval of the mean over the training seeds",
+    "none": "(no interval): the stored value has no count of examples",
+}
+
+
+def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``p`` of ``n`` trials (never outside [0, 1],
+    sensible at 0 and 1, where the normal approximation collapses to a point)."""
+    if n <= 0:
+        raise ValueError(f"a proportion of {n} examples has no interval")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def hanley_mcneil(auc: float, n_pos: float, n_neg: float, z: float = Z95) -> tuple[float, float]:
+    """The normal interval of an AUC with Hanley and McNeil's (1982) standard error, clipped to [0, 1]."""
+    if n_pos <= 0 or n_neg <= 0:
+        raise ValueError(f"an AUC of {n_pos} positives and {n_neg} negatives has no interval")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def seeds_interval(values: list[float]) -> tuple[float, float]:
+    """The 95% t interval of the mean of ``values`` (one per training seed)."""
+    k = len(values)
+    t = T975.get(k - 1, Z95)
+    half = t * statistics.stdev(values) / math.sqrt(k)
+    mean = statistics.mean(values)
+    return mean - half, mean + half
 
 
 class ReproductionError(Exception):
@@ -99,44 +170,111 @@ def select(cells: list[dict[str, Any]], where: dict[str, Any], table: str) -> di
     return hits[0]
 
 
-def render_entry(entry: Any, table: dict[str, Any], results: Results) -> str:
+def render_entry(entry: Any, table: dict[str, Any], results: Results, used: set[str] | None = None) -> str:
+    """One table entry as text; the kinds of interval it shows are added to ``used``."""
+    used = set() if used is None else used
     if isinstance(entry, list):  # several values in one column: "a / b / c"
-        return " / ".join(render_entry(e, table, results) for e in entry)
+        return " / ".join(render_entry(e, table, results, used) for e in entry)
     if not isinstance(entry, dict):
         return str(entry)
     display = {**table.get("where", {}), **entry}
-    fmt = display.get("fmt", ".4f")
-    if "spread" in entry:  # runs of one study with other seeds: "mean ± sd (min-max)"
+    fmt, scale = display.get("fmt", ".4f"), display.get("scale", 1)
+    if "spread" in entry:  # runs of one study with other seeds: "mean ± sd (min-max) [interval of the mean]"
         values = [value_of(e, table, results) for e in entry["spread"]]
         if len(values) < 2 or any(v is None for v in values):
             raise ReproductionError(f"table {table['id']}: a spread needs two or more values, got {values}")
         mean = statistics.mean(values)
-        return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-    value = value_of(entry, table, results)
-    return "-" if value is None else format(value * display.get("scale", 1), fmt)
+        lo, hi = seeds_interval(values)
+        metrics = {str(({**table.get("where", {}), **e}).get("metric", "adversarial_accuracy")) for e in entry["spread"]}
+        if metrics <= PROPORTIONS | AUCS:  # a share or an AUC: within [0, 1]
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        used.add("seeds")
+        return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}}) [{lo:{fmt}}, {hi:{fmt}}]"
+    value, ci, method = measure(entry, table, results)
+    if value is None:
+        return "-"
+    text = format(value * scale, fmt)
+    if method:
+        used.add(method)
+    if method == "none":
+        return f"{text} (no interval)"
+    return text if ci is None else f"{text} [{ci[0] * scale:{fmt}}, {ci[1] * scale:{fmt}}]"
 
 
 def value_of(entry: dict[str, Any], table: dict[str, Any], results: Results) -> Any:
     """The stored value a selector names (unformatted, unscaled)."""
+    return measure(entry, table, results)[0]
+
+
+def measure(entry: dict[str, Any], table: dict[str, Any], results: Results) -> tuple[Any, tuple[float, float] | None, str | None]:
+    """The stored value a selector names, its 95% interval and the kind of interval
+    (``METHODS``' keys; ``None`` for a value that is no proportion or AUC)."""
     sel = {**table.get("where", {}), **entry}
     name = sel.pop("results", None)
     metric = sel.pop("metric", "adversarial_accuracy")
+    count = sel.pop("n", None)
     for display in ("fmt", "scale"):
         sel.pop(display, None)
     if name is None:
         raise ReproductionError(f"table {table['id']}: a selector without results = ...: {entry}")
     if "path" in entry:  # a value of a study's own JSON (not a matrix export): keys and list indices
-        value: Any = results.json(name)
-        for step in entry["path"]:
-            try:
-                value = value[step]
-            except (KeyError, IndexError, TypeError):
-                raise ReproductionError(f"table {table['id']}: {name}.json has no {entry['path']}") from None
-        return value
+        value = _walk(results.json(name), entry["path"], name, table)
+        if count is None or value is None:
+            return value, None, None
+        n = _walk(results.json(name), count, name, table) if isinstance(count, list) else count
+        return value, wilson(value, n), "wilson-n"
     cell = select(results.cells(name), sel, table["id"])
+    if isinstance(metric, list):  # a value inside the cell, e.g. ["metrics", "diagnostics", "gradients", "zero_share"]
+        value = _walk(cell, metric, name, table)
+        return (value, wilson(value, count), "wilson-n") if count and value is not None else (value, None, None)
     if metric not in cell:
         raise ReproductionError(f"table {table['id']}: the cells of {name} have no column {metric!r}")
-    return cell[metric]
+    value = cell[metric]
+    return (value, *cell_interval(cell, metric, value))
+
+
+def _walk(data: Any, path: list[Any], name: str, table: dict[str, Any]) -> Any:
+    for step in path:
+        try:
+            data = data[step]
+        except (KeyError, IndexError, TypeError):
+            raise ReproductionError(f"table {table['id']}: {name}.json has no {path}") from None
+    return data
+
+
+def cell_interval(cell: dict[str, Any], metric: str, value: Any) -> tuple[tuple[float, float] | None, str | None]:
+    """The 95% interval of one stored cell's ``metric``: the export's bootstrap interval where it
+    has one, else Wilson (proportions) or Hanley-McNeil (AUCs) from the cell's counts."""
+    if value is None or (metric not in PROPORTIONS and metric not in AUCS):
+        return None, None
+    low, high = cell.get(f"{metric}_ci_low"), cell.get(f"{metric}_ci_high")
+    if low is not None and high is not None:
+        return (low, high), "bootstrap"
+    n = cell.get("n")
+    if not n:
+        return None, "none"
+    if metric in AUCS:
+        positives = n
+        if metric == "detection_auc_fooled":
+            fooled = cell.get("top1_error")
+            if fooled is None and cell.get("adversarial_accuracy") is not None:
+                fooled = 1 - cell["adversarial_accuracy"]
+            if fooled is None:
+                return None, "none"
+            positives = round(n * fooled)
+        return hanley_mcneil(value, positives, n), "hanley-mcneil"
+    if metric == "success_rate":
+        if cell.get("clean_accuracy") is None:
+            return None, "none"
+        n = round(n * cell["clean_accuracy"])
+    return wilson(value, n), "wilson"
+
+
+def methods_line(used: set[str]) -> str:
+    """The line under a table that says how its intervals were made ("" when it shows none)."""
+    if not used:
+        return ""
+    return "95% intervals in brackets: " + "; ".join(METHODS[m] for m in METHODS if m in used) + "."
 
 
 def render_table(table: dict[str, Any], results: Results | Path = RESULTS) -> str:
@@ -146,11 +284,13 @@ def render_table(table: dict[str, Any], results: Results | Path = RESULTS) -> st
     header = table["columns"]
     align = table.get("align") or ["---"] + ["---:"] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    used: set[str] = set()
     for row in table["rows"]:
         if len(row) != len(header):
             raise ReproductionError(f"table {table['id']}: a row has {len(row)} entries, the header {len(header)}: {row[0]}")
-        lines.append("| " + " | ".join(render_entry(e, table, results) for e in row) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join(render_entry(e, table, results, used) for e in row) + " |")
+    note = methods_line(used)
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def load_tables(path: Path = TABLES) -> dict[str, dict[str, Any]]:

@@ -110,3 +110,25 @@ def test_spec_names_are_unique():
             name = advx.MatrixSpec.from_toml(EXPERIMENTS / f).matrix.name
             assert name not in names, f"{f} and {names[name]} are both named {name!r}: their results would mix"
             names[name] = f
+
+
+def test_the_rotation_figure_is_drawn_from_the_stored_study_json(tmp_path):
+    """``seed003-rotation/curves.py`` draws one panel per pair and attack of the stored JSON (the
+    picture in docs/reproductions.md), and says so in one line for a file with no curves."""
+    import importlib.util
+    import json
+
+    import pytest
+
+    pytest.importorskip("matplotlib", reason="matplotlib is optional (advx[report])")
+    spec = importlib.util.spec_from_file_location("curves", EXPERIMENTS / "seed003-rotation" / "curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    out = tmp_path / "c.png"
+    assert curves.draw(curves.RESULTS, out) == 4
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (ROOT / "docs" / "images" / "seed003-rotation-curves.png").is_file()  # the committed picture
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"setup": {}}))
+    with pytest.raises(SystemExit, match="holds no rotation curves"):
+        curves.draw(empty, out)

@@ -44,8 +44,9 @@ def test_a_selector_renders_the_one_matching_cell_and_its_metric(results):
     t = table([["FGSM", "0.38", {"attack": "fgsm(eps=0.3)"}], ["clean", "0.99", {"attack": "bim(eps=0.2)", "metric": "clean_accuracy", "fmt": ".2f"}],
                ["both", "-", [{"attack": "fgsm(eps=0.3)", "fmt": ".3f"}, {"attack": "bim(eps=0.2)", "fmt": ".3f"}]]])
     out = rep.render_table(t, results)
-    assert out.splitlines() == ["|  | paper | ours |", "|---|---:|---:|", "| FGSM | 0.38 | 0.2500 |", "| clean | 0.99 | 0.99 |",
-                                "| both | - | 0.250 / 0.010 |"]
+    assert out.splitlines()[:5] == ["|  | paper | ours |", "|---|---:|---:|", "| FGSM | 0.38 | 0.2500 (no interval) |",
+                                    "| clean | 0.99 | 0.99 (no interval) |", "| both | - | 0.250 (no interval) / 0.010 (no interval) |"]
+    assert out.splitlines()[-1] == "95% intervals in brackets: " + rep.METHODS["none"] + "."  # these cells have no n
 
 
 @pytest.mark.parametrize(
@@ -72,7 +73,10 @@ def test_missing_results_file_and_undeclared_or_unmarked_tables_are_errors(resul
     with pytest.raises(rep.ReproductionError, match="does not declare"):
         rep.rewrite("<!-- table: u -->\n<!-- /table -->", t, results)
     doc = "before\n<!-- table: t -->\nstale\n<!-- /table -->\nafter"
-    assert rep.rewrite(doc, t, results) == "before\n<!-- table: t -->\n|  | paper | ours |\n|---|---:|---:|\n| FGSM | 0.38 | 0.2500 |\n<!-- /table -->\nafter"
+    note = "95% intervals in brackets: " + rep.METHODS["none"] + "."
+    assert rep.rewrite(doc, t, results) == (
+        f"before\n<!-- table: t -->\n|  | paper | ours |\n|---|---:|---:|\n| FGSM | 0.38 | 0.2500 (no interval) |\n\n{note}\n<!-- /table -->\nafter"
+    )
 
 
 def test_a_path_selector_reads_a_studys_own_json(results):
@@ -89,7 +93,53 @@ def test_a_spread_renders_mean_sample_sd_and_range_of_its_selectors(results):
     (results / "seeds.json").write_text(json.dumps(seeds))
     entry = {"spread": [{"results": "seeds", "model": f"m(train.seed={s})"} for s in (0, 100, 200)], "fmt": ".2f"}
     t = {"id": "t", "columns": ["FGSM"], "rows": [[entry]], "where": {"attack": "fgsm(eps=0.3)"}}
-    assert rep.render_table(t, results).splitlines()[-1] == "| 0.30 ± 0.26 (0.10-0.60) |"  # sd with n - 1
+    # sd with n - 1; the t interval of the mean: 0.30 -+ 4.303 * 0.2646 / sqrt(3), clipped to [0, 1] for a proportion
+    assert rep.render_table(t, results).splitlines()[2] == "| 0.30 ± 0.26 (0.10-0.60) [0.00, 0.96] |"
     t["rows"] = [[{"spread": [{"results": "seeds", "model": "m(train.seed=0)"}]}]]
     with pytest.raises(rep.ReproductionError, match="two or more"):
         rep.render_table(t, results)
+
+
+def test_wilson_and_hanley_mcneil_give_the_textbook_intervals():
+    lo, hi = rep.wilson(0.5, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
+    lo, hi = rep.wilson(0.0, 10000)  # no success: still an interval, not a point
+    assert lo == pytest.approx(0.0, abs=1e-12) and 0.0003 < hi < 0.0004
+    lo, hi = rep.hanley_mcneil(0.9, 50, 50)  # Hanley & McNeil (1982): SE 0.0321 at AUC 0.9, 50 + 50
+    assert (hi - lo) / 2 == pytest.approx(1.96 * 0.0321, abs=2e-4)
+    assert rep.hanley_mcneil(1.0, 10, 10) == (1.0, 1.0)
+    lo, hi = rep.seeds_interval([0.1, 0.2, 0.6])
+    assert (lo + hi) / 2 == pytest.approx(0.3) and (hi - lo) / 2 == pytest.approx(4.303 * 0.2646 / 3**0.5, abs=1e-3)
+    with pytest.raises(ValueError):
+        rep.wilson(0.5, 0)
+
+
+def test_intervals_follow_the_stored_counts_and_prefer_a_stored_bootstrap(results):
+    cells = [
+        {"status": "done", "attack": "a", "n": 100, "adversarial_accuracy": 0.5, "clean_accuracy": 0.8, "success_rate": 0.5,
+         "mean_l2": 1.5, "detection_auc": 0.9, "detection_auc_fooled": 0.9, "top1_error": 0.5},
+        {"status": "done", "attack": "b", "n": 100, "adversarial_accuracy": 0.5,
+         "adversarial_accuracy_ci_low": 0.41, "adversarial_accuracy_ci_high": 0.59},
+    ]
+    (results / "c.json").write_text(json.dumps(cells))
+    t = {"id": "t", "columns": ["a", "b", "c", "d", "e", "f"], "where": {"results": "c"}, "rows": [[
+        {"attack": "a"}, {"attack": "b"}, {"attack": "a", "metric": "success_rate"}, {"attack": "a", "metric": "mean_l2", "fmt": ".2f"},
+        {"attack": "a", "metric": "detection_auc"}, {"attack": "a", "metric": "detection_auc_fooled"}]]}
+    lines = rep.render_table(t, results).splitlines()
+    wl, wh = rep.wilson(0.5, 100)
+    sl, sh = rep.wilson(0.5, 80)  # success_rate is a share of the 80 examples right on clean inputs
+    al, ah = rep.hanley_mcneil(0.9, 100, 100)
+    fl, fh = rep.hanley_mcneil(0.9, 50, 100)  # over fooled examples: n * top1_error positives
+    assert lines[2] == f"| 0.5000 [{wl:.4f}, {wh:.4f}] | 0.5000 [0.4100, 0.5900] | 0.5000 [{sl:.4f}, {sh:.4f}] | 1.50 | 0.9000 [{al:.4f}, {ah:.4f}] | 0.9000 [{fl:.4f}, {fh:.4f}] |"
+    assert lines[-1] == "95% intervals in brackets: " + "; ".join(rep.METHODS[m] for m in ("bootstrap", "wilson", "hanley-mcneil")) + "."
+
+
+def test_a_value_inside_a_cell_or_a_studys_json_gets_an_interval_only_with_its_count(results):
+    (results / "d.json").write_text(json.dumps([{"status": "done", "attack": "a", "n": 10, "metrics": {"diagnostics": {"gradients": {"zero_share": 0.5}}}}]))
+    (results / "study.json").write_text(json.dumps({"pair": {"n": 100, "share": 0.5, "p": 0.97}}))
+    t = {"id": "t", "columns": ["a", "b", "c", "d"], "rows": [[
+        {"results": "d", "attack": "a", "metric": ["metrics", "diagnostics", "gradients", "zero_share"], "n": 32},
+        {"results": "d", "attack": "a", "metric": ["metrics", "diagnostics", "gradients", "zero_share"]},
+        {"results": "study", "path": ["pair", "share"], "n": ["pair", "n"]}, {"results": "study", "path": ["pair", "p"]}]]}
+    (l32, h32), (l100, h100) = rep.wilson(0.5, 32), rep.wilson(0.5, 100)
+    assert rep.render_table(t, results).splitlines()[2] == f"| 0.5000 [{l32:.4f}, {h32:.4f}] | 0.5000 | 0.5000 [{l100:.4f}, {h100:.4f}] | 0.9700 |"

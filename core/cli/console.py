@@ -37,7 +37,7 @@ KEEP_METRICS = ("n", "clean_accuracy", "robust_accuracy", "success_rate")
 LONGEST_WORD = 20
 
 
-def _result_table(rows: list[dict[str, Any]], title: str, width: int | None = None):
+def _result_table(rows: list[dict[str, Any]], title: str, width: int | None = None, cis: dict[str, dict[str, Any]] | None = None):
     """The result rows as a table that fits ``width`` columns (the terminal's, or ``COLUMNS``).
 
     A number is never split across lines (``fitted_table``). Where the table would not fit,
@@ -45,6 +45,8 @@ def _result_table(rows: list[dict[str, Any]], title: str, width: int | None = No
     those of ``KEEP_METRICS``) and a caption names them; where even that does not fit, each
     row becomes a block of ``name value`` pairs with every column (``fitted_table``'s
     records). Failed and not-applicable cells are listed below it (``_print_problems``).
+    ``cis`` (cell key -> metric -> (low, high), ``ResultStore.intervals``) puts each
+    interval beside its number.
     """
     from advx.store.schema import PLACE_COLUMNS, TABLE_COLUMNS
 
@@ -62,7 +64,7 @@ def _result_table(rows: list[dict[str, Any]], title: str, width: int | None = No
             cols = [(k, h) for k, h in cols if k != c]
     if shared:
         title += "\n" + ", ".join(shared)
-    cells = _result_cells(rows, cols)
+    cells = _result_cells(rows, cols, cis)
     cols_before = list(cols)
 
     def columns(which: list[tuple[str, str]]) -> list[tuple[str, bool, list[str]]]:
@@ -83,11 +85,12 @@ def _result_table(rows: list[dict[str, Any]], title: str, width: int | None = No
     return table
 
 
-def _result_cells(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> dict[str, list[str]]:
+def _result_cells(rows: list[dict[str, Any]], cols: list[tuple[str, str]], cis: dict[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
     """Each column's cells as rich markup: the row number, labels, formatted numbers; a failed or
     not-applicable row is marked in its first metric column."""
     from rich.markup import escape
 
+    from advx.analysis.intervals import with_interval
     from advx.store.schema import PLACE_COLUMNS, format_value
 
     out: dict[str, list[str]] = {"#": [str(i) for i in range(1, len(rows) + 1)], **{c: [] for c, _ in cols}}
@@ -98,7 +101,8 @@ def _result_cells(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> di
             if c in PLACE_COLUMNS:
                 out[c].append(escape(str(r.get(c) or "")))
             elif status == "done":
-                out[c].append(escape(format_value(c, r.get(c))))
+                ci = (cis or {}).get(r.cell_key, {}).get(c)
+                out[c].append(escape(with_interval(format_value(c, r.get(c)), ci)))
             elif c == first_metric:
                 out[c].append("[red]failed[/red]" if status == "failed" else "[yellow]n/a[/yellow]")
             else:

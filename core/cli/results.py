@@ -30,7 +30,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         if store.notice:
             _console(stderr=True).print(store.notice, soft_wrap=True, markup=False)
         if fmt:
-            text = store.export(fmt, args.spec)
+            text = store.export(fmt, args.spec, ci=args.ci)
             if args.output:
                 try:
                     Path(args.output).write_text(text)
@@ -41,7 +41,9 @@ def cmd_results(args: argparse.Namespace) -> int:
             return 0
         rows = store.cells(args.spec)
         console = _console()
-        console.print(_result_table(rows, f"{args.db}: {len(rows)} cells", console.width))
+        cis = store.intervals(rows) if args.ci else None
+        title = f"{args.db}: {len(rows)} cells" + (" (95% bootstrap intervals over the examples, 1,000 resamples)" if cis else "")
+        console.print(_result_table(rows, title, console.width, cis))
         _print_problems(console, rows)
         if args.breakdown:
             for table in _breakdown_tables(rows, args.breakdown, console.width):

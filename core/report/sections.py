@@ -7,6 +7,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
 from advx.report.blocks import GALLERY_EXAMPLES, Gallery, INSTALL_HINT, MAX_FIGURES, MAX_GALLERY, Para, Section, Table
+from advx.analysis.intervals import with_interval
 from advx.analysis.groups import MODEL_PARTS, distinct_labels, worst_case_groups
 from advx.report.common import _cfg, _flags_of, _fmt, _heat, _place
 from advx.report.images import example_images
@@ -19,6 +20,8 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
     ckeys: list[str] = []
     grid: dict[tuple[str, str], dict[str, Any]] = {}
     clean: dict[str, list[float]] = defaultdict(list)
+    clean_ci: dict[str, tuple[float, float] | None] = {}
+    cis = store.intervals(rows, metrics=("clean_accuracy", "robust_accuracy"))
     # rows and columns by identity: two models of one label (trained differently) are two rows
     rlabel = distinct_labels(rows, MODEL_PARTS, lambda r: _place(r, ("dataset", "model", "defense")))
     clabel = distinct_labels(rows, ("threat", "attack", "seed"), lambda r: _place(r, ("threat", "attack")))
@@ -31,11 +34,14 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
         grid[(rk, ck)] = r
         if r.get("status") == "done" and r.get("clean_accuracy") is not None:
             clean[rk].append(r["clean_accuracy"])
+            clean_ci.setdefault(rk, cis.get(r.cell_key, {}).get("clean_accuracy"))
     sec.blocks.append(
         Para(
             "Rows: dataset / model / defense; columns: threat model / attack. Each cell is the robust accuracy "
             "(accuracy on the adversarial examples); the clean column is the accuracy on the clean examples "
-            "(a range where the cells of a row evaluated different examples)."
+            "(a range where the cells of a row evaluated different examples). In brackets: the 95% interval "
+            "of each number, a percentile bootstrap over the evaluated examples (1,000 resamples); two numbers "
+            "whose intervals overlap differ within noise."
         )
     )
     headers = ["dataset / model / defense", "clean"] + ckeys
@@ -43,7 +49,7 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
     for rk in rkeys:
         cs = clean.get(rk, [])
         lo, hi = (min(cs), max(cs)) if cs else (None, None)
-        line = [rk, "-" if lo is None else (_fmt(lo) if hi - lo < 1e-9 else f"{lo:.4f}-{hi:.4f}")]
+        line = [rk, "-" if lo is None else (with_interval(_fmt(lo), clean_ci.get(rk)) if hi - lo < 1e-9 else f"{lo:.4f}-{hi:.4f}")]
         col: list[str | None] = [None, _heat(hi)]
         for ck in ckeys:
             r = grid.get((rk, ck))
@@ -57,7 +63,7 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
                 line.append("n/a")
                 col.append("#f4f4f4")
             else:
-                line.append(_fmt(r.get("robust_accuracy")))
+                line.append(with_interval(_fmt(r.get("robust_accuracy")), cis.get(r.cell_key, {}).get("robust_accuracy")))
                 col.append(_heat(r.get("robust_accuracy")))
         body.append(line)
         colors.append(col)

@@ -554,24 +554,48 @@ class ResultStore:
                 robust[idx] = robust.get(idx, clean == label) and adv == label
         return sum(robust.values()) / len(robust) if robust else None
 
-    def export(self, fmt: str, spec_name: str | None = None) -> str:
-        """The results as ``csv`` (every column), ``json`` (every column, JSON decoded) or ``markdown`` (the table columns)."""
+    def intervals(self, rows: Sequence[CellRow], **kw: Any) -> dict[str, dict[str, tuple[float, float]]]:
+        """95% bootstrap intervals of each finished row's proportions and AUCs, by cell key,
+        computed here from the per-example records (``advx.analysis.intervals``; never stored)."""
+        from advx.analysis.intervals import intervals
+
+        return {r.cell_key: intervals(self.samples(r.cell_key), **kw) for r in rows if r.done}
+
+    def export(self, fmt: str, spec_name: str | None = None, ci: bool = False) -> str:
+        """The results as ``csv`` (every column), ``json`` (every column, JSON decoded) or ``markdown`` (the table columns).
+
+        With ``ci`` each proportion and AUC gets its 95% interval: ``<metric>_ci_low`` and
+        ``<metric>_ci_high`` columns in CSV and JSON, ``value [low, high]`` in Markdown."""
+        from advx.analysis.intervals import INTERVAL_METRICS, ci_columns, with_interval
+
         rows = self.cells(spec_name)
+        cis = self.intervals(rows) if ci else {}
+        extra = [col for m in INTERVAL_METRICS for col in ci_columns(m)] if ci else []
+
+        def flat(r: CellRow) -> dict[str, Any]:
+            d = r.flat()
+            if ci:
+                got = cis.get(r.cell_key, {})
+                for m in INTERVAL_METRICS:
+                    d.update(zip(ci_columns(m), got.get(m, (None, None))))
+            return d
+
         if fmt == "json":
-            return json.dumps([r.flat() for r in rows], indent=2, default=str)
+            return json.dumps([flat(r) for r in rows], indent=2, default=str)
         if fmt == "csv":
             buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS), extrasaction="ignore")
+            w = csv.DictWriter(buf, fieldnames=list(EXPORT_COLUMNS) + extra, extrasaction="ignore")
             w.writeheader()
             for r in rows:
-                w.writerow({k: _csv_value(v) for k, v in r.flat().items()})
+                w.writerow({k: _csv_value(v) for k, v in flat(r).items()})
             return buf.getvalue()
         if fmt == "markdown":
             names = [c.name for c in TABLE_COLUMNS]
             cols = names[:5] + ["status"] + names[5:]  # the place, then its status and numbers
             lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for r in rows:
-                lines.append("| " + " | ".join(format_value(c, r.get(c)) for c in cols) + " |")
+                got = cis.get(r.cell_key, {})
+                lines.append("| " + " | ".join(with_interval(format_value(c, r.get(c)), got.get(c)) for c in cols) + " |")
             return "\n".join(lines) + "\n"
         raise ConfigError(f"unknown format {fmt!r}; use csv, json or markdown")
 
