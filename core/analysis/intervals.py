@@ -25,8 +25,6 @@ over the sorted negatives.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -186,6 +184,20 @@ def interval(
     """The ``level`` interval of ``metric`` over the examples of ``records`` (``None`` where
     the metric is undefined for them); the same as ``intervals(records)[metric]``."""
     return intervals(records, [metric], level=level, resamples=resamples, seed=seed).get(metric)
+
+
+def proportion_interval(
+    hits: Tensor, *, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[float, float] | None:
+    """The ``level`` interval of the share of true entries of ``hits``, one per example (e.g.
+    robust under every attack of a worst case): the same bootstrap, with the same draws, as a
+    cell's accuracies (``None`` for no examples)."""
+    hits = torch.as_tensor(hits).bool().flatten()
+    if not len(hits):
+        return None
+    zeros = torch.zeros(len(hits), dtype=torch.long)
+    records = {"label": zeros, "clean_pred": zeros, "adv_pred": (~hits).long()}
+    return interval(records, "adversarial_accuracy", level=level, resamples=resamples, seed=seed)
 
 
 def ci_columns(metric: str) -> tuple[str, str]:

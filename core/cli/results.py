@@ -49,7 +49,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             for table in _breakdown_tables(rows, args.breakdown, console.width):
                 console.print(table)
         if args.worst_case:
-            console.print(_worst_case_table(store, rows, width=console.width))
+            console.print(_worst_case_table(store, rows, width=console.width, ci=args.ci))
         earlier = store.earlier_cells(args.spec) if args.spec else []
         if args.history and args.spec:
             console.print(_result_table(earlier, f"{args.spec}: {len(earlier)} cells of earlier versions of the spec (not in it now)", console.width))
@@ -84,25 +84,29 @@ def _breakdown_tables(rows: list[dict[str, Any]], kind: str, width: int | None =
         yield fitted_table(title, columns, width)
 
 
-def _worst_case_table(store, rows: list[Any], only_groups: bool = False, width: int | None = None):
+def _worst_case_table(store, rows: list[Any], only_groups: bool = False, width: int | None = None, ci: bool = False):
     """Per-example worst case over the attacks of one place (dataset, model, defense, threat,
     examples: by identity) and one threat constraint (norm and eps; unbounded attacks apart).
 
-    After a run (``only_groups``) only where several attacks share a constraint.
+    After a run (``only_groups``) only where several attacks share a constraint. With ``ci``
+    the worst case carries its 95% bootstrap interval over the examples.
     """
     from rich.markup import escape
 
     from advx.analysis.groups import worst_case_groups
+    from advx.analysis.intervals import proportion_interval, with_interval
     from advx.cli.console import fitted_table
 
     groups = worst_case_groups(rows, min_size=2 if only_groups else 1)
     table: dict[str, list[str]] = {c: [] for c in ("place", "constraint", "attacks", "best single attack", "worst case")}
     for place, constraint, cells in groups:
-        worst = store.worst_case(cells)
+        robust = store.worst_case_examples(cells)
+        worst = sum(robust.values()) / len(robust) if robust else None
         table["place"].append(escape(place))
         table["constraint"].append(escape(constraint))
         table["attacks"].append(str(len(cells)))
         table["best single attack"].append(f"{min(c.robust_accuracy for c in cells):.4f}")
-        table["worst case"].append(f"{worst:.4f}" if worst is not None else "-")
+        shown = f"{worst:.4f}" if worst is not None else "-"
+        table["worst case"].append(with_interval(shown, proportion_interval(list(robust.values()))) if ci and worst is not None else shown)
     columns = [(c, c not in ("place", "constraint"), cells) for c, cells in table.items()]
     return fitted_table("worst case per example over attacks of one threat constraint (mean of min)", columns, width)

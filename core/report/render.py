@@ -39,9 +39,11 @@ def build_report(
     if not rows:
         sections.append(Section("matrix", "No cells", [Para("The results file holds no cells" + (f" of spec {spec_name!r}." if spec_name else "."))]))
     else:
-        sections.append(_matrix_section(rows, store, fmt, plotter))
+        # one bootstrap per cell, read by every section that shows its accuracies
+        cis = store.intervals(rows, metrics=("clean_accuracy", "robust_accuracy"))
+        sections.append(_matrix_section(rows, store, fmt, plotter, cis))
         builders: list[Callable[[], Section | None]] = [
-            lambda: _eps_section(rows, flags, plotter, tables_only),
+            lambda: _eps_section(rows, flags, plotter, tables_only, cis),
             lambda: _roc_section(rows, plotter, registry),
             # the sections plugins contribute (a study's curves, a defense's own view)
             *[(lambda b=b: b(ctx)) for b in registry.report_sections],

@@ -7,21 +7,22 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
 from advx.report.blocks import GALLERY_EXAMPLES, Gallery, INSTALL_HINT, MAX_FIGURES, MAX_GALLERY, Para, Section, Table
-from advx.analysis.intervals import with_interval
+from advx.analysis.intervals import proportion_interval, with_interval
 from advx.analysis.groups import MODEL_PARTS, distinct_labels, worst_case_groups
 from advx.report.common import _cfg, _flags_of, _fmt, _heat, _place
 from advx.report.images import example_images
 from advx.report.plots import LEGEND_FONT, _Plotter, _slug
 
 
-def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _Plotter | None) -> Section:
+def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _Plotter | None, cis: dict[str, dict[str, tuple[float, float]]] | None = None) -> Section:
     sec = Section("matrix", "Robust accuracy: the matrix")
     rkeys: list[str] = []
     ckeys: list[str] = []
     grid: dict[tuple[str, str], dict[str, Any]] = {}
     clean: dict[str, list[float]] = defaultdict(list)
     clean_ci: dict[str, tuple[float, float] | None] = {}
-    cis = store.intervals(rows, metrics=("clean_accuracy", "robust_accuracy"))
+    if cis is None:
+        cis = store.intervals(rows, metrics=("clean_accuracy", "robust_accuracy"))
     # rows and columns by identity: two models of one label (trained differently) are two rows
     rlabel = distinct_labels(rows, MODEL_PARTS, lambda r: _place(r, ("dataset", "model", "defense")))
     clabel = distinct_labels(rows, ("threat", "attack", "seed"), lambda r: _place(r, ("threat", "attack")))
@@ -94,22 +95,34 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
     # the per-example worst case over the attacks of one threat constraint
     multi = worst_case_groups(rows)
     if multi:
-        sec.blocks.append(Para("Per-example worst case: an example counts as robust only if no attack of the same threat constraint (norm and eps) fooled it.", "h3"))
+        sec.blocks.append(Para("Per-example worst case: an example counts as robust only if no attack of the same threat constraint (norm and eps) fooled it. In brackets: 95% bootstrap intervals over the examples.", "h3"))
         wrows = []
         for place, c, cells in multi:
-            worst = store.worst_case(cells)
+            robust = store.worst_case_examples(cells)
+            worst = sum(robust.values()) / len(robust) if robust else None
             best = min(cells, key=lambda r: r.robust_accuracy)
-            wrows.append([place, c, str(len(cells)), f"{best.robust_accuracy:.4f} ({best.attack})", _fmt(worst)])
+            best_ci = cis.get(best.cell_key, {}).get("robust_accuracy")
+            wrows.append([
+                place, c, str(len(cells)),
+                f"{with_interval(_fmt(best.robust_accuracy), best_ci)} ({best.attack})",
+                with_interval(_fmt(worst), proportion_interval(list(robust.values()))),
+            ])
         sec.blocks.append(Table(["dataset / model / defense / threat", "constraint", "attacks", "best single attack", "worst case"], wrows, right={2, 3, 4}))
     return sec
 
 
-def _eps_tables(sweeps: dict[tuple, list[dict[str, Any]]], width: int = 8) -> list[Any]:
+def _eps_tables(sweeps: dict[tuple, list[dict[str, Any]]], width: int = 8, cis: dict[str, dict[str, tuple[float, float]]] | None = None) -> list[Any]:
     """The eps sweeps as tables: per attack, rows eps (clean first), columns the places it ran on.
 
     Place parts shared by every column go into the table's title, so columns name only what
-    differs (the shape of the tables in docs/reproductions.md).
+    differs (the shape of the tables in docs/reproductions.md). With ``cis`` (by cell key) each
+    accuracy carries its 95% interval.
     """
+    cis = cis or {}
+
+    def cell_text(r: dict[str, Any] | None, metric: str) -> str:
+        return "" if r is None else with_interval(_fmt(r.get(metric)), cis.get(r.cell_key, {}).get(metric))
+
     families: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (_, _, _, rest), cells in sweeps.items():
         families[rest].extend(cells)
@@ -122,14 +135,14 @@ def _eps_tables(sweeps: dict[tuple, list[dict[str, Any]]], width: int = 8) -> li
         shared = [f"{p} {cells[0][p]}" for p in parts if p not in varying]
         places: list[str] = []
         at: dict[tuple[str, float], dict[str, Any]] = {}
-        clean: dict[str, float] = {}
+        clean: dict[str, dict[str, Any]] = {}
         for r in cells:
             col = " / ".join(str(r[p]) for p in varying)
             if col not in places:
                 places.append(col)
             at[(col, _cfg(r, "attack_config")["eps"])] = r
             if r.get("clean_accuracy") is not None:
-                clean.setdefault(col, r["clean_accuracy"])
+                clean.setdefault(col, r)
         epss = sorted({e for _, e in at})
         extra = {k: v for k, v in json.loads(rest).items() if k not in ("name", "label_mode") or (k == "label_mode" and v != "true")}
         title = f"{name}{' ' + json.dumps(extra) if extra else ''}: robust accuracy" + (f" ({', '.join(shared)})" if shared else "")
@@ -138,8 +151,8 @@ def _eps_tables(sweeps: dict[tuple, list[dict[str, Any]]], width: int = 8) -> li
                 skipped += 1
                 continue
             cols = places[start : start + width]
-            body = [["clean"] + [_fmt(clean.get(c)) for c in cols]]
-            body += [[f"{e:g}"] + [_fmt(at[(c, e)]["robust_accuracy"]) if (c, e) in at else "" for c in cols] for e in epss]
+            body = [["clean"] + [cell_text(clean.get(c), "clean_accuracy") or "-" for c in cols]]
+            body += [[f"{e:g}"] + [cell_text(at.get((c, e)), "robust_accuracy") for c in cols] for e in epss]
             out.append(Para(title + (f" [{start // width + 1}]" if len(places) > width else ""), "h3"))
             out.append(Table(["eps"] + cols, body, right=set(range(len(cols) + 1))))
             shown += 1
@@ -148,7 +161,7 @@ def _eps_tables(sweeps: dict[tuple, list[dict[str, Any]]], width: int = 8) -> li
     return out
 
 
-def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter | None, tables_only: bool = False) -> Section | None:
+def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter | None, tables_only: bool = False, cis: dict[str, dict[str, tuple[float, float]]] | None = None) -> Section | None:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         cfg = _cfg(r, "attack_config")
@@ -162,13 +175,13 @@ def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter
     if sweeps:
         sec.blocks.append(
             Para(
-                "One plot per attack (all its settings but eps and step size equal), one line per defense; a red ring marks a point a sanity flag names."
+                "One plot per attack (all its settings but eps and step size equal), one line per defense, its shaded band the 95% bootstrap interval over the examples; a red ring marks a point a sanity flag names."
                 if plotter is not None
-                else "One table per attack (all its settings but eps and step size equal): robust accuracy per eps."
+                else "One table per attack (all its settings but eps and step size equal): robust accuracy per eps, with its 95% bootstrap interval over the examples in brackets."
             )
         )
     if sweeps and plotter is None:
-        sec.blocks += _eps_tables(sweeps)
+        sec.blocks += _eps_tables(sweeps, cis=cis)
         if not tables_only:
             sec.blocks.append(Para(f"Plots need matplotlib: {INSTALL_HINT}.", "note"))
     elif sweeps:
@@ -185,6 +198,9 @@ def _eps_section(rows: list[dict[str, Any]], flags: list[Any], plotter: _Plotter
                 xs = [_cfg(r, "attack_config")["eps"] for r in rs]
                 ys = [r["robust_accuracy"] for r in rs]
                 ax.plot(xs, ys, marker="o", ms=4, label=defense[:40], color=plotter.color("defense", defense))
+                bands = [(cis or {}).get(r.cell_key, {}).get("robust_accuracy") for r in rs]
+                if all(b is not None for b in bands):  # the 95% interval over the examples, as a band
+                    ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands], alpha=0.15, lw=0, color=plotter.color("defense", defense))
                 for x_, y_, r in zip(xs, ys, rs):
                     if _flags_of(r, flags):
                         ax.plot([x_], [y_], marker="o", ms=12, mfc="none", mec="red", mew=2)

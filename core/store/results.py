@@ -545,6 +545,13 @@ class ResultStore:
                         raise ConfigError(
                             f"worst case over cells that do not share their {part}: {first.title()} and {c.title()}"
                         )
+        robust = self.worst_case_examples(cells)
+        return sum(robust.values()) / len(robust) if robust else None
+
+    def worst_case_examples(self, cells: Sequence[CellRow]) -> dict[int, bool]:
+        """Per example (by index): robust under every one of ``cells``' attacks (and right on
+        the clean input). The evidence behind ``worst_case``, kept so that its interval is a
+        bootstrap over the same examples (``advx.analysis.intervals.proportion_interval``)."""
         robust: dict[int, bool] = {}
         for cell in cells:
             for idx, label, clean, adv in self.conn.execute(
@@ -552,7 +559,7 @@ class ResultStore:
             ):
                 # robust as the field defines it: right on the clean input and under every attack
                 robust[idx] = robust.get(idx, clean == label) and adv == label
-        return sum(robust.values()) / len(robust) if robust else None
+        return robust
 
     def intervals(self, rows: Sequence[CellRow], **kw: Any) -> dict[str, dict[str, tuple[float, float]]]:
         """95% bootstrap intervals of each finished row's proportions and AUCs, by cell key,

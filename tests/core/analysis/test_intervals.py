@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from advx.analysis.intervals import AUCS, INTERVAL_METRICS, PROPORTIONS, interval, intervals
+from advx.analysis.intervals import AUCS, INTERVAL_METRICS, PROPORTIONS, interval, intervals, proportion_interval
 from advx.analysis.metrics import roc_auc, summarize
 
 
@@ -113,3 +113,15 @@ def test_no_interval_where_the_metric_is_undefined_and_none_for_norms():
         interval(s, "mean_l2")
     with pytest.raises(ValueError, match="level must lie in"):
         interval(s, "robust_accuracy", level=1.5)
+
+
+def test_a_worst_case_share_gets_the_same_bootstrap_as_a_cell():
+    """``proportion_interval`` (the worst case over attacks, robust per example) draws the same
+    resamples as a cell's accuracies: the same hits give the same interval either way."""
+    s = records(500)
+    hits = (s["clean_pred"] == s["label"]) & (s["adv_pred"] == s["label"])
+    assert proportion_interval(hits) == interval(s, "robust_accuracy")
+    lo, hi = proportion_interval(hits)
+    assert lo < float(hits.float().mean()) < hi
+    assert proportion_interval(torch.zeros(0, dtype=torch.bool)) is None
+    assert proportion_interval(hits, level=0.5) != proportion_interval(hits)

@@ -144,6 +144,15 @@ def test_worst_case_groups_by_threat_constraint(tmp_path, capsys, tiny):
     assert main(["results", str(db), "--worst-case"]) == 0
     out = capsys.readouterr().out
     assert "linf eps=0.1" in out and "linf eps=0.2" in out and "l2 unbounded" in out
+    assert "[" not in out.split("worst case per example")[1]
+    # with --ci the worst case carries its 95% bootstrap interval over the same examples
+    with advx.ResultStore(db, readonly=True) as store:
+        cells = [r for r in store.cells() if r.attack_config.get("eps") == 0.1]
+        robust = store.worst_case_examples(cells)
+        assert sum(robust.values()) / len(robust) == store.worst_case(cells)
+    assert main(["results", str(db), "--worst-case", "--ci"]) == 0
+    table = capsys.readouterr().out.split("worst case per example")[1]
+    assert "[" in table and "]" in table
     # advx run shows it by itself where two attacks share a constraint (fgsm and bim at eps 0.1)
     spec = tmp_path / "s.toml"
     spec.write_text(

@@ -214,7 +214,14 @@ def test_markdown_tables_from_data_are_the_stored_numbers(results, tmp_path):
     for r in rows:
         if r["attack"].startswith("fgsm") and r["defense"] in head:
             eps = r["attack_config"]["eps"]
-            assert table[f"{eps:g}"][head.index(r["defense"]) - 1] == f"{r['robust_accuracy']:.4f}"
+            got = table[f"{eps:g}"][head.index(r["defense"]) - 1]
+            # the stored number, then its 95% bootstrap interval, which holds it
+            assert got.startswith(f"{r['robust_accuracy']:.4f} [")
+            lo, hi = (float(v) for v in got.split("[")[1].rstrip("]").split(","))
+            assert lo <= r["robust_accuracy"] <= hi
+    # the worst case over attacks carries its interval too, from the same examples
+    worst = next(ln for ln in lines if "linf eps=0.2" in ln and ln.startswith("|"))
+    assert worst.count("[") == 2  # the best single attack's and the worst case's
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
