@@ -12,6 +12,7 @@ waited for, never computed twice.
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,7 @@ class DryRun:
     todo: list[Any]
     done: list[Any]
     trainings: list[tuple[str, bool]]  # (description, already in the training cache)
+    shards: dict[str, tuple[list[Any], int]] = field(default_factory=dict)  # sharded cell key -> (shards to run, shard count)
 
 
 def dry_run(
@@ -224,10 +226,16 @@ def dry_run(
     cells = plan(spec, registry)
     dev = resolve_devices(spec.matrix.device)[0]
     finished: set[str] = set()
-    if store is not None and Path(store).exists() and not rerun:
-        with ResultStore(store, readonly=True) as s:
+    todo_shards: dict[str, tuple[list[Any], int]] = {}
+    readable = store is not None and Path(store).exists()
+    with ResultStore(store, readonly=True) if readable else nullcontext() as s:  # type: ignore[attr-defined]
+        if s is not None and not rerun:
             finished = s.done_keys()
-    todo = [c for c in cells if c.key not in finished]
+        todo = [c for c in cells if c.key not in finished]
+        book = ShardBook(s, rerun, spec.matrix.name, "")
+        for u in book.units(todo):
+            if isinstance(u, Shard):
+                todo_shards.setdefault(u.cell.key, ([], u.count))[0].append(u)
     trainings: dict[str, bool] = {}
 
     def need(ds: Any, model: Any, what: str) -> None:
@@ -245,4 +253,4 @@ def dry_run(
             need(c.dataset, n.model, f"{n.model.describe()} ({n.what})")
         if registry.get("defense", c.defense.name).trains:  # type: ignore[attr-defined]
             trainings.setdefault(f"defense {c.defense.describe()} on {c.model.describe()} (may train further models when applied)", False)
-    return DryRun(spec.matrix.name, todo, [c for c in cells if c.key in finished], list(trainings.items()))
+    return DryRun(spec.matrix.name, todo, [c for c in cells if c.key in finished], list(trainings.items()), todo_shards)
