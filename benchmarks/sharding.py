@@ -43,7 +43,7 @@ from advx.engine.executors import InProcessExecutor, MultiDeviceExecutor
 from advx.engine.run import run_matrix
 
 
-def spec(cache: str, samples: int, steps: int, batch: int, shard: int | None, epochs: int, executor: str = "local") -> dict:
+def spec(cache: str, samples: int, steps: int, batch: int, shard: int | None, epochs: int, executor: str = "local", dataset: str = "mnist") -> dict:
     matrix = {
         "name": "sharding", "samples": samples, "batch_size": batch, "cache_dir": cache, "threads": 1,
         "diagnostics": False, "keep_examples": 0, "executor": executor,
@@ -52,7 +52,7 @@ def spec(cache: str, samples: int, steps: int, batch: int, shard: int | None, ep
         matrix["shard_size"] = shard
     return {
         "matrix": matrix,
-        "datasets": [{"name": "mnist"}],
+        "datasets": [{"name": dataset}],
         "models": [{"name": "mnist-cnn", "train": {"epochs": epochs, "seed": 0}}],
         "attacks": [{"name": "pgd", "eps": 0.3, "alpha": 0.01, "steps": steps, "early_exit": False}],
     }
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="training cache (default: a temporary folder)")
     ap.add_argument("--rows", nargs="+", default=["unsharded", "workers 1", "workers 2", "ray 1", "ray 2"])
     ap.add_argument("--out", default="benchmarks/results/sharding-cpu")
+    ap.add_argument("--dataset", default="mnist", help="digits: a quick check of the script itself")
     args = ap.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="advx-sharding-"))
@@ -94,11 +95,11 @@ def main() -> None:
     load0 = os.getloadavg()
     # the model, trained once, outside the timed rows (a 1-example cell trains it into the cache)
     t0 = time.perf_counter()
-    run_matrix(spec(cache, args.batch_size, 1, args.batch_size, None, args.epochs), store=folder / "train.db")
+    run_matrix(spec(cache, args.batch_size, 1, args.batch_size, None, args.epochs, dataset=args.dataset), store=folder / "train.db")
     train_seconds = time.perf_counter() - t0
 
     def s(shard: bool, executor: str = "local") -> dict:
-        return spec(cache, args.samples, args.steps, args.batch_size, args.shard_size if shard else None, args.epochs, executor)
+        return spec(cache, args.samples, args.steps, args.batch_size, args.shard_size if shard else None, args.epochs, executor, args.dataset)
 
     def ray(n: int):
         from advx.engine.ray_executor import RayExecutor
@@ -138,7 +139,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
         "load_average_before": load0, "load_average_after": load1, "train_seconds_untimed": train_seconds,
-        "cell": f"MNIST, {args.samples} test images, PGD-{args.steps} (eps 0.3, alpha 0.01, no early exit), mnist-cnn trained {args.epochs} epochs",
+        "cell": f"{args.dataset}, {args.samples} test images, PGD-{args.steps} (eps 0.3, alpha 0.01, no early exit), mnist-cnn trained {args.epochs} epochs",
         "batch_size": args.batch_size, "shard_size": args.shard_size,
     }
     clean = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
