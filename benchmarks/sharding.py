@@ -22,7 +22,9 @@ recorded with the numbers.
 
     ADVX_DATA=... python benchmarks/sharding.py [--samples 10000] [--steps 40] [--shard-size 1000]
 
-Results: ``benchmarks/results/sharding-<device>.md`` and ``.json``.
+Results: ``benchmarks/results/sharding-<device>.md`` and ``.json``. On a GPU machine
+(``--device cuda``, ``benchmarks/device_check.sh``) the workers are spread over ``--gpus``
+GPUs (two workers on one GPU share it).
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ from advx.engine.executors import InProcessExecutor, MultiDeviceExecutor
 from advx.engine.run import run_matrix
 
 
-def spec(cache: str, samples: int, steps: int, batch: int, shard: int | None, epochs: int, executor: str = "local", dataset: str = "mnist") -> dict:
+def spec(
+    cache: str, samples: int, steps: int, batch: int, shard: int | None, epochs: int, executor: str = "local", dataset: str = "mnist",
+    device: str = "cpu",
+) -> dict:
     matrix = {
-        "name": "sharding", "samples": samples, "batch_size": batch, "cache_dir": cache, "threads": 1,
+        "name": "sharding", "samples": samples, "batch_size": batch, "cache_dir": cache, "threads": 1, "device": device,
         "diagnostics": False, "keep_examples": 0, "executor": executor,
     }
     if shard:
@@ -88,6 +93,8 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=["unsharded", "workers 1", "workers 2", "ray 1", "ray 2"])
     ap.add_argument("--out", default="benchmarks/results/sharding-cpu")
     ap.add_argument("--dataset", default="mnist", help="digits: a quick check of the script itself")
+    ap.add_argument("--device", default="cpu", help="cuda: the workers share one GPU (several GPUs: the rows of one per GPU are 'workers N' with --gpus)")
+    ap.add_argument("--gpus", type=int, default=1, help="with --device cuda: GPUs to spread the workers over (cuda:0, cuda:1, ...)")
     args = ap.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="advx-sharding-"))
@@ -95,11 +102,16 @@ def main() -> None:
     load0 = os.getloadavg()
     # the model, trained once, outside the timed rows (a 1-example cell trains it into the cache)
     t0 = time.perf_counter()
-    run_matrix(spec(cache, args.batch_size, 1, args.batch_size, None, args.epochs, dataset=args.dataset), store=folder / "train.db")
+    run_matrix(spec(cache, args.batch_size, 1, args.batch_size, None, args.epochs, dataset=args.dataset, device=args.device), store=folder / "train.db")
     train_seconds = time.perf_counter() - t0
 
     def s(shard: bool, executor: str = "local") -> dict:
-        return spec(cache, args.samples, args.steps, args.batch_size, args.shard_size if shard else None, args.epochs, executor, args.dataset)
+        return spec(cache, args.samples, args.steps, args.batch_size, args.shard_size if shard else None, args.epochs, executor, args.dataset, args.device)
+
+    def devices(n: int) -> list[str]:
+        if args.device == "cpu":
+            return ["cpu"] * n
+        return [f"cuda:{i % args.gpus}" for i in range(n)]
 
     def ray(n: int):
         from advx.engine.ray_executor import RayExecutor
@@ -108,8 +120,8 @@ def main() -> None:
 
     plans = {
         "unsharded": (s(False), InProcessExecutor),
-        "workers 1": (s(True), lambda: MultiDeviceExecutor(["cpu"], cpu_threads=1)),
-        "workers 2": (s(True), lambda: MultiDeviceExecutor(["cpu", "cpu"], cpu_threads=1)),
+        "workers 1": (s(True), lambda: MultiDeviceExecutor(devices(1), cpu_threads=1)),
+        "workers 2": (s(True), lambda: MultiDeviceExecutor(devices(2), cpu_threads=1)),
         "ray 1": (s(True, "ray"), ray(1)),
         "ray 2": (s(True, "ray"), ray(2)),
     }
@@ -138,6 +150,7 @@ def main() -> None:
         ),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+        "device": args.device if args.device == "cpu" else f"{args.gpus} x {torch.cuda.get_device_name(0)}",
         "load_average_before": load0, "load_average_after": load1, "train_seconds_untimed": train_seconds,
         "cell": f"{args.dataset}, {args.samples} test images, PGD-{args.steps} (eps 0.3, alpha 0.01, no early exit), mnist-cnn trained {args.epochs} epochs",
         "batch_size": args.batch_size, "shard_size": args.shard_size,
@@ -145,7 +158,7 @@ def main() -> None:
     clean = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": clean}, indent=2))
     lines = [
-        f"# One large cell over workers ({meta['cpus']} CPU cores, no GPU)",
+        f"# One large cell over workers ({meta['cpus']} CPU cores, " + ("no GPU)" if args.device == "cpu" else f"{meta['device']})"),
         "",
         f"`{meta['command']}`, {meta['date']}; torch {meta['torch']}, Python {meta['python']}.",
         f"Cell: {meta['cell']}; batch {args.batch_size}, shards of {args.shard_size}; model trained beforehand "
