@@ -4,7 +4,7 @@
 # numbers): the CUDA tests, the ensemble benchmark (target: 10 members at most 3x one member),
 # training members together against apart, the attack benchmark, and one large sharded cell
 # (benchmarks/sharding.py: MNIST, 10,000 images, PGD-40, whole and over 1 and 2 workers). Each step has its own
-# time limit, so that one that hangs costs its own results only. $OUT gets the three results
+# time limit, so that one that hangs costs its own results only. $OUT gets the four results
 # tables (.md), steps.txt (each step's exit status and seconds), env.txt (device, versions) and
 # device-check.tar.gz with everything (logs, .json): seven files, under the tool's eight.
 #
