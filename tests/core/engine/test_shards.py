@@ -149,6 +149,11 @@ def test_an_interrupted_cell_is_partial_and_a_rerun_computes_only_the_missing_sh
     assert main(["results", str(db)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "partial #1" in out and "2 of 3 shards stored" in out
+    from advx.report import write_report
+
+    write_report(db, tmp_path / "r.html")
+    page = " ".join((tmp_path / "r.html").read_text().split())
+    assert "1 partial (shards missing)" in page and "2 of 3 shards stored" in page
     # the dry run names the missing shard, the rerun computes it alone
     from advx.engine import dry_run
 
