@@ -147,7 +147,7 @@ class ShardBook:
             return row
         e = entry(row, {**(outcome.shard or {}), "index": shard.index, "count": shard.count, "start": shard.start, "stop": shard.stop})
         if self.store is not None:
-            self.store.record_shard(row, e, outcome.samples, outcome.trainings)
+            self.store.record_shard(row, e, outcome.samples, outcome.trainings, reopen=cell.key not in self.failed)
         else:
             self.kept.setdefault(cell.key, {})[shard.index] = (e, outcome.samples or {})
         if cell.key in self.failed:

@@ -435,18 +435,22 @@ class ResultStore:
         entry: dict[str, Any],
         samples: dict[str, torch.Tensor] | None = None,
         trainings: Sequence[dict[str, Any]] = (),
+        reopen: bool = True,
     ) -> None:
         """Store one finished shard of a sharded cell in one transaction: its ``entry`` in the
         shards table (``advx.store.schema.SHARD_COLUMNS``, ``details`` a dict), its per-sample
         records and kept examples, its trainings. The cell gets a ``partial`` row (from the
-        shard's ``row``, without metrics) unless it has a row already: a failed cell stays
-        failed until a rerun, and a finished one (``--rerun``) stands until the merge replaces it."""
+        shard's ``row``, without metrics) unless it has one: a failed cell becomes partial
+        again when ``reopen`` (a rerun computing its missing shards; not when it failed in
+        this run), and a finished one (``--rerun``) stands until the merge replaces it."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         key = row.cell_key
         values = {**entry, "details": json.dumps(entry.get("details") or {}, sort_keys=True, default=str)}
         shard = {"index": entry["shard"], "count": entry["count"]}
         with self._tx() as conn:
             conn.execute("DELETE FROM claims WHERE cell_key = ? AND owner = ?", (f"{key}#{shard['index']}", self.owner))
+            if reopen:
+                conn.execute("UPDATE cells SET status = 'partial', error = NULL, metrics = '{}' WHERE cell_key = ? AND status = 'failed'", (key,))
             if conn.execute("SELECT 1 FROM cells WHERE cell_key = ?", (key,)).fetchone() is None:
                 partial = row.replace(status="partial", metrics={}, details={}, error=None, reason=None, seconds=None, trainings=[])
                 cols = [getattr(partial, c.name) for c in CELL_COLUMNS]

@@ -198,8 +198,20 @@ def test_a_failed_shard_fails_its_cell_and_keeps_the_others_for_the_rerun(tmp_pa
     with advx.ResultStore(db, readonly=True) as store:
         assert [r["shard"] for r in store.shard_records(row.cell_key)] == [0, 2]  # the others are kept
         assert store.cells()[0].status == "failed"
-    res = advx.run_matrix(s, registry=reg, store=db)
-    assert res.shards == 1 and res.done == 1
+    with sqlite3.connect(db) as conn:  # and shard 1 lost too: the rerun computes two shards
+        conn.execute("DELETE FROM shards WHERE shard = 0")
+        conn.execute("DELETE FROM samples WHERE idx < 100")
+    events = []
+
+    def on_event(event, unit, payload):  # once the rerun stored a shard, the cell is partial again, not failed
+        if event == "cell_start":
+            with advx.ResultStore(db, readonly=True) as store:
+                events.append(store.cells()[0].status)
+
+    res = advx.run_matrix(s, registry=reg, store=db, on_event=on_event)
+    assert res.shards == 2 and res.done == 1 and events == ["failed", "partial"]
+    with advx.ResultStore(db, readonly=True) as store:
+        assert store.cells()[0].status == "done" and store.cells()[0].error is None
     whole = tmp_path / "whole.db"
     s["matrix"].pop("shard_size")
     ref = advx.run_matrix(s, registry=reg, store=whole)
