@@ -230,3 +230,18 @@ def test_a_whole_cell_result_replaces_its_shards(tmp_path):
     with advx.ResultStore(db, readonly=True) as store:
         assert store.shard_records(res.rows[0].cell_key) == []
         assert len(store.samples(res.rows[0].cell_key)["idx"]) == 300
+
+
+def test_bucket_samples_sharded_equals_whole_with_an_empty_trailing_shard(tmp_path):
+    """``bucket_samples`` selects the examples with the model: the plan bounds their count (3
+    buckets), and a shard past the end of the examples selected computes nothing."""
+    s = spec(tmp_path, None, bucket_samples=100, batch_size=25, diagnostics=False)
+    s["attacks"] = s["attacks"][:1]
+    whole = advx.run_matrix(s, store=tmp_path / "whole.db")
+    s["matrix"]["shard_size"] = 100
+    sharded = advx.run_matrix(s, store=tmp_path / "sharded.db")
+    assert sharded.shards == 3
+    with advx.ResultStore(tmp_path / "sharded.db", readonly=True) as store:
+        n = [e["n"] for e in store.shard_records(sharded.rows[0].cell_key)]
+    assert n[0] == 100 and sum(n) == len(records(tmp_path / "whole.db", whole.rows[0].cell_key)["idx"]) < 300 and n[-1] < 100
+    assert_same_cells(tmp_path / "whole.db", whole.rows, tmp_path / "sharded.db", sharded.rows)
