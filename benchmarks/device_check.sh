@@ -2,10 +2,11 @@
 # The GPU checks of one call of the device tool, prepared so that a session lent a GPU spends
 # its few device minutes measuring instead of setting up (ROADMAP item 1, issue #10's GPU
 # numbers): the CUDA tests, the ensemble benchmark (target: 10 members at most 3x one member),
-# training members together against apart, and the attack benchmark. Each step has its own
-# time limit, so that one that hangs costs its own results only. $OUT gets the three results
+# training members together against apart, the attack benchmark, and one large sharded cell
+# (benchmarks/sharding.py: MNIST, 10,000 images, PGD-40, whole and over 1 and 2 workers). Each step has its own
+# time limit, so that one that hangs costs its own results only. $OUT gets the four results
 # tables (.md), steps.txt (each step's exit status and seconds), env.txt (device, versions) and
-# device-check.tar.gz with everything (logs, .json): six files, under the tool's eight.
+# device-check.tar.gz with everything (logs, .json): seven files, under the tool's eight.
 #
 # The device image has torch, pytest, rich, scikit-learn, numpy and pluggy, but no pydantic
 # and no network. Before the call, here, in the repository root (this machine has the
@@ -23,7 +24,7 @@
 #   command = "bash benchmarks/device_check.sh", carry = [".whl", ".data"], timeout_s = 560
 #
 # and copy the files that come back into benchmarks/results/ (ensemble-cuda.*,
-# ensemble-train-cuda.*, attacks-cuda.*), naming the device in the results' text.
+# ensemble-train-cuda.*, attacks-cuda.*, sharding-cuda.*), naming the device in the results' text.
 # Run here with DEVICE=cpu it checks the script itself on a small budget (no GPU needed).
 set -u
 OUT=${OUT:-/tmp/advx-device-check}
@@ -64,6 +65,7 @@ cat "$W/env.txt"
 
 if [ "$DEVICE" = cpu ]; then  # a smoke run of the script: tiny budgets, nothing written to benchmarks/results
     step ensemble 120 $PY benchmarks/ensemble.py --device cpu --repeats 1 --members 2 --out "$W"
+    step sharding 120 $PY benchmarks/sharding.py --dataset digits --samples 500 --steps 2 --batch-size 125 --shard-size 250 --epochs 1 --rows unsharded "workers 2" --out "$W/sharding-cpu-smoke"
     bundle
     exit 0
 fi
@@ -71,4 +73,7 @@ step gpu-tests 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests
 step ensemble 150 $PY benchmarks/ensemble.py --device cuda --repeats 15 --out "$W"
 step ensemble-train 90 $PY benchmarks/ensemble.py --device cuda --train --repeats 5 --steps 10 --out "$W"
 step attacks 150 $PY benchmarks/attacks.py --device cuda --no-peers --cases mnist --data .data --out "$W"
+# one large cell in shards (issue #23): the whole cell against its shards on 1 and 2 worker
+# processes sharing the GPU (no Ray in the image); the per-example records must be equal
+ADVX_DATA=.data step sharding 150 $PY benchmarks/sharding.py --device cuda --rows unsharded "workers 1" "workers 2" --out "$W/sharding-cuda"
 bundle

@@ -192,7 +192,8 @@ def _records(title: str, columns: list[tuple[str, bool, list[str]]], width: int)
 
 
 def _print_problems(console, rows: list[dict[str, Any]]) -> None:
-    """Each failed or not-applicable cell on its own line, with its error or reason."""
+    """Each failed, not-applicable or partial cell on its own line, with its error, reason or
+    the shards it holds (a partial cell has no numbers yet: never shown as finished)."""
     from rich.markup import escape
 
     for i, r in enumerate(rows, 1):
@@ -201,6 +202,24 @@ def _print_problems(console, rows: list[dict[str, Any]]) -> None:
             console.print(f"[red]failed[/red] #{i} {escape(where)}: {escape(str(r.get('error')))}", soft_wrap=True)
         elif r.get("status") == "not-applicable":
             console.print(f"[yellow]not applicable[/yellow] #{i} {escape(where)}: {escape(str(r.get('reason')))}", soft_wrap=True)
+        elif r.get("status") == "partial":
+            got = (r.get("details") or {}).get("shards") or {}
+            console.print(
+                f"[yellow]partial[/yellow] #{i} {escape(where)}: {got.get('stored', '?')} of {got.get('count', '?')} shards stored, "
+                "no numbers until all are in; run the spec again to compute the others", soft_wrap=True,
+            )
+
+
+def plan_line(payload: dict[str, Any]) -> str:
+    """The first line of a run: its cells, those to run and skipped, and the shards of its sharded cells."""
+    skipped = payload["skipped"]
+    msg = f"{payload['cells']} cells, {payload['todo']} to run"
+    if skipped:
+        msg += f", {skipped} already in the results (skipped)"
+    if payload.get("shards"):
+        stored = payload.get("shards_stored", 0)
+        msg += f"; {payload['shards']} shards to run" + (f" ({stored} stored by an earlier run)" if stored else "")
+    return msg
 
 
 class _Progress:
@@ -242,13 +261,9 @@ class _Progress:
             self.progress.__enter__()
             self.started = True
         if event == "plan":
-            skipped = payload["skipped"]
-            msg = f"{payload['cells']} cells, {payload['todo']} to run"
-            if skipped:
-                msg += f", {skipped} already in the results (skipped)"
-            self.console.print(msg)
+            self.console.print(plan_line(payload))
         elif event == "cell_start":
-            self.tasks[cell.key] = p.add_task(escape(cell.title()), total=cell.options.samples)
+            self.tasks[cell.key] = p.add_task(escape(cell.title()), total=getattr(cell, "stop", cell.options.samples) - getattr(cell, "start", 0))
         elif event == "train_start":
             self.train_task = p.add_task(f"  training {escape(payload['model'])}", total=payload["epochs"] or 1)
         elif event == "train_epoch" and self.train_task is not None:
@@ -259,10 +274,10 @@ class _Progress:
             self.train_task = None
         elif event == "batch" and cell is not None and cell.key in self.tasks:
             p.update(self.tasks[cell.key], completed=payload["done"], total=payload["total"])
-        elif event in ("cell_done", "cell_failed") and cell is not None and cell.key in self.tasks:
+        elif event in ("cell_done", "cell_failed", "shard_done", "shard_failed") and cell is not None and cell.key in self.tasks:
             task = self.tasks[cell.key]
             total = p.tasks[task].total
-            if event == "cell_failed":
+            if event in ("cell_failed", "shard_failed"):
                 p.update(task, description=f"[red]failed[/red] {escape(cell.title())}: {escape(str(payload['row'].get('error')))}")
             else:
                 p.update(task, completed=total)
@@ -308,9 +323,8 @@ class _PlainProgress:
         if event == "notice":
             self.line(payload["message"])
         elif event == "plan":
-            self.todo = payload["todo"]
-            skipped = payload["skipped"]
-            self.line(f"{payload['cells']} cells, {payload['todo']} to run" + (f", {skipped} already in the results (skipped)" if skipped else ""))
+            self.todo = payload.get("units", payload["todo"])
+            self.line(plan_line(payload))
         elif event == "cell_start" and cell is not None:
             self.count += 1
             self.number[cell.key] = self.count
@@ -339,6 +353,10 @@ class _PlainProgress:
             else:
                 what = f"not applicable: {row.reason}"
             self.line(f"{self.where(cell)}cell {what}: {cell.title()}")
+        elif event in ("shard_done", "shard_failed") and cell is not None:
+            row = payload["row"]
+            what = f"done in {row.seconds:.1f}s" if event == "shard_done" else f"failed: {row.error}"
+            self.line(f"{self.where(cell)}shard {what}: {cell.title()}")
 
 
 class _Quiet(_PlainProgress):

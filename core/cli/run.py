@@ -109,11 +109,13 @@ def _run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt as exc:
             if progress.started:
                 progress.progress.stop()
-            kept = 0
+            kept = shards = 0
             if Path(args.db).exists():
                 with ResultStore(args.db, readonly=True) as store:
                     kept = len(store.cells(spec.matrix.name, status="done"))
-            console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells are kept in {args.db}; run the same command again to resume")
+                    shards = sum(len(store.shard_records(r.cell_key)) for r in store.cells(spec.matrix.name) if r.status in ("partial", "failed"))
+            also = f" (and {shards} shards of unfinished cells)" if shards else ""
+            console.print(f"[yellow]interrupted[/yellow]: {kept} finished cells{also} are kept in {args.db}; run the same command again to resume")
             return interrupt_code(exc)
     if result.db is not None:
         _record_spec_file(args.db, spec.matrix.name, args.spec)
@@ -129,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{result.done} cells run, {result.skipped} skipped (already done), {result.failed} failed"
         + (f", {result.not_applicable} not applicable" if result.not_applicable else "")
         + (f"; {result.elsewhere} computed meanwhile by another run on {args.db}" if result.elsewhere else "")
+        + (f"; {result.shards} shards run" if result.shards else "")
     )
     if args.report:
         from advx.report import write_report
@@ -158,6 +161,9 @@ def _print_dry_run(console, spec: Any, args: argparse.Namespace) -> int:
     console.print(f"dry run of {escape(plan.spec_name)}: {len(plan.todo) + len(plan.done)} cells, {len(plan.todo)} to run, {len(plan.done)} already done in {escape(args.db)}; nothing is run")
     for c in plan.todo:
         _print_wrapped(console, "  run    ", c.title())
+        if c.key in plan.shards:
+            todo, count = plan.shards[c.key]
+            _print_wrapped(console, "         ", f"{len(todo)} of {count} shards to run: " + ", ".join(f"{s.index + 1} (examples {s.start}-{s.stop - 1})" for s in todo))
     for c in plan.done:
         _print_wrapped(console, "  done   ", c.title())
     for what, cached in plan.trainings:

@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,17 +40,22 @@ from advx.contract.interfaces import Attack
 from advx.engine.pipeline import attack_model
 from advx.store.schema import EXAMPLE_KEYS
 from advx.analysis.rows import CellRow
-from advx.engine.plan import Cell
+from advx.engine.plan import Cell, Shard, Unit, cell_of
 from advx.engine.workspace import Workspace
 
 
 @dataclass
 class CellOutcome:
-    """A finished cell: its result row, per-sample records and the trainings it triggered."""
+    """A finished cell (or shard): its result row, per-sample records and the trainings it triggered.
+
+    For a shard (``advx.engine.plan.Shard``), ``row`` is the shard's own (its metrics cover
+    its examples only and are not kept) and ``shard`` what the merge of the cell's shards
+    needs (``advx.engine.shards``): positions, cost, and the details measured on it."""
 
     row: CellRow
     samples: dict[str, Tensor] | None = None
     trainings: list[dict[str, Any]] = field(default_factory=list)
+    shard: dict[str, Any] | None = None
 
 
 def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
@@ -79,11 +84,16 @@ def base_row(cell: Cell, device: torch.device) -> dict[str, Any]:
     }
 
 
-def failed_outcome(cell: Cell, device: str | torch.device, error: str) -> CellOutcome:
-    """A cell that could not run to its end (its worker died, hung or was killed): a failed row with the cause."""
-    row = base_row(cell, torch.device(device))
+def failed_outcome(unit: Unit, device: str | torch.device, error: str) -> CellOutcome:
+    """A cell or shard that could not run to its end (its worker died, hung or was killed): a
+    failed row with the cause."""
+    row = base_row(cell_of(unit), torch.device(device))
     row.update(error=error, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return CellOutcome(CellRow(**row))
+    return CellOutcome(CellRow(**row), shard=_shard_record(unit) if isinstance(unit, Shard) else None)
+
+
+def _shard_record(shard: Shard, **kw: Any) -> dict[str, Any]:
+    return {"index": shard.index, "count": shard.count, "start": shard.start, "stop": shard.stop, **kw}
 
 
 class CellTimeout(AdvxError):
@@ -116,18 +126,23 @@ def deadline(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
-    """Run one cell; return its row, records and trainings (never raises for cell errors),
-    within ``[matrix] cell_timeout``."""
+def execute_cell(unit: Unit, ws: Workspace) -> CellOutcome:
+    """Run one cell, or one shard of a cell; return its row, records and trainings (never
+    raises for cell errors), within ``[matrix] cell_timeout`` (a shard's limit is the cell's)."""
     try:
-        with deadline(cell.options.cell_timeout):
-            return _execute_cell(cell, ws)
+        with deadline(unit.options.cell_timeout):
+            return _execute_cell(cell_of(unit), ws, unit if isinstance(unit, Shard) else None)
     except CellTimeout as exc:  # past the cell's own handler (it was building its row)
-        return failed_outcome(cell, ws.device, str(exc))
+        return failed_outcome(unit, ws.device, str(exc))
 
 
-def _execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
+def _execute_cell(cell: Cell, ws: Workspace, shard: Shard | None = None) -> CellOutcome:
+    """A cell, or the examples ``[shard.start, shard.stop)`` of its evaluation set: crafted
+    with the batch seeds of their positions in the cell (``CraftOptions.first``), the
+    diagnostics on the cell's first examples (shard 0's), the kept examples among the
+    cell's first ``keep_examples``."""
     t0 = time.perf_counter()
+    record: dict[str, Any] | None = _shard_record(shard) if shard is not None else None
     first_training = len(ws.trainings)
     row = base_row(cell, ws.device)
     samples: dict[str, Tensor] | None = None
@@ -147,6 +162,14 @@ def _execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
             stage = "the evaluation set"
             x, y, idx = ws.eval_set(cell, target)
             options = ws.craft_options(cell, info)
+            first, diagnostics = 0, cell.options.diagnostics
+            if shard is not None:
+                first, diagnostics = shard.start, diagnostics and shard.index == 0
+                x, y, idx = x[shard.start : shard.stop], y[shard.start : shard.stop], idx[shard.start : shard.stop]
+                options = replace(options, first=first)
+                record["num_classes"] = info.num_classes  # type: ignore[index]
+                if not len(x):  # past the end of an evaluation set smaller than the plan's bound
+                    raise _EmptyShard
             # before a source model is trained for nothing
             preflight(x, info.bounds, info.num_classes, ws.device, cell.options.batch_size, target)
             stage = f'threat model "{cell.threat.name}"'
@@ -164,7 +187,7 @@ def _execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
 
             out = attack_model(
                 attack, target, x, y, options, view=view.module, index=idx, crafter=ws.crafter(cell, view, idx),
-                diagnostics=cell.options.diagnostics, eot=cell.threat.eot_draws(view.module),
+                diagnostics=diagnostics, eot=cell.threat.eot_draws(view.module),
                 where=f'defense "{cell.defense.name}"', checked=(target,), on_stage=on_stage,
             )
             crafted, samples = out.crafted, out.samples
@@ -173,12 +196,22 @@ def _execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
             row["batch_size"] = crafted.batch_size
             row["details"] = {**out.details, "crafted_on": cell.threat.label()}
             row["status"] = "done"
-            k = cell.options.keep_examples
+            k = max(0, min(cell.options.keep_examples - first, len(x)))
+            if record is not None:
+                cost = out.crafted.cost
+                record.update(
+                    n=len(x), reused=out.reused, attack_seconds=cost.seconds, forwards=cost.forwards, backwards=cost.backwards,
+                    details={k_: v for k_, v in out.details.items() if k_ in ("attack_info", "diagnostics")},
+                    silent_success=out.crafted.silent_success,
+                )
             if k:
                 # the first K inputs, for galleries (ResultStore.record puts them in the examples table)
                 clean_key, adv_key = EXAMPLE_KEYS
                 samples[clean_key] = x[:k].detach().to("cpu", torch.float16)
                 samples[adv_key] = crafted.x_adv[:k].detach().to("cpu", torch.float16)
+    except _EmptyShard:
+        row["status"] = "done"
+        record.update(n=0, reused=False, attack_seconds=0.0, forwards=0, backwards=0, details={}, silent_success=None)  # type: ignore[union-attr]
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the matrix goes on
@@ -195,4 +228,8 @@ def _execute_cell(cell: Cell, ws: Workspace) -> CellOutcome:
     row["train_seconds"] = train_seconds
     row["trainings"] = [t.as_dict() for t in trainings]
     row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return CellOutcome(CellRow(**row), samples, [t.as_dict() for t in trainings])
+    return CellOutcome(CellRow(**row), samples, [t.as_dict() for t in trainings], record)
+
+
+class _EmptyShard(Exception):
+    """A shard past the end of its cell's examples (raised and caught in ``_execute_cell``)."""

@@ -2,7 +2,13 @@
 
 ``Executor.map(cells, registry, device, cache_dir, on_event, claim)`` yields ``(cell,
 outcome)`` as each cell finishes, in any order; ``run_matrix`` commits each to the results
-store at once. Cells are self-describing, so an executor may run them anywhere.
+store at once. Cells are self-describing, so an executor may run them anywhere. What an
+executor is handed is units of work: whole cells, and the shards of sharded cells
+(``advx.engine.plan.Shard``, ``[matrix] shard_size``), which it runs alike
+(``execute_cell`` takes either) and yields with their outcome; ``run_matrix`` stores each
+shard and merges a cell when its last shard is in (``advx.engine.shards``). So every
+executor spreads one large cell over its workers, and a worker lost mid-cell loses only
+its shard.
 ``claim(cell)`` (given when there is a results file, which other runs may share) is asked
 just before a cell is computed: ``"run"`` (compute it), ``"wait"`` (another live run is
 computing it: ask again later) or ``"done"`` (skip it); an executor yields only the cells
@@ -170,7 +176,7 @@ def worker_loop(link: Any, device: str, cache_dir: str | None, threads: int) -> 
         outcome = execute_cell(cell, ws)
         # numpy, not tensors: torch shares tensors through file descriptors that die with the worker
         arrays = None if outcome.samples is None else {k: v.numpy() for k, v in outcome.samples.items()}
-        link.send(("result", cell.key, outcome.row, arrays, outcome.trainings))
+        link.send(("result", cell.key, outcome.row, arrays, outcome.trainings, outcome.shard))
 
 
 def worker_threads(devices: Sequence[str], shares: Sequence[Sequence[Any]], cpu_threads: int | None = None) -> list[int]:
@@ -300,7 +306,7 @@ class MultiDeviceExecutor(Executor):
                             elif kind == "result":
                                 samples = None if msg[3] is None else {k: torch.from_numpy(v) for k, v in msg[3].items()}
                                 w.cell = None
-                                yield by_key[msg[1]], CellOutcome(msg[2], samples, msg[4])
+                                yield by_key[msg[1]], CellOutcome(msg[2], samples, msg[4], msg[5])
                     except (EOFError, OSError):
                         broken = True
                     now = time.monotonic()

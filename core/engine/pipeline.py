@@ -25,7 +25,7 @@ from advx.analysis.metrics import breakdown_by_class, breakdown_by_confidence, r
 from advx.analysis.scoring import score
 from advx.contract.interfaces import Attack
 from advx.contract.protocols import bpda
-from advx.runtime.crafting import Crafted, CraftOptions, craft
+from advx.runtime.crafting import Cost, Crafted, CraftOptions, craft
 from advx.runtime.guards import check_classes, check_gradient_path, check_labels, check_requires, preflight
 
 #: ``crafter(module, attack, x, y, options) -> (crafted, reused)``: crafts, or reuses examples
@@ -55,6 +55,25 @@ class AttackOutcome:
     samples: dict[str, Tensor]
     metrics: dict[str, Any]
     details: dict[str, Any]
+
+
+def measure(samples: dict[str, Tensor], cost: Cost | None, num_classes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A row's metrics and breakdowns from its per-example records: ``(metrics, details)``.
+
+    The one definition of a row's numbers, for a cell computed whole (``attack_model``) and
+    for a sharded cell at the merge of its shards (``advx.engine.shards``), where the
+    records of every shard are measured together: the detection AUC, the breakdowns and
+    later the worst case and the intervals need every example, not an average of shards'.
+    ``cost``: what crafting cost (None: the examples were reused, their cost is elsewhere).
+    """
+    metrics = summarize(samples, cost)
+    details: dict[str, Any] = {
+        "per_class": breakdown_by_class(samples, num_classes),
+        "per_confidence": breakdown_by_confidence(samples),
+    }
+    if metrics.get("detection_auc") is not None:
+        details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
+    return metrics, details
 
 
 def check_attack(
@@ -118,13 +137,7 @@ def attack_model(
     crafted, reused = crafter(view, attack, x, y, options)
     stage("scoring")
     samples = score(target, x, y, crafted, torch.device(options.device), crafted.batch_size or options.batch_size, index)
-    metrics = summarize(samples, None if reused else crafted.cost)
-    details: dict[str, Any] = {
-        "per_class": breakdown_by_class(samples, options.num_classes),
-        "per_confidence": breakdown_by_confidence(samples),
-    }
-    if metrics.get("detection_auc") is not None:
-        details["roc"] = roc_points(samples["clean_score"], samples["adv_score"])
+    metrics, details = measure(samples, None if reused else crafted.cost, options.num_classes)
     if crafted.info:
         details["attack_info"] = {k: v.tolist() for k, v in crafted.info.items()}
     if diagnostics:

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from advx.analysis.metrics import BUCKETS
 from advx.contract.errors import AdvxError, ConfigError
 from advx.contract.interfaces import Dataset
 from advx.contract.registry import Registry
@@ -99,6 +100,72 @@ class Cell:
     def model_group(self) -> str:
         """Cells of one group share a trained, defended model (executors keep them together)."""
         return digest([self.dataset.key(), self.model.key(), self.defense.key()])
+
+
+@dataclass(frozen=True, eq=False)
+class Shard:
+    """Examples ``[start, stop)`` (positions in the cell's evaluation set) of a cell: shard
+    ``index`` of ``count``, a unit of work of every executor (``[matrix] shard_size``).
+
+    Self-describing like its cell; ``key`` (the cell's key and the index) names it in the
+    claims of a results file. A shard past the end of the cell's examples (the evaluation
+    set of ``bucket_samples`` is known only once the model is) computes nothing."""
+
+    cell: Cell
+    index: int
+    start: int
+    stop: int
+    count: int
+
+    @property
+    def key(self) -> str:
+        return shard_key(self.cell.key, self.index)
+
+    @property
+    def options(self) -> MatrixOptions:
+        return self.cell.options
+
+    @property
+    def attack(self) -> PluginRef:
+        return self.cell.attack
+
+    def title(self) -> str:
+        return f"{self.cell.title()} [shard {self.index + 1}/{self.count}]"
+
+    def model_group(self) -> str:
+        return self.cell.model_group()
+
+
+#: a cell's work: the cell whole, or one of its shards
+Unit = Cell | Shard
+
+
+def shard_key(cell_key: str, index: int) -> str:
+    """The name of shard ``index`` of cell ``cell_key`` in a results file's claims."""
+    return f"{cell_key}#{index}"
+
+
+def cell_of(unit: Unit) -> Cell:
+    return unit.cell if isinstance(unit, Shard) else unit
+
+
+def shards(cell: Cell) -> list[Shard]:
+    """The shards of ``cell`` (``[matrix] shard_size``; none when it is not set).
+
+    The cell's examples are counted from the plan: ``samples`` capped at the test split's
+    size, or for ``bucket_samples`` the most the buckets can hold (its trailing shards may
+    then be empty)."""
+    o = cell.options
+    if o.shard_size is None:
+        return []
+    test = cell.dataset.test_size
+    if o.bucket_samples is not None:
+        n = o.bucket_samples * len(BUCKETS)
+        n = min(n, test) if test is not None else n
+    else:
+        n = cell.examples()["samples"] or o.samples
+    count = max(1, -(-n // o.shard_size))
+    return [Shard(cell, i, i * o.shard_size, min((i + 1) * o.shard_size, n), count) for i in range(count)]
 
 
 def plan_threats(spec: MatrixSpec, registry: Registry, errors: list[AdvxError]) -> list[ThreatModel]:

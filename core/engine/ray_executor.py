@@ -9,16 +9,19 @@ How a run is laid out, so that each model is trained once per cluster, not once 
    gray-box copies) trains it into the cache directory;
 2. one task per distinct defended model applies the defense once (ensemble members,
    adversarially trained twins and fitted detectors go to the same cache);
-3. one task per cell, which loads what it needs from the cache and returns its row,
-   per-sample records and trainings to the driver, which commits it at once (so killing
-   the driver loses no finished cell, and a rerun resumes).
+3. one task per cell, or per (cell, shard) for a sharded cell (``[matrix] shard_size``),
+   which loads what it needs from the cache and returns its row, per-sample records and
+   trainings to the driver, which commits it at once (so killing the driver loses no
+   finished cell or shard, and a rerun resumes). A Ray worker keeps its workspace between
+   tasks, so the shards it runs one after another share the loaded data and models.
 
 The cache must be a directory every node can reach (``[matrix] cache_dir`` on a shared
 file system). Without one, each node trains what it needs on its own (correct results,
 repeated work): steps 1 and 2 then only warm the nodes they ran on.
 
 A task whose worker dies is retried once by Ray (``max_retries``); if it dies again, the
-cell is recorded as failed with the cause, never lost silently. Cells on CUDA request a
+cell (or shard) is recorded as failed with the cause, never lost silently; the shards that
+finished are stored and kept. Cells on CUDA request a
 GPU from Ray. Plugins must be installed on every node (entry points); classes registered
 in-process with ``Registry.add`` are shipped with the tasks.
 
@@ -51,7 +54,7 @@ from advx.contract.errors import ConfigError
 from advx.contract.registry import Registry
 from advx.engine.execute import CellOutcome, execute_cell, failed_outcome
 from advx.engine.executors import WAIT_POLL, Dispatch, Executor
-from advx.engine.plan import Cell, digest
+from advx.engine.plan import Cell, cell_of, digest
 from advx.engine.workspace import Workspace
 
 #: tries of a task whose worker died (Ray's max_retries)
@@ -66,14 +69,24 @@ def _ray():
     return ray
 
 
+#: the workspace of this Ray worker process, by (device, cache, added plugins): the tasks a worker
+#: runs one after the other (the shards of a cell) share its loaded data and models
+_WORKSPACES: dict[str, Workspace] = {}
+
+
 def _workspace(added: list, device: str, cache_dir: str | None, threads: int | None = None) -> Workspace:
     tune_cpu_allocator()  # Ray workers are processes of their own
     torch.set_num_threads(threads or 1)  # as many threads as Ray CPUs: tasks do not fight over cores
-    reg = Registry.discover()
-    for kind, cls, package in added:
-        if cls.name not in reg.names(kind):
-            reg.add(kind, cls, package=package)
-    return Workspace(reg, torch.device(device), cache_dir)
+    k = digest([device, cache_dir, [(kind, cls.__module__, cls.__qualname__, package) for kind, cls, package in added]])
+    ws = _WORKSPACES.get(k)
+    if ws is None:
+        reg = Registry.discover()
+        for kind, cls, package in added:
+            if cls.name not in reg.names(kind):
+                reg.add(kind, cls, package=package)
+        ws = _WORKSPACES[k] = Workspace(reg, torch.device(device), cache_dir)
+    ws.trainings.clear()  # a task reports the trainings it did itself
+    return ws
 
 
 def _train_task(added, device, cache_dir, threads, ds, model):
@@ -92,7 +105,7 @@ def _cell_task(added, device, cache_dir, threads, cell):
     ws = _workspace(added, device, cache_dir, threads)
     out = execute_cell(cell, ws)
     samples = None if out.samples is None else {k: v.numpy() for k, v in out.samples.items()}
-    return out.row, samples, out.trainings
+    return out.row, samples, out.trainings, out.shard
 
 
 class RayExecutor(Executor):
@@ -147,14 +160,14 @@ class RayExecutor(Executor):
 
         # 1. every trained model the cells need, once
         bases: dict[str, tuple] = {}
-        for c in cells:
+        for c in {cell_of(u).key: cell_of(u) for u in cells}.values():
             bases.setdefault(digest([c.dataset.key(), c.model.key()]), (c.dataset, c.model))
             for n in c.threat.needs(c):
                 bases.setdefault(digest([c.dataset.key(), n.model.key()]), (c.dataset, n.model))
         trainings = self._wait(ray, [train.remote(added, device, cache_dir, threads, ds, m) for ds, m in bases.values()])
         # 2. every defended model, once (defenses train or fit more)
         defended: dict[str, tuple] = {}
-        for c in cells:
+        for c in {cell_of(u).key: cell_of(u) for u in cells}.values():
             defended.setdefault(c.model_group(), (c.dataset, c.model, c.defense))
             for n in c.threat.needs(c):
                 if n.defended:  # a gray-box copy, a defended substitute: defended once, here
@@ -178,16 +191,16 @@ class RayExecutor(Executor):
             ref = done[0]
             cell = pending.pop(ref)
             try:
-                row, samples, cell_trainings = ray.get(ref)
+                row, samples, cell_trainings, shard = ray.get(ref)
                 # Ray returns read-only arrays (shared memory): copy before handing them to torch
                 samples = None if samples is None else {k: torch.from_numpy(v.copy()) for k, v in samples.items()}
             except Exception as exc:  # noqa: BLE001 - a task that died (twice) is a failed cell with its cause
                 row = failed_outcome(cell, device, f"Ray task of this cell failed after {RETRIES + 1} tries: {_cause(exc)}").row
-                samples, cell_trainings = None, []
+                samples, cell_trainings, shard = None, [], None
             if first:  # the trainings of steps 1 and 2 are reported with the first cell
                 cell_trainings = trainings + list(cell_trainings)
                 first = False
-            yield cell, CellOutcome(row, samples, cell_trainings)
+            yield cell, CellOutcome(row, samples, cell_trainings, shard)
 
     @staticmethod
     def _wait(ray, refs) -> list[dict[str, Any]]:

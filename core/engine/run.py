@@ -12,6 +12,7 @@ waited for, never computed twice.
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from advx.store.results import ResultStore
 from advx.engine.spec import MatrixOptions, MatrixSpec
 from advx.engine.devices import resolve_devices
 from advx.engine.executors import Executor, InProcessExecutor, MultiDeviceExecutor
-from advx.engine.plan import plan
+from advx.engine.plan import Shard, plan
+from advx.engine.shards import ShardBook
 from advx.engine.workspace import Event
 
 
@@ -43,6 +45,7 @@ class MatrixResult:
         not_applicable: cells whose threat model does not apply (recorded with a reason).
         trainings: every training and fitting done now (key, kind, description, seconds, cached).
         elsewhere: cells another run on the same results file computed while this one ran.
+        shards: shards of sharded cells (``[matrix] shard_size``) computed now.
     """
 
     spec_name: str
@@ -53,6 +56,7 @@ class MatrixResult:
     not_applicable: int = 0
     trainings: list[dict[str, Any]] = field(default_factory=list)
     elsewhere: int = 0
+    shards: int = 0
 
     @property
     def done(self) -> int:
@@ -100,7 +104,10 @@ def run_matrix(
     payload)`` receives progress: ``notice`` (a line about the results file, e.g. that it was
     migrated from an older advx), ``plan``, ``cell_start``, ``train_start``,
     ``train_epoch``, ``train_done``, ``batch``, ``cell_done``, ``cell_failed``,
-    ``cell_not_applicable``.
+    ``cell_not_applicable``, and for sharded cells (``[matrix] shard_size``) ``cell_start``
+    with each ``Shard``, then ``shard_done`` or ``shard_failed``, and the cell's
+    ``cell_done``/``cell_failed`` when its last shard is in (``plan`` counts the work as
+    ``units``, of which ``shards``). A sharded cell's shards are stored as each finishes.
     """
     spec = load_spec(spec, device)
     tune_cpu_allocator()  # a matrix is thousands of same-sized passes: keep their memory (see advx.runtime.allocator)
@@ -130,8 +137,12 @@ def _run(spec: MatrixSpec, registry: Registry, cells: list, store: Any, executor
             store.adopt_identity({c.key: c.identity() for c in cells if c.key in done})
         todo = [c for c in cells if c.key not in done]
         skipped = len(cells) - len(todo)
+        book = ShardBook(store, rerun, spec.matrix.name, spec_hash)
+        units = book.units(todo)  # cells whole, or the shards of sharded cells not stored yet
         if on_event is not None:
-            on_event("plan", None, {"cells": len(cells), "todo": len(todo), "skipped": skipped})
+            shards = sum(isinstance(u, Shard) for u in units)
+            stored = sum(book.stored(c) for c in todo if c.key in book.plans)
+            on_event("plan", None, {"cells": len(cells), "todo": len(todo), "skipped": skipped, "units": len(units), "shards": shards, "shards_stored": stored})
         if executor is None:
             if spec.matrix.executor == "ray":
                 from advx.engine.ray_executor import RayExecutor
@@ -143,20 +154,29 @@ def _run(spec: MatrixSpec, registry: Registry, cells: list, store: Any, executor
         kw: dict[str, Any] = {}
         if store is not None and "claim" in inspect.signature(executor.map).parameters:  # executors of before claims run unclaimed
 
-            def claim(cell: Any) -> str:
-                verdict = store.claim(cell.key, rerun=rerun)  # type: ignore[union-attr]
-                if verdict == "done":  # finished by another run meanwhile
+            def claim(unit: Any) -> str:
+                verdict = store.claim(unit.key, rerun=rerun)  # type: ignore[union-attr]
+                if verdict == "done" and not isinstance(unit, Shard):  # finished by another run meanwhile
                     result.elsewhere += 1
                 return verdict
 
             kw["claim"] = claim
-        for cell, outcome in executor.map(todo, registry, devices[0], spec.matrix.cache_dir, on_event, **kw):
-            row = outcome.row.replace(spec_name=spec.matrix.name, spec_hash=spec_hash)
-            if store is not None and not store.record(row, outcome.samples, outcome.trainings):
-                # another run finished this cell meanwhile: its result stands, not this failure
-                row = next(r for r in store.cells() if r.cell_key == row.cell_key)
-            result.rows.append(row)
+        for unit, outcome in executor.map(units, registry, devices[0], spec.matrix.cache_dir, on_event, **kw):
             result.trainings.extend(outcome.trainings)
+            if isinstance(unit, Shard):
+                result.shards += 1
+                merged = book.add(unit, outcome)
+                if on_event is not None:
+                    on_event("shard_failed" if outcome.row.status == "failed" else "shard_done", unit, {"row": outcome.row})
+                if merged is None:
+                    continue
+                cell, row = unit.cell, merged
+            else:
+                cell, row = unit, outcome.row.replace(spec_name=spec.matrix.name, spec_hash=spec_hash)
+                if store is not None and not store.record(row, outcome.samples, outcome.trainings):
+                    # another run finished this cell meanwhile: its result stands, not this failure
+                    row = next(r for r in store.cells() if r.cell_key == row.cell_key)
+            result.rows.append(row)
             status = row.status
             result.failed += status == "failed"
             result.not_applicable += status == "not-applicable"
@@ -182,6 +202,7 @@ class DryRun:
     todo: list[Any]
     done: list[Any]
     trainings: list[tuple[str, bool]]  # (description, already in the training cache)
+    shards: dict[str, tuple[list[Any], int]] = field(default_factory=dict)  # sharded cell key -> (shards to run, shard count)
 
 
 def dry_run(
@@ -205,10 +226,16 @@ def dry_run(
     cells = plan(spec, registry)
     dev = resolve_devices(spec.matrix.device)[0]
     finished: set[str] = set()
-    if store is not None and Path(store).exists() and not rerun:
-        with ResultStore(store, readonly=True) as s:
+    todo_shards: dict[str, tuple[list[Any], int]] = {}
+    readable = store is not None and Path(store).exists()
+    with ResultStore(store, readonly=True) if readable else nullcontext() as s:  # type: ignore[attr-defined]
+        if s is not None and not rerun:
             finished = s.done_keys()
-    todo = [c for c in cells if c.key not in finished]
+        todo = [c for c in cells if c.key not in finished]
+        book = ShardBook(s, rerun, spec.matrix.name, "")
+        for u in book.units(todo):
+            if isinstance(u, Shard):
+                todo_shards.setdefault(u.cell.key, ([], u.count))[0].append(u)
     trainings: dict[str, bool] = {}
 
     def need(ds: Any, model: Any, what: str) -> None:
@@ -226,4 +253,4 @@ def dry_run(
             need(c.dataset, n.model, f"{n.model.describe()} ({n.what})")
         if registry.get("defense", c.defense.name).trains:  # type: ignore[attr-defined]
             trainings.setdefault(f"defense {c.defense.describe()} on {c.model.describe()} (may train further models when applied)", False)
-    return DryRun(spec.matrix.name, todo, [c for c in cells if c.key in finished], list(trainings.items()))
+    return DryRun(spec.matrix.name, todo, [c for c in cells if c.key in finished], list(trainings.items()), todo_shards)

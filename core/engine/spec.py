@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from advx.contract.errors import AdvxError, ConfigError, format_validation_error
 from advx.contract.interfaces import DEFAULTS, PluginConfig
@@ -107,6 +107,15 @@ class MatrixOptions(BaseModel):
             "thread counts, so set it for the same numbers whatever the executor"
         ),
     )
+    shard_size: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "split each cell's examples into shards of this many (a multiple of batch_size): the unit of work of "
+            "every executor, stored as each finishes, so a killed run loses only the shards that were running and a "
+            "rerun computes only the missing ones (default: no sharding; not part of the cell key)"
+        ),
+    )
     diagnostics: bool = Field(
         True,
         description=(
@@ -114,6 +123,14 @@ class MatrixOptions(BaseModel):
             "(the attack with twice its steps on 32 examples) and silent success"
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_shard_size(self) -> MatrixOptions:
+        # a shard of whole batches: batch positions, and the per-batch seeds that follow them,
+        # are then those of the unsharded cell (``CraftOptions.first``)
+        if self.shard_size is not None and self.shard_size % self.batch_size:
+            raise ValueError(f"shard_size = {self.shard_size} must be a multiple of batch_size = {self.batch_size}")
+        return self
 
     @field_validator("device")
     @classmethod

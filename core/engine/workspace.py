@@ -63,6 +63,7 @@ class Workspace:
         self._models: dict[str, nn.Module] = {}
         self._crafted: OrderedDict[str, Crafted] = OrderedDict()
         self._cell: Cell | None = None  # the cell being executed (for events)
+        self._eval: tuple[str, tuple[Tensor, Tensor, Tensor]] | None = None  # the last evaluation set
 
     def emit(self, event: str, cell: Cell | None, **payload: Any) -> None:
         if self.on_event is not None:
@@ -171,7 +172,15 @@ class Workspace:
     # -- evaluation examples and crafting -------------------------------------------------------
 
     def eval_set(self, cell: Cell, target: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-        """The evaluation examples ``(x, y, index)`` of a cell."""
+        """The evaluation examples ``(x, y, index)`` of a cell; the last one is kept, for the
+        next shard of the same cell (``bucket_samples`` selects them with a pass of the model
+        over the test split: once per cell, not per shard)."""
+        k = digest([cell.dataset.key(), cell.examples(), id(target) if cell.options.bucket_samples is not None else None])
+        if self._eval is None or self._eval[0] != k:
+            self._eval = (k, self._eval_set(cell, target))
+        return self._eval[1]
+
+    def _eval_set(self, cell: Cell, target: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
         o = cell.options
         test = self.split(cell.dataset, "test")
         if o.bucket_samples is None:

@@ -63,6 +63,9 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
             elif r.get("status") == "not-applicable":
                 line.append("n/a")
                 col.append("#f4f4f4")
+            elif r.get("status") == "partial":  # some shards stored, no numbers yet
+                line.append("partial")
+                col.append("#f4f4f4")
             else:
                 line.append(with_interval(_fmt(r.get("robust_accuracy")), cis.get(r.cell_key, {}).get("robust_accuracy")))
                 col.append(_heat(r.get("robust_accuracy")))
@@ -389,7 +392,8 @@ def _provenance_section(rows: list[dict[str, Any]], store: Any, spec_name: str |
     body = [
         ["results file", str(store.path)],
         ["specs", "; ".join(spec_lines) or "-"],
-        ["cells", f"{len(rows)}: {sum(r.get('status') == 'done' for r in rows)} done, {sum(r.get('status') == 'failed' for r in rows)} failed, {sum(r.get('status') == 'not-applicable' for r in rows)} not applicable"],
+        ["cells", f"{len(rows)}: {sum(r.get('status') == 'done' for r in rows)} done, {sum(r.get('status') == 'failed' for r in rows)} failed, {sum(r.get('status') == 'not-applicable' for r in rows)} not applicable"
+                  + (f", {n} partial (shards missing)" if (n := sum(r.get('status') == 'partial' for r in rows)) else "")],
         ["advx", distinct("advx_version")],
         ["torch", distinct("torch_version")],
         ["device", distinct("device")],
@@ -398,15 +402,21 @@ def _provenance_section(rows: list[dict[str, Any]], store: Any, spec_name: str |
         ["report written", datetime.now(timezone.utc).isoformat(timespec="seconds")],
     ]
     sec.blocks.append(Table(["", ""], body))
-    bad = [r for r in rows if r.get("status") in ("failed", "not-applicable")]
+    bad = [r for r in rows if r.get("status") in ("failed", "not-applicable", "partial")]
     if bad:
-        sec.blocks.append(Para(f"Failed and not-applicable cells ({len(bad)}):", "h3"))
+        sec.blocks.append(Para(f"Failed, not-applicable and partial cells ({len(bad)}):", "h3"))
         sec.blocks.append(
             Table(
                 ["cell", "status", "error or reason"],
-                [[_place(r), str(r.get("status")), str(r.get("error") or r.get("reason") or "")[:400]] for r in bad[:200]],
+                [[_place(r), str(r.get("status")), str(r.get("error") or r.get("reason") or _partial(r))[:400]] for r in bad[:200]],
             )
         )
         if len(bad) > 200:
             sec.blocks.append(Para(f"{len(bad) - 200} more not listed; `advx results DB` lists them all.", "note"))
     return sec
+
+
+def _partial(r: Any) -> str:
+    """What a partial cell holds: its stored shards (a sharded cell not finished yet)."""
+    got = ((r.get("details") or {}) if r.get("status") == "partial" else {}).get("shards") or {}
+    return f"{got['stored']} of {got['count']} shards stored; run the spec again for the others" if got else ""

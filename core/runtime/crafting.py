@@ -251,7 +251,9 @@ class CraftOptions:
     assumed (``benchmarks/kernels.py``); scoring stays in float32. ``surrogate``: the model
     stands in for the scored one (a transfer-style threat model); ``attack.surrogate`` is
     set for the call, and silent success is not watched (fooling the stand-in is not the
-    goal, so returning a point that does not fool it is no loss).
+    goal, so returning a point that does not fool it is no loss). ``first``: the position in
+    their cell of the first of these examples (a shard's start): batch seeds follow a batch's
+    position in the cell, so a cell split into shards of whole batches crafts as it would whole.
     """
 
     bounds: tuple[float, float]
@@ -266,6 +268,7 @@ class CraftOptions:
     amp: str | None = None
     channels_last: bool = False
     surrogate: bool = False
+    first: int = 0
 
 
 def craft(
@@ -318,7 +321,7 @@ def craft(
         counter.counting = True
         if targeted and not attack.supports_targeted:
             raise ConfigError(f'attack "{attack.name}" does not support targeted label mode {mode!r}')
-        s = batch_seed(o.seed, start)
+        s = batch_seed(o.seed, o.first + start)
         attack.begin_batch(s, examples)
         torch.manual_seed(s)  # attacks drawing from the global generator are per-batch deterministic too
         if watch is not None:

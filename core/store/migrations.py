@@ -13,7 +13,8 @@ no migration), names the breakdowns ``details``, defines robust accuracy as the 
 cell (``identity``) and the threat model's traits with each row, and marks which cells
 of a spec are its current ones (``members.current``). Version 4 adds the ``claims`` table:
 the cells a live run is computing (owner, heartbeat, expiry), so that two runs on one file
-share the work.
+share the work. Version 5 adds the ``shards`` table: the stored shards of sharded cells
+(``[matrix] shard_size``), and the ``partial`` status of a cell some of whose shards are in.
 """
 
 from __future__ import annotations
@@ -149,8 +150,15 @@ def v3_to_v4(conn: sqlite3.Connection) -> str:
     return "a claims table (the cells a live run is computing)"
 
 
+def v4_to_v5(conn: sqlite3.Connection) -> str:
+    from advx.store.schema import SHARDS_DDL
+
+    conn.execute(SHARDS_DDL)
+    return "a shards table (the stored shards of cells split by [matrix] shard_size)"
+
+
 #: version -> the migration to version + 1
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: v2_to_v3, 3: v3_to_v4}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: v2_to_v3, 3: v3_to_v4, 4: v4_to_v5}
 
 
 def backup_path(path: Path, version: int) -> Path:

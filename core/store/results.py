@@ -60,6 +60,9 @@ from advx.store.schema import (
     SAMPLE_COLUMN_NAMES,
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
+    SHARD_COLUMN_NAMES,
+    SHARD_COLUMNS,
+    SHARDS_DDL,
     TABLE_COLUMNS,
     TRAINING_COLUMNS,
     format_value,
@@ -94,6 +97,7 @@ CREATE TABLE IF NOT EXISTS members (
 CREATE TABLE IF NOT EXISTS trainings ({trainings});
 CREATE INDEX IF NOT EXISTS cells_spec ON cells(spec_name);
 {CLAIMS_DDL};
+{SHARDS_DDL};
 """
 
 
@@ -312,8 +316,12 @@ class ResultStore:
         --rerun``) a cell finished before is this run's to recompute; one another live run
         computes is still waited for. Starts the heartbeat that keeps this run's claims alive."""
         now = time.time()
+        cell, _, shard = cell_key.partition("#")  # a shard's key: its cell's and its index
         with self._tx(immediate=True) as conn:
-            st = conn.execute("SELECT status FROM cells WHERE cell_key = ?", (cell_key,)).fetchone()
+            st = conn.execute("SELECT status FROM cells WHERE cell_key = ?", (cell,)).fetchone()
+            if shard and not rerun and st is not None and st[0] not in ("done", "not-applicable"):
+                stored = conn.execute("SELECT 1 FROM shards WHERE cell_key = ? AND shard = ?", (cell, int(shard))).fetchone()
+                st = ("done",) if stored is not None else st
             if st is not None and ((st[0] in ("done", "not-applicable") and not rerun) or cell_key in self._waited):
                 return "done"
             held = conn.execute("SELECT owner, expires FROM claims WHERE cell_key = ?", (cell_key,)).fetchone()
@@ -378,13 +386,17 @@ class ResultStore:
         row: CellRow,
         samples: dict[str, torch.Tensor] | None = None,
         trainings: Sequence[dict[str, Any]] = (),
+        sharded: bool = False,
     ) -> bool:
         """Write one cell (its samples and trainings) in one transaction, replacing an earlier
         attempt; return False (writing nothing of the cell) when a failure would replace a
         finished cell: a finished cell is never overwritten by a failure.
 
         Kept examples come in ``samples`` under ``advx.store.schema.EXAMPLE_KEYS`` (the first K
-        clean and adversarial inputs) and go to the examples table.
+        clean and adversarial inputs) and go to the examples table. ``sharded``: the row of a
+        sharded cell (merged from its shards, or failed in one): its stored shards and their
+        kept examples stay (a failed one's shards serve the rerun), and its samples are
+        rewritten only when given; otherwise a whole cell's row replaces any shards of it.
         """
         values = []
         for c in CELL_COLUMNS:
@@ -400,42 +412,110 @@ class ResultStore:
                 prev = conn.execute("SELECT status FROM cells WHERE cell_key = ?", (key,)).fetchone()
                 if prev is not None and prev[0] in ("done", "not-applicable"):
                     return False
-            conn.execute("DELETE FROM samples WHERE cell_key = ?", (key,))
-            conn.execute("DELETE FROM examples WHERE cell_key = ?", (key,))
+            if not sharded:
+                conn.execute("DELETE FROM shards WHERE cell_key = ?", (key,))
+                conn.execute("DELETE FROM examples WHERE cell_key = ?", (key,))
+            if not sharded or samples:
+                conn.execute("DELETE FROM samples WHERE cell_key = ?", (key,))
+            # an upsert, not INSERT OR REPLACE: a replaced row would take its shards' records with it (ON DELETE CASCADE)
             conn.execute(
-                f"INSERT OR REPLACE INTO cells({', '.join(CELL_COLUMN_NAMES)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
+                f"INSERT INTO cells({', '.join(CELL_COLUMN_NAMES)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))}) "
+                f"ON CONFLICT(cell_key) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in CELL_COLUMN_NAMES if n != 'cell_key')}",
                 values,
             )
             if row.spec_name:
                 conn.execute("INSERT OR IGNORE INTO members(spec_name, cell_key, current) VALUES (?, ?, 1)", (row.spec_name, key))
-            if samples:
-                # NaN (no detector) is stored as NULL
-                cols = [
-                    [None if isinstance(v, float) and v != v else v for v in samples[c].tolist()] for c in SAMPLE_COLUMN_NAMES
-                ]
-                conn.executemany(
-                    f"INSERT INTO samples(cell_key, {', '.join(SAMPLE_COLUMN_NAMES)}) VALUES (?, {', '.join('?' * len(SAMPLE_COLUMNS))})",
-                    ((key, *vals) for vals in zip(*cols)),
-                )
-            if samples and all(k in samples for k in EXAMPLE_KEYS):
-                xs, advs = (samples[k] for k in EXAMPLE_KEYS)
-                conn.executemany(
-                    "INSERT INTO examples(cell_key, idx, shape, x, x_adv) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        (key, int(i), json.dumps(list(x.shape)), _pack(x), _pack(a))
-                        for i, x, a in zip(samples["idx"].tolist(), xs, advs)
-                    ),
-                )
-            for t in trainings:
-                # one record per key: the one that trained, whichever came back first (a worker
-                # that waited for another's training loaded it from the cache)
-                conn.execute(
-                    "INSERT INTO trainings(key, kind, description, seconds, cached, recorded) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET description = excluded.description, seconds = excluded.seconds, "
-                    "cached = 0, recorded = excluded.recorded WHERE trainings.cached = 1 AND excluded.cached = 0",
-                    (t["key"], t["kind"], t["description"], t["seconds"], int(bool(t["cached"])), now),
-                )
+            self._write_samples(conn, key, samples)
+            self._write_trainings(conn, trainings, now)
         return True
+
+    def record_shard(
+        self,
+        row: CellRow,
+        entry: dict[str, Any],
+        samples: dict[str, torch.Tensor] | None = None,
+        trainings: Sequence[dict[str, Any]] = (),
+        reopen: bool = True,
+    ) -> None:
+        """Store one finished shard of a sharded cell in one transaction: its ``entry`` in the
+        shards table (``advx.store.schema.SHARD_COLUMNS``, ``details`` a dict), its per-sample
+        records and kept examples, its trainings. The cell gets a ``partial`` row (from the
+        shard's ``row``, without metrics) unless it has one: a failed cell becomes partial
+        again when ``reopen`` (a rerun computing its missing shards; not when it failed in
+        this run), and a finished one (``--rerun``) stands until the merge replaces it."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        key = row.cell_key
+        values = {**entry, "details": json.dumps(entry.get("details") or {}, sort_keys=True, default=str)}
+        shard = {"index": entry["shard"], "count": entry["count"]}
+        with self._tx() as conn:
+            conn.execute("DELETE FROM claims WHERE cell_key = ? AND owner = ?", (f"{key}#{shard['index']}", self.owner))
+            if reopen:
+                conn.execute("UPDATE cells SET status = 'partial', error = NULL, metrics = '{}' WHERE cell_key = ? AND status = 'failed'", (key,))
+            if conn.execute("SELECT 1 FROM cells WHERE cell_key = ?", (key,)).fetchone() is None:
+                partial = row.replace(status="partial", metrics={}, details={}, error=None, reason=None, seconds=None, trainings=[])
+                cols = [getattr(partial, c.name) for c in CELL_COLUMNS]
+                cols = [json.dumps(v, sort_keys=True, default=str) if c.json and v is not None else v for c, v in zip(CELL_COLUMNS, cols)]
+                conn.execute(f"INSERT INTO cells({', '.join(CELL_COLUMN_NAMES)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})", cols)
+                if row.spec_name:
+                    conn.execute("INSERT OR IGNORE INTO members(spec_name, cell_key, current) VALUES (?, ?, 1)", (row.spec_name, key))
+            conn.execute(
+                f"INSERT OR REPLACE INTO shards(cell_key, {', '.join(SHARD_COLUMN_NAMES)}) VALUES (?, {', '.join('?' * len(SHARD_COLUMNS))})",
+                (key, *(values.get(c) for c in SHARD_COLUMN_NAMES)),
+            )
+            stored = conn.execute("SELECT COUNT(*) FROM shards WHERE cell_key = ?", (key,)).fetchone()[0]
+            conn.execute(
+                "UPDATE cells SET details = ? WHERE cell_key = ? AND status = 'partial'",
+                (json.dumps({"shards": {"stored": stored, "count": shard["count"]}}), key),
+            )
+            self._write_samples(conn, key, samples, replace=True)
+            self._write_trainings(conn, trainings, now)
+
+    def shard_records(self, cell_key: str) -> list[dict[str, Any]]:
+        """The stored shards of a cell, in order (``details`` decoded)."""
+        if not self._has_table("shards"):
+            return []
+        cur = self.conn.execute(f"SELECT {', '.join(SHARD_COLUMN_NAMES)} FROM shards WHERE cell_key = ? ORDER BY shard", (cell_key,))
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(SHARD_COLUMN_NAMES, r))
+            d["details"] = json.loads(d["details"]) if d["details"] else {}
+            out.append(d)
+        return out
+
+    @staticmethod
+    def _write_samples(conn: sqlite3.Connection, key: str, samples: dict[str, torch.Tensor] | None, replace: bool = False) -> None:
+        """The per-sample records and kept examples in ``samples`` (``replace``: over those of the same examples)."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        if samples:
+            # NaN (no detector) is stored as NULL
+            cols = [
+                [None if isinstance(v, float) and v != v else v for v in samples[c].tolist()] for c in SAMPLE_COLUMN_NAMES
+            ]
+            conn.executemany(
+                f"{verb} INTO samples(cell_key, {', '.join(SAMPLE_COLUMN_NAMES)}) VALUES (?, {', '.join('?' * len(SAMPLE_COLUMNS))})",
+                ((key, *vals) for vals in zip(*cols)),
+            )
+        if samples and all(k in samples for k in EXAMPLE_KEYS):
+            xs, advs = (samples[k] for k in EXAMPLE_KEYS)
+            conn.executemany(
+                f"{verb} INTO examples(cell_key, idx, shape, x, x_adv) VALUES (?, ?, ?, ?, ?)",
+                (
+                    (key, int(i), json.dumps(list(x.shape)), _pack(x), _pack(a))
+                    for i, x, a in zip(samples["idx"].tolist(), xs, advs)
+                ),
+            )
+
+    @staticmethod
+    def _write_trainings(conn: sqlite3.Connection, trainings: Sequence[dict[str, Any]], now: str) -> None:
+        for t in trainings:
+            # one record per key: the one that trained, whichever came back first (a worker
+            # that waited for another's training loaded it from the cache)
+            conn.execute(
+                "INSERT INTO trainings(key, kind, description, seconds, cached, recorded) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET description = excluded.description, seconds = excluded.seconds, "
+                "cached = 0, recorded = excluded.recorded WHERE trainings.cached = 1 AND excluded.cached = 0",
+                (t["key"], t["kind"], t["description"], t["seconds"], int(bool(t["cached"])), now),
+            )
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -8,9 +8,13 @@ header); CSV and JSON exports carry ``EXPORT_COLUMNS`` (every field, each metric
 them). A schema change is a new ``SCHEMA_VERSION`` with a migration in
 ``advx.store.migrations``.
 
-A cell row's ``status`` is ``done``, ``failed`` (``error`` says why) or
+A cell row's ``status`` is ``done``, ``failed`` (``error`` says why),
 ``not-applicable`` (``reason`` says why: e.g. a ``member`` threat on a defense that is not
-an ensemble).
+an ensemble) or ``partial``: a sharded cell (``[matrix] shard_size``) some of whose
+shards are stored (the ``shards`` table; their per-sample records are in the samples
+table) and the others not yet computed. A partial cell has no metrics: they are computed
+from every example when its last shard is in, and a rerun computes only the missing
+shards. A sharded cell that failed keeps its finished shards for the rerun.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from advx.analysis.metrics import METRICS
 from advx.analysis.records import SAMPLE_COLUMN_NAMES, SAMPLE_COLUMNS
 from advx.analysis.rows import JSON_FIELDS, CellRow
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,31 @@ def read_samples(conn: Any, cell_key: str) -> dict[str, Any]:
             out[c.name] = torch.tensor([r[i] for r in rows], dtype=c.dtype)
     return out
 
+
+#: the shards table: one row per stored shard of a sharded cell (``[matrix] shard_size``):
+#: its place in the cell and what the merge of the shards needs (``advx.engine.shards``)
+SHARD_COLUMNS: tuple[Column, ...] = (
+    Column("shard", "INTEGER", description="index of the shard in its cell (0-based)"),
+    Column("count", "INTEGER", description="shards of the cell"),
+    Column("start", "INTEGER", description="position in the cell's evaluation set of the shard's first example"),
+    Column("stop", "INTEGER", description="position after its last example"),
+    Column("status", description="done or not-applicable"),
+    Column("n", "INTEGER", description="examples of the shard"),
+    Column("seconds", "REAL", fmt=".2f", description="crafting and scoring time of the shard"),
+    Column("train_seconds", "REAL", fmt=".2f", description="trainings done while it ran"),
+    Column("attack_seconds", "REAL", fmt=".2f", description="crafting time (the attack's cost)"),
+    Column("forwards", "INTEGER", description="forward passes of the attack"),
+    Column("backwards", "INTEGER", description="backward passes of the attack"),
+    Column("details", json=True, description="attack info, diagnostics (shard 0), silent success, batch size, device, trainings"),
+    Column("started"),
+    Column("finished"),
+)
+SHARD_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in SHARD_COLUMNS)
+SHARDS_DDL = (
+    "CREATE TABLE IF NOT EXISTS shards (cell_key TEXT NOT NULL REFERENCES cells(cell_key) ON DELETE CASCADE, "
+    + ", ".join(f"{c.name} {c.sql}" for c in SHARD_COLUMNS)
+    + ", PRIMARY KEY (cell_key, shard))"
+)
 
 #: the claims table: a cell being computed by a live run (``owner``: host, process and run;
 #: ``heartbeat`` and ``expires``: Unix times). Another run skips or waits for a claimed cell;

@@ -20,6 +20,7 @@ import torch
 
 import advx
 from advx import Attack, AttackConfig
+from advx.analysis.records import SAMPLE_COLUMN_NAMES
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
 
@@ -172,6 +173,39 @@ def test_kill_9_of_the_driver_leaves_no_process_and_a_rerun_resumes(tmp_path, de
     assert f"{CELLS - len(kept)} cells run, {len(kept)} skipped (already done), 0 failed" in out
     assert list(cells(db).values()) == ["done"] * CELLS
     assert query(db, "SELECT COUNT(*) FROM claims") == [(0,)]
+
+
+def sharded_text(tmp_path: Path, shard_size: int | None = 50) -> str:
+    """One PGD cell of 400 examples in shards of 50 (each a few seconds on a loaded CPU)."""
+    text_ = spec_text(tmp_path, threads=1, samples=400, batch_size=50, **({"shard_size": shard_size} if shard_size else {}))
+    return text_.replace("eps = [0.05, 0.1, 0.15, 0.2]", "eps = 0.1").replace('name = "faults"', 'name = "shards"')
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_mid_cell_loses_its_shard_only_and_a_rerun_computes_just_that(tmp_path):
+    db = tmp_path / "r.db"
+    run = start(tmp_path, "--device", "cpu,cpu", spec=sharded_text(tmp_path))
+    # a shard stored, and both workers on one
+    wait_for(lambda: query(db, "SELECT COUNT(*) FROM shards") >= [(1,)] and in_flight(db, run, 2) and len(workers(run.pid)) >= 2, run)
+    victim = workers(run.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert finish(run) == 1  # the cell failed ...
+    ((status, error),) = query(db, "SELECT status, error FROM cells")
+    assert status == "failed" and f"(pid {victim}) died (killed by SIGKILL) while computing this cell" in error
+    assert error.startswith("shard ")
+    # ... and every other shard finished and is stored (a fresh worker took the victim's place)
+    assert query(db, "SELECT COUNT(*) FROM shards") == [(7,)]
+    rerun = start(tmp_path, "--device", "cpu,cpu", log="rerun.txt")
+    assert finish(rerun) == 0
+    out = text(tmp_path / "rerun.txt")
+    assert "1 shards to run (7 stored by an earlier run)" in out and "1 shards run" in out
+    assert query(db, "SELECT status FROM cells") == [("done",)] and query(db, "SELECT COUNT(*) FROM shards") == [(8,)]
+    # the same per-example records as one uninterrupted run of the cell, whole
+    whole = start(tmp_path, spec=sharded_text(tmp_path, None), db="whole.db", log="whole.txt")
+    assert finish(whole) == 0
+    columns = ", ".join(SAMPLE_COLUMN_NAMES)
+    records = query(db, f"SELECT {columns} FROM samples ORDER BY idx")
+    assert len(records) == 400 and records == query(tmp_path / "whole.db", f"SELECT {columns} FROM samples ORDER BY idx")
 
 
 # -- 2. one dead or hung worker does not take the run with it ---------------------------------

@@ -150,3 +150,72 @@ def test_a_cell_past_cell_timeout_is_stopped_in_its_task(tmp_path, cluster):
     by = {r.attack_config["seconds"]: r for r in res.rows}
     assert by[0.0].status == "done"
     assert by[60.0].status == "failed" and "ran past [matrix] cell_timeout = 5 s and was stopped" in by[60.0].error
+
+
+class DiesWhile(Attack):
+    """FGSM after ``seconds``, whose worker process dies while the ``marker`` file exists."""
+
+    name: ClassVar[str] = "dies-while"
+
+    class Config(AttackConfig):
+        eps: float = 0.1
+        marker: str = ""
+        seconds: float = 0.0
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        import time
+
+        time.sleep(self.config.seconds)
+        if self.config.marker and Path(self.config.marker).exists():
+            os._exit(1)  # the worker dies mid-task, as a killed node would
+        xg = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y), xg)
+        return (x + self.config.eps * g.sign()).clamp(*bounds)
+
+
+def test_sharded_on_ray_equals_in_process_whole_and_a_dying_worker_loses_no_finished_shard(tmp_path, cluster):
+    """One Ray task per shard: workers die from some point on (each task tried twice), the cell
+    fails, the shards finished before are kept; the rerun computes only the others, and the
+    merged records equal the cell computed whole in process."""
+    import sqlite3
+    import threading
+    import time
+
+    reg = advx.Registry.discover()
+    reg.add("attack", DiesWhile, package="tests")
+    marker = tmp_path / "die"
+    s = spec(tmp_path, [{"name": "dies-while", "marker": str(marker), "seconds": 0.3}], "ray")
+    s["threats"] = [{"name": "white-box"}]
+    s["matrix"].update(samples=144, batch_size=24, shard_size=24, diagnostics=False, keep_examples=0)  # 6 shards
+    db = tmp_path / "r.db"
+    stored = lambda: sqlite3.connect(db).execute("SELECT COUNT(*) FROM shards").fetchone()[0] if db.exists() else 0  # noqa: E731
+
+    def arm():  # the workers die once two shards are stored
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            try:
+                if stored() >= 2:
+                    marker.touch()
+                    return
+            except sqlite3.Error:
+                pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=arm)
+    t.start()
+    first = advx.run_matrix(s, registry=reg, store=db)
+    t.join()
+    (row,) = first.rows
+    assert row.status == "failed" and "failed after 2 tries" in row.error and row.error.startswith("shard ")
+    kept = stored()
+    assert 2 <= kept < 6
+    marker.unlink()
+    again = advx.run_matrix(s, registry=reg, store=db)
+    assert again.done == 1 and again.shards == 6 - kept  # only the missing shards
+    s["matrix"].pop("shard_size")
+    s["matrix"]["executor"] = "local"
+    whole = advx.run_matrix(s, registry=reg, store=tmp_path / "whole.db")
+    with advx.ResultStore(db, readonly=True) as a, advx.ResultStore(tmp_path / "whole.db", readonly=True) as b:
+        ra, rb = a.samples(row.cell_key), b.samples(row.cell_key)
+        assert len(ra["idx"]) == 144 and all(torch.equal(ra[k].nan_to_num(-9.0), rb[k].nan_to_num(-9.0)) for k in ra)
+    assert again.rows[0].metrics["robust_accuracy"] == whole.rows[0].metrics["robust_accuracy"]

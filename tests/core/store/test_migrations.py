@@ -174,3 +174,27 @@ def test_a_new_metric_needs_no_migration(tmp_path, monkeypatch):
     with advx.ResultStore(db) as store:
         assert store.notice is None
         assert sorted(r.get("always_one", 0.0) for r in store.cells()) == [0.0, 1.0]
+
+
+V4_DB = FIXTURES / "results-v4.db"  # 2 digits cells written by advx before sharded cells (results schema 4)
+
+
+def test_a_version_4_file_gets_the_shards_table_and_keeps_its_cells(tmp_path):
+    db = tmp_path / "results.db"
+    shutil.copy2(V4_DB, db)
+    with sqlite3.connect(db) as conn:
+        before = conn.execute("SELECT cell_key, status, metrics FROM cells ORDER BY cell_key").fetchall()
+        samples = conn.execute("SELECT COUNT(*) FROM samples").fetchone()
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shards'").fetchall()
+    with advx.ResultStore(db) as store:
+        assert "schema 4 migrated to 5" in store.notice and "shards table" in store.notice
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "5"
+        rows = store.cells()
+        assert sorted((r.cell_key, r.status) for r in rows) == [(k, s) for k, s, _ in before]
+        assert {r.cell_key: r.metrics for r in rows} == {k: json.loads(m) for k, _, m in before}
+        assert all(store.shard_records(r.cell_key) == [] for r in rows)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM samples").fetchone() == samples
+        assert conn.execute("SELECT COUNT(*) FROM shards").fetchone() == (0,)
+    assert db.with_name("results.db.bak-v4").exists()
