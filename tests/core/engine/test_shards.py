@@ -67,9 +67,11 @@ def whole(tmp_path_factory):
 
 
 def test_shard_size_must_be_whole_batches_and_is_not_part_of_the_key(tmp_path):
-    with pytest.raises(advx.ConfigError, match=r"shard_size = 120 must be a multiple of batch_size = 50") as err:
+    with pytest.raises(advx.ConfigError, match=r"matrix\.shard_size: .*must be a multiple of batch_size = 50 \(got 120\)") as err:
         advx.run_matrix(spec(tmp_path, 120))
-    assert "\n" not in str(err.value) and "matrix" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(advx.ConfigError, match=r"matrix\.shard_size: .*greater than or equal to 1"):
+        advx.run_matrix(spec(tmp_path, 0))
     registry = advx.Registry.discover()
     from advx.engine.plan import plan
     from advx.engine.run import load_spec
