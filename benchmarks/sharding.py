@@ -78,6 +78,38 @@ def timed(name: str, s: dict, executor, folder: Path) -> dict:
             "robust_accuracy": row.metrics["robust_accuracy"], "samples": samples, "attack_seconds": row.metrics["attack_seconds"]}
 
 
+def _busy(threads: int, seconds: float, batch: int, out) -> None:
+    """Plain torch, no advx: mnist-cnn forward+backward passes on MNIST-sized batches for ``seconds``."""
+    torch.set_num_threads(threads)
+    model = advx.Registry.discover().create("model", "mnist-cnn", {}).build(
+        advx.DatasetInfo(name="mnist", input_shape=(1, 28, 28), num_classes=10)
+    )
+    x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    for _ in range(3):  # warm-up
+        torch.nn.functional.cross_entropy(model(x.requires_grad_(True)), y).backward()
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.nn.functional.cross_entropy(model(x.requires_grad_(True)), y).backward()
+        done += batch
+    out.put(done / (time.perf_counter() - t0))
+
+
+def ceiling(n: int, batch: int, seconds: float = 20.0) -> float:
+    """Image passes per second of ``n`` independent 1-thread processes of plain torch work: what
+    the machine itself gives N workers at the time of the run."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_busy, args=(1, seconds, batch, q)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    rates = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
 def same(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k].nan_to_num(-9.0), b[k].nan_to_num(-9.0)) for k in a)
 
@@ -94,6 +126,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/sharding-cpu")
     ap.add_argument("--dataset", default="mnist", help="digits: a quick check of the script itself")
     ap.add_argument("--device", default="cpu", help="cuda: the workers share one GPU (several GPUs: the rows of one per GPU are 'workers N' with --gpus)")
+    ap.add_argument("--ceiling", action="store_true", help="also measure what the machine gives 1 and 2 plain torch processes (CPU)")
     ap.add_argument("--gpus", type=int, default=1, help="with --device cuda: GPUs to spread the workers over (cuda:0, cuda:1, ...)")
     args = ap.parse_args()
 
@@ -131,6 +164,7 @@ def main() -> None:
         r = timed(name, sp, ex, folder)
         print(f"{name}: {r['wall_seconds']:.1f} s, {r['images_per_second']:.1f} images/s, robust acc {r['robust_accuracy']:.4f}", flush=True)
         rows.append(r)
+    ceil = {n: ceiling(n, args.batch_size) for n in (1, 2)} if args.ceiling else {}
     load1 = os.getloadavg()
     ref = next((r for r in rows if r["row"] == "unsharded"), rows[0])
     base = {"workers": next((r for r in rows if r["row"] == "workers 1"), None), "ray": next((r for r in rows if r["row"] == "ray 1"), None)}
@@ -146,7 +180,7 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/sharding.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-            if v is not None and k not in ("cache", "out", "rows")
+            if v is not None and v is not False and k not in ("cache", "out", "rows")
         ),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -154,6 +188,7 @@ def main() -> None:
         "load_average_before": load0, "load_average_after": load1, "train_seconds_untimed": train_seconds,
         "cell": f"{args.dataset}, {args.samples} test images, PGD-{args.steps} (eps 0.3, alpha 0.01, no early exit), mnist-cnn trained {args.epochs} epochs",
         "batch_size": args.batch_size, "shard_size": args.shard_size,
+        "ceiling_images_per_second": ceil,
     }
     clean = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": clean}, indent=2))
@@ -176,6 +211,13 @@ def main() -> None:
             f"| {r['row']} | {r['workers']} | {r['shards'] or '-'} | {r['wall_seconds']:.1f} | {r['images_per_second']:.1f} | {ratio} | {target} | "
             f"{r['robust_accuracy']:.4f} | {'yes' if r['same_records_as_unsharded'] else 'NO'} |"
         )
+    if ceil:
+        lines += [
+            "",
+            f"What the machine gave plain torch processes during the run (mnist-cnn forward+backward, batch {args.batch_size}, "
+            f"1 thread each, no advx, 20 s): 1 process {ceil[1]:.0f} images/s, 2 processes {ceil[2]:.0f} images/s "
+            f"(ratio {ceil[2] / ceil[1]:.2f}); the ceiling of the ratio of two workers.",
+        ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

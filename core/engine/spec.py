@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from advx.contract.errors import AdvxError, ConfigError, format_validation_error
 from advx.contract.interfaces import DEFAULTS, PluginConfig
@@ -124,13 +124,15 @@ class MatrixOptions(BaseModel):
         ),
     )
 
-    @model_validator(mode="after")
-    def _check_shard_size(self) -> MatrixOptions:
+    @field_validator("shard_size")
+    @classmethod
+    def _check_shard_size(cls, v: int | None, info: ValidationInfo) -> int | None:
         # a shard of whole batches: batch positions, and the per-batch seeds that follow them,
         # are then those of the unsharded cell (``CraftOptions.first``)
-        if self.shard_size is not None and self.shard_size % self.batch_size:
-            raise ValueError(f"shard_size = {self.shard_size} must be a multiple of batch_size = {self.batch_size}")
-        return self
+        batch = info.data.get("batch_size")
+        if v is not None and batch and v % batch:
+            raise ValueError(f"must be a multiple of batch_size = {batch} (got {v})")
+        return v
 
     @field_validator("device")
     @classmethod

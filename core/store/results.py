@@ -8,7 +8,10 @@ name serves every spec that contains it, and the ``members`` table records which
 contain which cells (``current``: the cells of the spec as it was last run; cells of earlier
 versions of a spec stay in the file and are listed on request). Per-sample outcomes are kept so that later analyses (worst case per
 example over attacks, per-class and per-confidence breakdowns, detection curves) need no
-rerun; trainings (with their time) are kept apart from cells.
+rerun; trainings (with their time) are kept apart from cells. A sharded cell (``[matrix]
+shard_size``) is stored shard by shard (``record_shard``: the shards table, its examples'
+records in the samples table, the cell ``partial`` until its row is merged and recorded), so
+a killed run keeps every finished shard and a rerun computes only the others.
 
 A file that is not an advx results file (another application's SQLite database, any
 other file) is refused and left byte-for-byte unchanged; a read-only file or folder is

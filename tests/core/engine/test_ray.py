@@ -207,6 +207,7 @@ def test_sharded_on_ray_equals_in_process_whole_and_a_dying_worker_loses_no_fini
     t.join()
     (row,) = first.rows
     assert row.status == "failed" and "failed after 2 tries" in row.error and row.error.startswith("shard ")
+    assert sum(not t["cached"] for t in first.trainings) == 1  # the model trained once for the cell, not per shard
     kept = stored()
     assert 2 <= kept < 6
     marker.unlink()

@@ -67,9 +67,11 @@ def whole(tmp_path_factory):
 
 
 def test_shard_size_must_be_whole_batches_and_is_not_part_of_the_key(tmp_path):
-    with pytest.raises(advx.ConfigError, match=r"shard_size = 120 must be a multiple of batch_size = 50") as err:
+    with pytest.raises(advx.ConfigError, match=r"matrix\.shard_size: .*must be a multiple of batch_size = 50 \(got 120\)") as err:
         advx.run_matrix(spec(tmp_path, 120))
-    assert "\n" not in str(err.value) and "matrix" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(advx.ConfigError, match=r"matrix\.shard_size: .*greater than or equal to 1"):
+        advx.run_matrix(spec(tmp_path, 0))
     registry = advx.Registry.discover()
     from advx.engine.plan import plan
     from advx.engine.run import load_spec
@@ -245,3 +247,31 @@ def test_bucket_samples_sharded_equals_whole_with_an_empty_trailing_shard(tmp_pa
         n = [e["n"] for e in store.shard_records(sharded.rows[0].cell_key)]
     assert n[0] == 100 and sum(n) == len(records(tmp_path / "whole.db", whole.rows[0].cell_key)["idx"]) < 300 and n[-1] < 100
     assert_same_cells(tmp_path / "whole.db", whole.rows, tmp_path / "sharded.db", sharded.rows)
+
+
+class GlobalNoise(Attack):
+    """A random perturbation drawn from torch's global generator (which ``craft`` seeds per batch)."""
+
+    name: ClassVar[str] = "global-noise"
+
+    class Config(AttackConfig):
+        eps: float = 0.1
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        return (x + self.config.eps * (2 * torch.rand_like(x) - 1)).clamp(*bounds)
+
+
+def test_a_shard_crafts_with_the_batch_seeds_of_its_position_in_the_cell():
+    from dataclasses import replace
+
+    from advx.runtime.crafting import CraftOptions, craft
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    x, y = torch.rand(120, 1, 4, 4), torch.randint(0, 4, (120,))
+    attack = GlobalNoise(GlobalNoise.Config())
+    o = CraftOptions((0.0, 1.0), 4, batch_size=20, seed=5)
+    whole = craft(model, attack, x, y, o).x_adv
+    shard = craft(model, attack, x[60:100], y[60:100], replace(o, first=60), torch.arange(60, 100)).x_adv
+    assert torch.equal(shard, whole[60:100])
+    # without its position the shard would draw the first batches' noise
+    assert not torch.equal(craft(model, attack, x[60:100], y[60:100], o, torch.arange(60, 100)).x_adv, whole[60:100])
