@@ -35,7 +35,9 @@ Members (``attacks``, in order):
   AutoAttack's other versions; not in the default list (it stood in for FAB-T before FAB
   was implemented here, and remains selectable, e.g. ``["apgd-ce", "apgd-t", "apgd-dlr",
   "square"]`` as earlier runs);
-* ``square``: the gradient-free Square Attack (``square.py``), ``queries`` queries.
+* ``square``: the gradient-free Square Attack (``square.py``), ``queries`` queries; with
+  ``square_hopeless_after`` > 0 an example whose margin is not closing fast enough leaves
+  the search early (``square.py``: ``hopeless_after``).
 
 **Which member broke each example:** after every call, ``self.broken_by`` is a long
 tensor of shape ``(N,)`` on the batch's device: the index in ``attacks`` of the member
@@ -72,6 +74,9 @@ class _SuiteConfig(AttackConfig):
     target_classes: int = Field(9, ge=1, le=1000, description="apgd-t and fab-t: number of targets tried, best first (AutoAttack: 9)")
     target_selection: TargetSelection = target_selection_field()
     queries: int = Field(5000, ge=1, le=1000000, description="square: query budget per example (AutoAttack: 5000)")
+    square_hopeless_after: float = Field(
+        0.0, ge=0, lt=1, description="square: its hopeless_after (0: every query for every unbroken example, AutoAttack)",
+    )
     seed: int = Field(0, ge=0, description="seed of the random starts and of Square's search")
     early_exit: bool = early_exit_field()
 
@@ -163,7 +168,7 @@ class _SuiteBase(Attack):
             params = {"steps": c.steps, "target_classes": c.target_classes, "target_selection": c.target_selection}
             fab = self._member(self.fab_cls, params, noise)
             return fab.perturb(model, x, y, bounds, targeted)
-        square = self._member(self.square_cls, {"queries": c.queries}, noise)
+        square = self._member(self.square_cls, {"queries": c.queries, "hopeless_after": c.square_hopeless_after}, noise)
         return square.perturb(model, x, y, bounds, targeted)
 
 

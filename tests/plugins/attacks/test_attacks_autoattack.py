@@ -344,6 +344,31 @@ def test_square_config_fields_change_the_result(name, field, a, b, model, xy):
     assert not torch.equal(ra, rb), field
 
 
+@pytest.mark.parametrize("name,eps", [("square", 0.05), ("square-l2", 0.3)])
+def test_square_hopeless_examples_leave_the_search_early(name, eps, model, xy):
+    """With hopeless_after, examples whose margin is not closing leave: fewer forwards; every
+    example it breaks the full search breaks too (the same draws, the search cut short); off
+    without early exit, where every example spends every query."""
+    x, y = xy
+    x, y = x[:40], y[:40]
+    full, f_full, _ = counted(name, model, x, y, eps=eps, queries=200)
+    cut, f_cut, _ = counted(name, model, x, y, eps=eps, queries=200, hopeless_after=0.1)
+    b_full, b_cut = fooled(model, full, y), fooled(model, cut, y)
+    assert f_cut < 0.8 * f_full
+    assert bool((b_full | ~b_cut).all()) and torch.equal(full[b_cut], cut[b_cut])
+    _, f_off, _ = counted(name, model, x, y, eps=eps, queries=50, hopeless_after=0.1, early_exit=False)
+    assert f_off == 51
+
+
+def test_suite_passes_square_hopeless_after_to_square(model, xy):
+    x, y = xy
+    x, y = x[:40], y[:40]
+    base = {"attacks": ["square"], "eps": 0.05, "queries": 200}
+    _, f_full, _ = counted("suite", model, x, y, **base)
+    _, f_cut, _ = counted("suite", model, x, y, **base, square_hopeless_after=0.1)
+    assert f_cut < 0.8 * f_full
+
+
 def test_square_examples_are_searched_independently_of_their_batch(model, xy):
     x, y = xy
     whole = run("square", model, x[:20], y[:20], eps=0.1, queries=30)
