@@ -225,3 +225,22 @@ def _group(sweeps, minimum, norm, samples):
         ))
     table.sort(key=lambda r: (-r.optimality, r.attack))
     return grid, table, left
+
+
+OPTIMALITY_HEADERS = (
+    "dataset / model / defense / threat", "norm", "budgets", "attack", "mean robust accuracy",
+    "per-example best", "gap", "optimality", "passes / example (fwd+bwd)",
+)
+
+
+def optimality_table(groups: Sequence[tuple[str, str, list[float], list[OptimalityRow], list[str]]]) -> tuple[list[list[str]], list[str]]:
+    """The rows of ``optimality_groups`` as text (``OPTIMALITY_HEADERS``; the CLI's and the
+    report's one table), and the notes on sweeps left out."""
+    body, notes = [], []
+    for place, norm, grid, table, left in groups:
+        budgets = f"0-{grid[-1]:g} ({len(grid)} budgets)" if len(grid) > 5 else ", ".join(f"{g:g}" for g in grid)
+        for r in table:
+            passes = "-" if r.forwards_per_sample is None else f"{r.forwards_per_sample + (r.backwards_per_sample or 0.0):.0f}"
+            body.append([place, norm, budgets, r.attack, f"{r.auc:.4f}", f"{r.best_auc:.4f}", f"{r.gap:.4f}", f"{r.optimality:.3f}", passes])
+        notes += [f"{place} ({norm}): {s}" for s in left]
+    return body, notes

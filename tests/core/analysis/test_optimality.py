@@ -98,3 +98,25 @@ def test_a_sweep_missing_a_budget_of_the_group_is_named_and_left_out():
 
 def got_none(rows, recs):
     return optimality_groups(rows, recs.__getitem__) == []
+
+
+def test_results_and_report_show_the_optimality_of_a_sweep(tmp_path, capsys, tiny):
+    """A run that sweeps eps with two attacks: ``advx results --optimality`` and the report list
+    both with the values ``optimality_groups`` computes from the stored records."""
+    import advx
+    from advx.cli import main
+    from advx.store.results import ResultStore
+
+    db = tmp_path / "r.db"
+    attacks = [{"name": "fgsm", "eps": [0.05, 0.1, 0.2]}, {"name": "bim", "eps": [0.05, 0.1, 0.2], "alpha": 0.02, "steps": 3}]
+    advx.run_matrix(tiny(attacks=attacks), store=db)
+    with ResultStore(db, readonly=True) as store:
+        [(_, norm, grid, table, left)] = optimality_groups(store.cells(), store.samples)
+    assert norm == "linf" and grid == [0.05, 0.1, 0.2] and not left and {r.attack for r in table} == {"fgsm", "bim"}
+    assert all(0 < r.optimality <= 1 and r.gap >= 0 for r in table)
+    assert main(["results", str(db), "--optimality"]) == 0
+    out = capsys.readouterr().out
+    assert "optimality" in out and f"{table[0].optimality:.3f}" in out and f"{table[-1].gap:.4f}" in out
+    assert main(["report", str(db), "--format", "md", "--tables-only", "-o", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "Optimality of the attacks" in text and f"{table[-1].optimality:.3f}" in text
