@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             counter.remove()
             with torch.no_grad():
                 robust = float((model(x_adv).argmax(1) == y).float().mean())
-                linf = float((x_adv - x).abs().amax())
+                linf = float((x_adv - x).detach().abs().amax())
             n = len(x)
             rows.append({
                 "model": mname, "attack": attack, "library": lib, "variant": variant, "n": n, "clean": clean,

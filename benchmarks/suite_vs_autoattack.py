@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             counter.remove()
             with torch.no_grad():
                 robust = float((model(x_adv).argmax(1) == y).float().mean())
-            linf = float((x_adv - x).abs().amax())
+            linf = float((x_adv - x).detach().abs().amax())
             row = {
                 "model": mname, "eps": eps, "n": len(x), "clean": clean, "contender": label, "library": lib,
                 "robust_accuracy": robust, "max_linf": linf, "seconds": seconds,
