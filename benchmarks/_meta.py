@@ -25,6 +25,12 @@ def peer_versions() -> dict[str, str]:
     return out
 
 
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a CUDA timing would otherwise time the queue)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def meta_of(args: Any, before: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's metadata; called at the start, then again with the first result at the end
     (which adds the load average after the run)."""
@@ -35,7 +41,8 @@ def meta_of(args: Any, before: dict[str, Any] | None = None) -> dict[str, Any]:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(), "load_before": os.getloadavg(), "peers": peer_versions(),
-        "samples": getattr(args, "samples", None),
+        "samples": getattr(args, "samples", None), "device": getattr(args, "device", "cpu"),
+        "device_name": torch.cuda.get_device_name(0) if getattr(args, "device", "cpu").startswith("cuda") else None,
     }
 
 
@@ -44,7 +51,7 @@ def header(title: str, meta: dict[str, Any]) -> list[str]:
     return [
         f"# {title}",
         "",
-        f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, {meta['cpus']} CPUs, {meta['threads']} thread(s), "
+        f"`{meta['command']}`, {meta['date']}, torch {meta['torch']}, {meta['device_name'] or str(meta['cpus']) + ' CPUs'}, {meta['threads']} thread(s), "
         f"peers: {peers}; load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after "
         "(a shared machine: seconds are indicative; counted passes are exact).",
         "",

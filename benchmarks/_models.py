@@ -35,7 +35,8 @@ EPS = {"digits": 0.1, "mnist": 0.3, "mnist-at": 0.3}
 
 
 def load(name: str, samples: int, device: str = "cpu"):
-    """``(model in eval mode, x, y, bounds)``: the model ``name`` and its first ``samples`` test examples."""
+    """``(model in eval mode, x, y, bounds)``: the model ``name`` and its first ``samples`` test examples,
+    on ``device`` (trained on the CPU, so that a GPU run reuses the CPU's cached checkpoints)."""
     reg = advx.Registry.discover()
     if name == "digits":
         ds = reg.dataset("digits")
@@ -49,7 +50,8 @@ def load(name: str, samples: int, device: str = "cpu"):
 
         ds = reg.dataset("mnist", download=False)
         train = TrainConfig.model_validate({"epochs": AT_EPOCHS, "batch_size": 128, "optimizer": "adam", "lr": 0.001})
-        ctx = DefenseContext(dataset=ds, model=reg.model("mnist-cnn"), train_config=train, device=torch.device(device), registry=reg)
+        # trained on the CPU whatever the device (the cache key names the device): one checkpoint for all
+        ctx = DefenseContext(dataset=ds, model=reg.model("mnist-cnn"), train_config=train, device=torch.device("cpu"), registry=reg)
         defense = reg.defense("adversarial-training", rho=0.5, attack={"name": "pgd", "eps": 0.3, "steps": 10, "alpha": 0.075})
         model = defense.apply(None, ctx)
     else:

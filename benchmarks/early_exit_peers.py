@@ -32,7 +32,7 @@ import torch
 import advx
 from _models import EPS, MODELS, load
 from attacks import Counter, import_adv_lib
-from _meta import header, meta_of
+from _meta import header, meta_of, sync
 
 PGD = {"eps": 0.3, "alpha": 0.01, "steps": 40}
 APGD = {"eps": 0.3, "steps": 100}
@@ -71,13 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="mnist,mnist-at")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     meta = meta_of(args)
     rows, skipped = [], []
     for mname in args.models.split(","):
-        model, x, y, bounds = load(mname, args.samples)
+        model, x, y, bounds = load(mname, args.samples, args.device)
         for p in model.parameters():
             p.requires_grad_(True)  # as a user's model: attacks must not pay for parameter gradients
         with torch.no_grad():
@@ -86,8 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         for attack, lib, variant, fn in runs:
             torch.manual_seed(0)
             counter = Counter(model)
+            sync(args.device)
             t0 = time.perf_counter()
             x_adv = fn(x, y)
+            sync(args.device)
             seconds = time.perf_counter() - t0
             counter.remove()
             with torch.no_grad():
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     meta["skipped"] = skipped
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "early-exit-peers-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / f"early-exit-peers-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = header("PGD-40 and APGD-CE-100: passes and time, early exit on and off, beside the peers", meta) + [
         f"Models: {'; '.join(f'`{k}`: {v}' for k, v in meta['models'].items())}. {args.samples} test images, one batch, eps {EPS['mnist']}.",
         "Passes: examples through the model per example, counted by one forward hook on the model for every library",
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['model']} | {r['attack']} | {r['library']} | {r['variant']} | {r['robust_accuracy']:.4f} | {r['forwards']:.1f} | "
             f"{r['backwards']:.1f} | {ratio:.1f}x | {r['seconds']:.2f} |"
         )
-    (out / "early-exit-peers-cpu.md").write_text("\n".join(lines) + "\n")
+    (out / f"early-exit-peers-{args.device.split(':')[0]}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 
 import advx
 from advx.analysis.optimality import optimality, robust_on_grid
-from _meta import header, meta_of
+from _meta import header, meta_of, sync
 from _models import MODELS, load
 from attacks import Counter, import_adv_lib
 
@@ -95,13 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="digits,mnist,mnist-at")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     meta = meta_of(args)
     rows, skipped = [], []
     for mname in args.models.split(","):
-        model, x, y, bounds = load(mname, args.samples)
+        model, x, y, bounds = load(mname, args.samples, args.device)
         for p in model.parameters():
             p.requires_grad_(True)
         grid = GRIDS[mname]
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, lib, kind, fn in runs:
             torch.manual_seed(0)
             counter = Counter(model)
+            sync(args.device)
             t0 = time.perf_counter()
             if kind == "eps":
                 cols = []
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                     fooled = model(x_adv).argmax(1) != y
                 d = (x_adv - x).flatten(1).abs().amax(1).double()
                 curves[label] = robust_on_grid(correct, torch.where(fooled & correct, d, torch.full_like(d, math.inf)), grid)
+            sync(args.device)
             cost[label] = (time.perf_counter() - t0, (counter.forwards + counter.backwards) / len(x))
             counter.remove()
             print(f"{mname}: {label}: {cost[label][0]:.1f} s, {cost[label][1]:.0f} passes per example", flush=True)
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     meta.update(models={m: MODELS[m] for m in args.models.split(",")}, skipped=skipped)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "optimality-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / f"optimality-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = header("Optimality (AttackBench) of advx's attacks and the peers' on the same models", meta) + [
         f"Models: {'; '.join(f'`{k}`: {v}' for k, v in meta['models'].items())}. {args.samples} test examples each, one batch.",
         "Mean robust accuracy: the area under the attack's robust-accuracy curve over [0, eps max] (trapezoids on eps 0 and the",
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['optimality']:.3f} | {r['passes_per_example']:.0f} | {r['seconds']:.1f} |"
             )
         lines.append("")
-    (out / "optimality-cpu.md").write_text("\n".join(lines))
+    (out / f"optimality-{args.device.split(':')[0]}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

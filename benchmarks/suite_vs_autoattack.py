@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import advx
-from _meta import header, meta_of
+from _meta import header, meta_of, sync
 from _models import EPS, MODELS, load
 from attacks import Counter
 
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", default="digits=300,mnist-at=200", help="examples per model, name=n,...")
     ap.add_argument("--malt-targets", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = meta_of(args)
     rows, skipped = [], []
     for mname in args.models.split(","):
-        model, x, y, bounds = load(mname, samples.get(mname, 200))
+        model, x, y, bounds = load(mname, samples.get(mname, 200), args.device)
         for p in model.parameters():
             p.requires_grad_(True)
         eps = EPS[mname]
@@ -121,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         for label, lib, fn, prof in runs:
             torch.manual_seed(0)
             counter = Counter(model)
+            sync(args.device)
             t0 = time.perf_counter()
             x_adv = fn(x, y)
+            sync(args.device)
             seconds = time.perf_counter() - t0
             counter.remove()
             with torch.no_grad():
@@ -141,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     meta.update(models={m: MODELS[m] for m in args.models.split(",")}, skipped=skipped, malt_targets=args.malt_targets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "suite-vs-autoattack-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (out / "suite-vs-autoattack-cpu.md").write_text("\n".join(markdown(meta, rows)) + "\n")
+    (out / f"suite-vs-autoattack-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / f"suite-vs-autoattack-{args.device.split(':')[0]}.md").write_text("\n".join(markdown(meta, rows)) + "\n")
 
 
 def markdown(meta, rows):
