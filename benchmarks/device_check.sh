@@ -82,6 +82,6 @@ step ensemble-train 90 $PY benchmarks/ensemble.py --device cuda --train --repeat
 step attacks 150 $PY benchmarks/attacks.py --device cuda --no-peers --cases mnist --data .data --out "$W"
 export ADVX_DATA=$PWD/.data ADVX_CACHE_DIR=$PWD/.advx-cache
 step early-exit-peers 60 $PY benchmarks/early_exit_peers.py --device cuda --out "$W"
-step suite-vs-autoattack 120 $PY benchmarks/suite_vs_autoattack.py --device cuda --out "$W"
+step suite-vs-autoattack 90 $PY benchmarks/suite_vs_autoattack.py --device cuda --out "$W"
 step optimality 60 $PY benchmarks/optimality.py --device cuda --out "$W"
 bundle

@@ -7,7 +7,10 @@ In one process, on the same model, examples (one batch) and device, one run each
   classes of highest clean logit, Square 5000 queries; early exit per example, the default);
 * advx ``suite`` with MALT's target selection (``target_selection = "malt"``) and fewer targets
   (``--malt-targets``, default 3), everything else the same;
-* torchattacks' ``AutoAttack(version="standard")``;
+* the same, and Square leaving the examples whose margin is not closing
+  (``square_hopeless_after``, ``--hopeless-after``, default 0.1: judged from query 500 of 5000);
+* torchattacks' ``AutoAttack(version="standard")`` (note: its APGD, APGD-T and FAB run their
+  classes' default of 10 steps, not AutoAttack's 100; its Square 5000 queries);
 * the original AutoAttack (``from autoattack import AutoAttack``, ``version="standard"``).
 
 For each: seconds, robust accuracy (correct at the returned points, checked here with the
@@ -69,12 +72,14 @@ def advx_suite(model, bounds, eps, **params):
     return fn, profile
 
 
-def contenders(model, bounds, eps, malt_targets):
+def contenders(model, bounds, eps, malt_targets, hopeless):
     out, skipped = [], []
     fn, prof = advx_suite(model, bounds, eps)
     out.append(("advx suite, AutoAttack standard settings (logit targets, 9)", "advx", fn, prof))
     fn, prof = advx_suite(model, bounds, eps, target_selection="malt", target_classes=malt_targets)
     out.append((f"advx suite, MALT targets ({malt_targets})", "advx", fn, prof))
+    fn, prof = advx_suite(model, bounds, eps, target_selection="malt", target_classes=malt_targets, square_hopeless_after=hopeless)
+    out.append((f"advx suite, MALT targets ({malt_targets}), Square hopeless_after {hopeless}", "advx", fn, prof))
     try:
         import torchattacks as ta
 
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="digits,mnist-at")
     ap.add_argument("--samples", default="digits=300,mnist-at=200", help="examples per model, name=n,...")
     ap.add_argument("--malt-targets", type=int, default=3)
+    ap.add_argument("--hopeless-after", type=float, default=0.1, help="square_hopeless_after of the third advx configuration")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         eps = EPS[mname]
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
-        runs, skipped = contenders(model, bounds, eps, args.malt_targets)
+        runs, skipped = contenders(model, bounds, eps, args.malt_targets, args.hopeless_after)
         for label, lib, fn, prof in runs:
             torch.manual_seed(0)
             counter = Counter(model)
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(f"{mname}: {label}: robust {robust:.4f} in {seconds:.1f} s (max Linf {linf:.4f})", flush=True)
     meta = meta_of(args, meta)
-    meta.update(models={m: MODELS[m] for m in args.models.split(",")}, skipped=skipped, malt_targets=args.malt_targets)
+    meta.update(models={m: MODELS[m] for m in args.models.split(",")}, skipped=skipped, malt_targets=args.malt_targets, hopeless_after=args.hopeless_after)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"suite-vs-autoattack-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -153,6 +159,8 @@ def markdown(meta, rows):
         f"Models: {'; '.join(f'`{k}` (eps {EPS[k]}): {v}' for k, v in meta['models'].items())}. One batch per model, one run per contender.",
         "Robust accuracy: correct at the returned points (the same forward for every library). Passes: examples through the",
         "model per example (one forward hook, every library). Speed-up: the peer's seconds over advx's (> 1: advx faster).",
+        "torchattacks' AutoAttack(version='standard') runs APGD, APGD-T and FAB-T with 10 steps each (its classes' default),",
+        "the original AutoAttack and advx with 100: a smaller budget, not the same attack.",
         *[f"- {s}" for s in meta["skipped"]],
         "",
         "| model | contender | robust accuracy | seconds | forwards / ex. | backwards / ex. | torchattacks / this | original AA / this |",
