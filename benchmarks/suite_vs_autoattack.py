@@ -72,35 +72,48 @@ def advx_suite(model, bounds, eps, **params):
     return fn, profile
 
 
-def contenders(model, bounds, eps, malt_targets, hopeless):
+def contenders(model, bounds, eps, malt_targets, hopeless, steps=None, peers=("torchattacks", "autoattack")):
+    """The contenders; with ``steps``, only advx's fast configuration at that many steps per
+    APGD and FAB run (torchattacks' standard AutoAttack runs 10) beside the ``peers``."""
     out, skipped = [], []
+    if steps is not None:
+        fn, prof = advx_suite(model, bounds, eps, steps=steps, target_selection="malt", target_classes=malt_targets, square_hopeless_after=hopeless)
+        out.append((f"advx suite, {steps} steps, MALT targets ({malt_targets}), Square hopeless_after {hopeless}", "advx", fn, prof))
+        return out + _peers(model, eps, peers, skipped), skipped
     fn, prof = advx_suite(model, bounds, eps)
     out.append(("advx suite, AutoAttack standard settings (logit targets, 9)", "advx", fn, prof))
     fn, prof = advx_suite(model, bounds, eps, target_selection="malt", target_classes=malt_targets)
     out.append((f"advx suite, MALT targets ({malt_targets})", "advx", fn, prof))
     fn, prof = advx_suite(model, bounds, eps, target_selection="malt", target_classes=malt_targets, square_hopeless_after=hopeless)
     out.append((f"advx suite, MALT targets ({malt_targets}), Square hopeless_after {hopeless}", "advx", fn, prof))
-    try:
-        import torchattacks as ta
+    return out + _peers(model, eps, peers, skipped), skipped
 
-        a = ta.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
-        out.append(("torchattacks AutoAttack(version='standard')", "torchattacks", lambda x, y: a(x, y), None))
-    except ImportError:
-        skipped.append("torchattacks: not installed, skipped")
-    try:
-        from autoattack import AutoAttack
 
-        aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(next(model.parameters()).device), verbose=False)
-        aa.seed = 0
+def _peers(model, eps, peers, skipped):
+    out = []
+    if "torchattacks" in peers:
+        try:
+            import torchattacks as ta
 
-        def original(x, y):
-            with contextlib.redirect_stdout(io.StringIO()):
-                return aa.run_standard_evaluation(x, y, bs=len(x))
+            a = ta.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+            out.append(("torchattacks AutoAttack(version='standard')", "torchattacks", lambda x, y: a(x, y), None))
+        except ImportError:
+            skipped.append("torchattacks: not installed, skipped")
+    if "autoattack" in peers:
+        try:
+            from autoattack import AutoAttack
 
-        out.append(("original AutoAttack (version='standard')", "autoattack", original, None))
-    except ImportError:
-        skipped.append("autoattack (the original AutoAttack): not installed, skipped")
-    return out, skipped
+            aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(next(model.parameters()).device), verbose=False)
+            aa.seed = 0
+
+            def original(x, y):
+                with contextlib.redirect_stdout(io.StringIO()):
+                    return aa.run_standard_evaluation(x, y, bs=len(x))
+
+            out.append(("original AutoAttack (version='standard')", "autoattack", original, None))
+        except ImportError:
+            skipped.append("autoattack (the original AutoAttack): not installed, skipped")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", default="digits=300,mnist-at=200", help="examples per model, name=n,...")
     ap.add_argument("--malt-targets", type=int, default=3)
     ap.add_argument("--hopeless-after", type=float, default=0.1, help="square_hopeless_after of the third advx configuration")
+    ap.add_argument("--steps", type=int, help="instead: only the third configuration at this many steps per APGD/FAB run, beside --peers")
+    ap.add_argument("--peers", default="torchattacks,autoattack")
+    ap.add_argument("--name", default="suite-vs-autoattack", help="stem of the result files")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -124,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         eps = EPS[mname]
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
-        runs, skipped = contenders(model, bounds, eps, args.malt_targets, args.hopeless_after)
+        runs, skipped = contenders(model, bounds, eps, args.malt_targets, args.hopeless_after, args.steps, args.peers.split(","))
         for label, lib, fn, prof in runs:
             torch.manual_seed(0)
             counter = Counter(model)
@@ -150,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     meta.update(models={m: MODELS[m] for m in args.models.split(",")}, skipped=skipped, malt_targets=args.malt_targets, hopeless_after=args.hopeless_after)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"suite-vs-autoattack-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (out / f"suite-vs-autoattack-{args.device.split(':')[0]}.md").write_text("\n".join(markdown(meta, rows)) + "\n")
+    (out / f"{args.name}-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / f"{args.name}-{args.device.split(':')[0]}.md").write_text("\n".join(markdown(meta, rows)) + "\n")
 
 
 def markdown(meta, rows):
