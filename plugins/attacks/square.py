@@ -52,7 +52,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from advx import Attack, AttackConfig, ExampleNoise, hookimpl
+from advx import Attack, AttackConfig, hookimpl
 
 from ._common import early_exit_field, l2_norm, margin_to_other, per_example_view, project_l2_
 
