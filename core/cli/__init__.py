@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write the export to this file (format from --format or the extension: .csv, .json, .md)")
     p.add_argument("--breakdown", choices=["class", "confidence"], help="also show each cell per class or per confidence bucket")
     p.add_argument("--worst-case", action="store_true", help="also show the per-example worst case over attacks")
+    p.add_argument("--optimality", action="store_true", help="also show each attack's optimality (AttackBench: area between its robust-accuracy-vs-eps curve and the per-example best) for cells that sweep eps or run minimum-norm attacks")
     p.add_argument("--history", action="store_true", help="with --spec: also list the cells of earlier versions of the spec (kept in the file, no longer in the spec)")
     p.add_argument("--examples", metavar="DIR", help="write the kept examples as PNG files (clean, adversarial, perturbation) under DIR, with DIR/examples.csv")
     p.add_argument("--ci", action="store_true", help="95%% bootstrap interval of every accuracy, rate and AUC from the per-example records: beside the numbers in tables, <metric>_ci_low/_ci_high in CSV and JSON")

@@ -50,6 +50,8 @@ def cmd_results(args: argparse.Namespace) -> int:
                 console.print(table)
         if args.worst_case:
             console.print(_worst_case_table(store, rows, width=console.width, ci=args.ci))
+        if args.optimality:
+            _print_optimality(console, store, rows)
         earlier = store.earlier_cells(args.spec) if args.spec else []
         if args.history and args.spec:
             console.print(_result_table(earlier, f"{args.spec}: {len(earlier)} cells of earlier versions of the spec (not in it now)", console.width))
@@ -82,6 +84,25 @@ def _breakdown_tables(rows: list[dict[str, Any]], kind: str, width: int | None =
         columns = [(kind, False, [escape(name) for name in order])]
         columns += [(c.replace("_", " "), True, [format_value(c, values[name].get(c)) for name in order]) for c in cols]
         yield fitted_table(title, columns, width)
+
+
+def _print_optimality(console, store, rows: list[Any]) -> None:
+    """AttackBench's optimality per attack, for the groups of cells that sweep eps or run
+    minimum-norm attacks (``advx.analysis.optimality``)."""
+    from rich.markup import escape
+
+    from advx.analysis.optimality import OPTIMALITY_HEADERS, optimality_groups, optimality_table
+    from advx.cli.console import fitted_table
+
+    body, notes = optimality_table(optimality_groups(rows, store.samples))
+    if not body:
+        console.print("optimality: no group of cells sweeps eps (one attack at two budgets or more) or runs minimum-norm attacks beside another attack", markup=False)
+        return
+    columns = [(h, i >= 4, [escape(line[i]) for line in body]) for i, h in enumerate(OPTIMALITY_HEADERS)]
+    title = "optimality (AttackBench): mean robust accuracy over [0, eps max] of each attack and of the per-example best; gap = their difference, optimality = best / attack"
+    console.print(fitted_table(title, columns, console.width))
+    for note in notes:
+        console.print(f"left out: {note}", markup=False, soft_wrap=True)
 
 
 def _worst_case_table(store, rows: list[Any], only_groups: bool = False, width: int | None = None, ci: bool = False):

@@ -111,7 +111,27 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
                 with_interval(_fmt(worst), proportion_interval(list(robust.values()))),
             ])
         sec.blocks.append(Table(["dataset / model / defense / threat", "constraint", "attacks", "best single attack", "worst case"], wrows, right={2, 3, 4}))
+    _optimality_blocks(sec, rows, store)
     return sec
+
+
+def _optimality_blocks(sec: Section, rows: list[Any], store: Any) -> None:
+    """AttackBench's optimality of each attack, where cells sweep eps or run minimum-norm attacks."""
+    from advx.analysis.optimality import OPTIMALITY_HEADERS, optimality_groups, optimality_table
+
+    body, notes = optimality_table(optimality_groups(rows, store.samples))
+    if not body:
+        return
+    sec.blocks.append(Para("Optimality of the attacks (AttackBench, Cinà et al. 2025).", "h3"))
+    sec.blocks.append(Para(
+        "Per attack, the mean robust accuracy over the budgets from 0 to the largest (the area under its robust-accuracy "
+        "curve over that range) beside the same for the per-example best: an example counts as robust at a budget only "
+        "if no attack of the group broke it there or at a smaller budget. Gap: the difference; optimality: best over "
+        "attack (1: no attack of the group does better anywhere). Computed from the per-example records."
+    ))
+    sec.blocks.append(Table(list(OPTIMALITY_HEADERS), body, right=set(range(4, len(OPTIMALITY_HEADERS)))))
+    for note in notes:
+        sec.blocks.append(Para(f"Left out: {note}"))
 
 
 def _eps_tables(sweeps: dict[tuple, list[dict[str, Any]]], width: int = 8, cis: dict[str, dict[str, tuple[float, float]]] | None = None) -> list[Any]:

@@ -13,7 +13,7 @@ scalars are returned with shape ``(N, 1, ..., 1)`` so that they broadcast agains
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -320,3 +320,53 @@ def is_success(logits: Tensor, y: Tensor, targeted: bool) -> Tensor:
     """Per-example success of the prediction of ``logits``: ``!= y`` untargeted, ``== y`` targeted."""
     pred = logits.argmax(1)
     return pred == y if targeted else pred != y
+
+
+TargetSelection = Literal["logit", "malt"]
+MALT_CANDIDATES = 20
+
+
+def target_selection_field() -> Any:
+    """The ``target_selection`` field of the attacks that try several targets (FAB-T, the suite)."""
+    return Field(
+        "logit",
+        description=(
+            "how the targets are ranked: 'logit', the classes of highest clean logit after the top one "
+            "(AutoAttack); 'malt', the smallest logit gap to the true class divided by the dual norm of the "
+            f"gradient of that gap, among the {MALT_CANDIDATES} highest-logit classes (MALT, Melamed et al. 2024)"
+        ),
+    )
+
+
+def target_ranking(
+    model: nn.Module, x: Tensor, y: Tensor, logits: Tensor, k: int, how: TargetSelection, norm: str
+) -> Tensor:
+    """``(N, k')`` target classes per example, best first, ``k' = min(k, C - 1)``.
+
+    ``"logit"``: the classes of highest clean logit after the top one (AutoAttack's APGD-T and
+    FAB-T; ``logits`` are the clean logits of ``x``). ``"malt"`` (MALT, Melamed, Yehudai and
+    Shamir, NeurIPS 2024): among the ``MALT_CANDIDATES`` classes of highest logit other than
+    ``y``, the ``k`` with the smallest (z_y - z_c) / ||grad (z_y - z_c)||_* at ``x`` (dual norm:
+    L1 for L-inf, L2 for L2): the distance to each linearised boundary, which ranks a target
+    by how close it is rather than by its logit alone, so fewer targets find the examples a
+    longer list would. Costs one forward with its graph and one input-gradient backward per
+    candidate (``retain_graph``), once per call.
+    """
+    n, num = logits.shape
+    k = min(k, num - 1)
+    if how == "logit":
+        return logits.argsort(dim=1, descending=True)[:, 1 : k + 1]
+    cands = logits.scatter(1, y[:, None], float("-inf")).topk(min(MALT_CANDIDATES, num - 1), dim=1).indices
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        z = model(leaf)
+        z_y = z.gather(1, y[:, None]).squeeze(1)
+        scores = []
+        for j in range(cands.shape[1]):
+            gap = z_y - z.gather(1, cands[:, j : j + 1]).squeeze(1)
+            (g,) = torch.autograd.grad(gap.sum(), leaf, retain_graph=j < cands.shape[1] - 1)
+            g = g.flatten(1)
+            dual = g.abs().sum(1) if norm == "linf" else torch.linalg.vector_norm(g, ord=2, dim=1)
+            scores.append(gap.detach() / (dual + TINY))
+    order = torch.stack(scores, 1).argsort(dim=1)[:, :k]
+    return cands.gather(1, order)

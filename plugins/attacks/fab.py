@@ -25,9 +25,11 @@ and two cumulative sums give the level lambda at which the hyperplane is reached
 bisection loop).
 
 FAB-T (``target_classes`` = k > 0, AutoAttack's standard version uses 9): for each of
-the k classes of highest clean logit after the top one, in turn, the attack runs on the
-examples still unbroken with the single boundary z_t - z_y (one backward per step
-instead of one per class); success is still untargeted (leaving y). With a targeted
+the k classes of highest clean logit after the top one (``target_selection = "logit"``, as
+AutoAttack; ``"malt"``: the k nearest linearised boundaries, ``_common.target_ranking``),
+in turn, the attack runs on the examples still unbroken with the single boundary z_t -
+z_y (one backward per step instead of one per class), so each step moves towards the
+target (AutoAttack's fab_pt.py: the same z_t - z_y); success is still untargeted (leaving y). With a targeted
 label mode the kernel gives the target t: one run with the boundary between t and the
 best other class, success when the prediction is t (``target_classes`` is then unused).
 
@@ -64,7 +66,7 @@ from torch import Tensor, nn
 
 from advx import Attack, AttackConfig, ExampleNoise, hookimpl
 
-from ._common import TINY, Exits, early_exit_field, is_success, per_example_view
+from ._common import TINY, TargetSelection, Exits, early_exit_field, is_success, per_example_view, target_ranking, target_selection_field
 
 # The kernel's budget tolerance (advx.runtime.guards): relative and absolute.
 _REL_TOL, _ABS_TOL = 1e-5, 1e-6
@@ -284,6 +286,7 @@ class _FABConfig(AttackConfig):
         0, ge=0, le=1000,
         description="0: untargeted FAB; k > 0: FAB-T towards each of the k classes of highest clean logit after the top one (AutoAttack: 9)",
     )
+    target_selection: TargetSelection = target_selection_field()
     seed: int = Field(0, ge=0, description="seed of the random restarts")
     early_exit: bool = early_exit_field()
 
@@ -303,10 +306,14 @@ class _FABBase(Attack):
             plans = [(y, None)]  # towards the kernel's target from the best other class
         elif c.target_classes == 0:
             plans = [(None, None)]
-        else:
-            ranked = logits.argsort(dim=1, descending=True)
+        else:  # ranked on the examples to attack only (MALT's ranking costs a backward per candidate)
+            idx = (~found).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                return out
             k = min(c.target_classes, logits.shape[1] - 1)
-            plans = [(ranked[:, t + 1], y) for t in range(k)]
+            targets = torch.zeros(len(x), k, dtype=torch.long, device=x.device)
+            targets[idx] = target_ranking(model, x[idx], y[idx], logits[idx], k, c.target_selection, self.norm)
+            plans = [(targets[:, t], y) for t in range(k)]
         for t, (target, away) in enumerate(plans):
             for r in range(c.restarts):
                 idx = (~found).nonzero().squeeze(1)  # one host synchronisation per run

@@ -12,16 +12,22 @@ FAB's steps, Square's queries). Random starts and Square's search are drawn per 
 (``Attack.noise``), each member and target from its own stream, so the suite's result
 does not depend on the batch size.
 
+**Targets** of ``apgd-t`` and ``fab-t`` (``target_selection``, ``_common.target_ranking``):
+``"logit"`` (default), the classes of highest clean logit after the top one, as AutoAttack;
+``"malt"``, the classes whose linearised boundary is nearest (logit gap over the dual norm
+of its gradient, among the 20 highest logits; MALT, Melamed et al., NeurIPS 2024, which
+matched AutoAttack with fewer, better chosen targets). ``target_classes`` is how many
+(AutoAttack: 9): the targeted members' cost on the examples that survive is proportional
+to it.
+
 Members (``attacks``, in order):
 
 * ``apgd-ce``: APGD on cross-entropy (``apgd.py``), ``steps`` iterations, one start;
-* ``apgd-t``: APGD on the targeted DLR loss towards each of the ``target_classes``
-  classes of highest clean logit after the top one, in turn (AutoAttack's APGD-T: a
-  targeted loss, untargeted success); with a targeted label mode, one run towards the
-  given target;
+* ``apgd-t``: APGD on the targeted DLR loss towards each of ``target_classes`` targets, in
+  turn (AutoAttack's APGD-T: a targeted loss, untargeted success); with a targeted label
+  mode, one run towards the given target;
 * ``fab-t``: FAB-T (``fab.py``, or ``fab-l2``): the minimum-norm Fast Adaptive Boundary
-  attack towards each of the ``target_classes`` classes of highest clean logit after the
-  top one, in turn, ``steps`` iterations, one run from the input (AutoAttack's standard
+  attack towards each of ``target_classes`` targets, in turn, ``steps`` iterations, one run from the input (AutoAttack's standard
   settings: alpha_max 0.1, eta 1.05, beta 0.9); with a targeted label mode, one run
   towards the given target. Examples it brings inside eps count; the others are left
   to the next member;
@@ -29,7 +35,9 @@ Members (``attacks``, in order):
   AutoAttack's other versions; not in the default list (it stood in for FAB-T before FAB
   was implemented here, and remains selectable, e.g. ``["apgd-ce", "apgd-t", "apgd-dlr",
   "square"]`` as earlier runs);
-* ``square``: the gradient-free Square Attack (``square.py``), ``queries`` queries.
+* ``square``: the gradient-free Square Attack (``square.py``), ``queries`` queries; with
+  ``square_hopeless_after`` > 0 an example whose margin is not closing fast enough leaves
+  the search early (``square.py``: ``hopeless_after``).
 
 **Which member broke each example:** after every call, ``self.broken_by`` is a long
 tensor of shape ``(N,)`` on the batch's device: the index in ``attacks`` of the member
@@ -48,7 +56,7 @@ from pydantic import Field
 
 from advx import Attack, AttackConfig, hookimpl
 
-from ._common import early_exit_field, is_success
+from ._common import TargetSelection, early_exit_field, is_success, target_ranking, target_selection_field
 from .apgd import apgd_run, random_sphere_start
 from .fab import FAB, FABL2
 from .square import Square, SquareL2
@@ -63,8 +71,12 @@ class _SuiteConfig(AttackConfig):
         description="members in order; each runs on what the earlier left unbroken (default: AutoAttack's standard list)",
     )
     steps: int = Field(100, ge=1, le=100000, description="iterations of each APGD and FAB run (AutoAttack: 100)")
-    target_classes: int = Field(9, ge=1, le=1000, description="apgd-t and fab-t: targets tried, by clean logit rank (AutoAttack: 9)")
+    target_classes: int = Field(9, ge=1, le=1000, description="apgd-t and fab-t: number of targets tried, best first (AutoAttack: 9)")
+    target_selection: TargetSelection = target_selection_field()
     queries: int = Field(5000, ge=1, le=1000000, description="square: query budget per example (AutoAttack: 5000)")
+    square_hopeless_after: float = Field(
+        0.0, ge=0, lt=1, description="square: its hopeless_after (0: every query for every unbroken example, AutoAttack)",
+    )
     seed: int = Field(0, ge=0, description="seed of the random starts and of Square's search")
     early_exit: bool = early_exit_field()
 
@@ -140,11 +152,10 @@ class _SuiteBase(Attack):
         if member == "apgd-t":
             if targeted:
                 return self._apgd(model, x, y, bounds, noise, ("apgd-t-start", 0), "dlr", True)
-            k = min(c.target_classes, clean_logits.shape[1] - 1)
-            ranked = clean_logits.argsort(dim=1, descending=True)
+            ranked = target_ranking(model, x, y, clean_logits, c.target_classes, c.target_selection, self.norm)
             out, left = x.clone(), torch.arange(len(x), device=x.device)
-            for t in range(k):
-                target = ranked[left, t + 1]
+            for t in range(ranked.shape[1]):
+                target = ranked[left, t]
                 adv = self._apgd(model, x[left], target, bounds, noise[left], ("apgd-t-start", t), "dlr", True, true=y[left])
                 out[left] = adv
                 with torch.no_grad():
@@ -154,9 +165,10 @@ class _SuiteBase(Attack):
                     break
             return out
         if member == "fab-t":
-            fab = self._member(self.fab_cls, {"steps": c.steps, "target_classes": c.target_classes}, noise)
+            params = {"steps": c.steps, "target_classes": c.target_classes, "target_selection": c.target_selection}
+            fab = self._member(self.fab_cls, params, noise)
             return fab.perturb(model, x, y, bounds, targeted)
-        square = self._member(self.square_cls, {"queries": c.queries}, noise)
+        square = self._member(self.square_cls, {"queries": c.queries, "hopeless_after": c.square_hopeless_after}, noise)
         return square.perturb(model, x, y, bounds, targeted)
 
 

@@ -344,6 +344,31 @@ def test_square_config_fields_change_the_result(name, field, a, b, model, xy):
     assert not torch.equal(ra, rb), field
 
 
+@pytest.mark.parametrize("name,eps", [("square", 0.05), ("square-l2", 0.3)])
+def test_square_hopeless_examples_leave_the_search_early(name, eps, model, xy):
+    """With hopeless_after, examples whose margin is not closing leave: fewer forwards; every
+    example it breaks the full search breaks too (the same draws, the search cut short); off
+    without early exit, where every example spends every query."""
+    x, y = xy
+    x, y = x[:40], y[:40]
+    full, f_full, _ = counted(name, model, x, y, eps=eps, queries=200)
+    cut, f_cut, _ = counted(name, model, x, y, eps=eps, queries=200, hopeless_after=0.1)
+    b_full, b_cut = fooled(model, full, y), fooled(model, cut, y)
+    assert f_cut < 0.8 * f_full
+    assert bool((b_full | ~b_cut).all()) and torch.equal(full[b_cut], cut[b_cut])
+    _, f_off, _ = counted(name, model, x, y, eps=eps, queries=50, hopeless_after=0.1, early_exit=False)
+    assert f_off == 51
+
+
+def test_suite_passes_square_hopeless_after_to_square(model, xy):
+    x, y = xy
+    x, y = x[:40], y[:40]
+    base = {"attacks": ["square"], "eps": 0.05, "queries": 200}
+    _, f_full, _ = counted("suite", model, x, y, **base)
+    _, f_cut, _ = counted("suite", model, x, y, **base, square_hopeless_after=0.1)
+    assert f_cut < 0.8 * f_full
+
+
 def test_square_examples_are_searched_independently_of_their_batch(model, xy):
     x, y = xy
     whole = run("square", model, x[:20], y[:20], eps=0.1, queries=30)
@@ -386,6 +411,7 @@ def test_suite_marks_clean_errors_and_does_not_attack_them(model, digits):
         ("attacks", ["apgd-ce"], ["square"]),
         ("steps", 3, 10),
         ("target_classes", 1, 3),
+        ("target_selection", "logit", "malt"),
         ("queries", 5, 40),
         ("seed", 0, 1),
     ],
@@ -393,7 +419,7 @@ def test_suite_marks_clean_errors_and_does_not_attack_them(model, digits):
 def test_suite_config_fields_change_the_result(field, a, b, model, xy):
     x, y = xy
     base = {"eps": 0.05, "steps": 5, "queries": 10, "target_classes": 2}
-    if field in ("target_classes",):
+    if field in ("target_classes", "target_selection"):
         base["attacks"] = ["apgd-t"]
     if field == "queries":
         base["attacks"] = ["square"]
@@ -402,6 +428,26 @@ def test_suite_config_fields_change_the_result(field, a, b, model, xy):
     assert not torch.equal(ra, rb) or (fa, ba) != (fb, bb), field
     if field == "attacks":
         assert bb == 0 and ba > 0  # square alone is gradient-free
+
+
+def test_malt_ranks_targets_by_distance_to_the_linearised_boundary():
+    """A linear model (z = W x + b) at x = 0, true class 0: class 1 has the smaller logit gap
+    (0.5) but a gradient gap of L1 norm 0.2 (distance 2.5), class 2 the larger gap (1.0) over
+    a gradient gap of L1 norm 4 (distance 0.25), class 3 gap 2 over norm 1 (distance 2). By
+    logit the order is 1, 2, 3; by MALT's distance 2, 3, 1; in L2 the norms are 0.1414, 2.828,
+    0.7071 (distances 3.54, 0.354, 2.83): 2, 3, 1."""
+    from advx.plugins.attacks._common import target_ranking
+
+    lin = nn.Linear(2, 4)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0, 0.0], [0.1, 0.1], [2.0, 2.0], [0.5, -0.5]]))
+        lin.bias.copy_(torch.tensor([3.0, 2.5, 2.0, 1.0]))
+    x, y = torch.zeros(1, 2), torch.tensor([0])
+    logits = lin(x)
+    assert target_ranking(lin, x, y, logits, 3, "logit", "linf").tolist() == [[1, 2, 3]]
+    assert target_ranking(lin, x, y, logits, 3, "malt", "linf").tolist() == [[2, 3, 1]]
+    assert target_ranking(lin, x, y, logits, 2, "malt", "l2").tolist() == [[2, 3]]
+    assert target_ranking(lin, x, y, logits, 9, "malt", "linf").shape == (1, 3)  # at most C - 1
 
 
 def test_suite_l2_uses_l2_members(model, xy):
@@ -422,6 +468,7 @@ def test_suite_l2_uses_l2_members(model, xy):
         ("square-l2", {"p_init": 2}, "p_init"),
         ("suite", {"attacks": ["fab"]}, "attacks"),
         ("suite", {"attacks": []}, "attacks"),
+        ("suite", {"target_selection": "random"}, "target_selection"),
     ],
 )
 def test_invalid_config_names_the_field(name, params, field):

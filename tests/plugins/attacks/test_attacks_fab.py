@@ -272,6 +272,7 @@ class _Recorder(nn.Module):
         ("restarts", 1, 2),
         ("seed", 0, 1),
         ("target_classes", 0, 3),
+        ("target_selection", "logit", "malt"),
     ],
 )
 @pytest.mark.parametrize("name", ["fab", "fab-l2"])
@@ -284,6 +285,8 @@ def test_fab_config_fields_change_what_the_attack_does(name, field, a, b, data):
         a, b = a * EPS[name], b * EPS[name]
     if field == "seed":
         base["restarts"] = 2  # the first run starts at x: only restarts draw
+    if field == "target_selection":
+        base["target_classes"] = 1  # one target: the first by logit or by MALT's distance
     ma, mb = _Recorder(model), _Recorder(model)
     ra = run(name, ma, x, y, **{**base, field: a})
     rb = run(name, mb, x, y, **{**base, field: b})
@@ -302,12 +305,13 @@ def test_invalid_config_names_the_field(name, params, field):
 # ---- the suite's fab-t -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("selection", ["logit", "malt"])
 @pytest.mark.parametrize("suite,fab,eps", [("suite", "fab", 0.1), ("suite-l2", "fab-l2", 0.8)])
-def test_suite_fab_t_member_is_fab_t(suite, fab, eps, data):
+def test_suite_fab_t_member_is_fab_t(suite, fab, eps, selection, data):
     model, x, y = data
-    attack = REG.attack(suite, attacks=["fab-t"], eps=eps, steps=10, target_classes=2)
+    attack = REG.attack(suite, attacks=["fab-t"], eps=eps, steps=10, target_classes=2, target_selection=selection)
     a = attack.perturb(model, x, y, BOUNDS)
-    b = run(fab, model, x, y, eps=eps, steps=10, target_classes=2)
+    b = run(fab, model, x, y, eps=eps, steps=10, target_classes=2, target_selection=selection)
     fa, fb = fooled(model, a, y), fooled(model, b, y)
     assert torch.equal(fa, fb) and bool(fa.any()) and torch.equal(a[fa], b[fb])
     assert torch.equal(attack.broken_by == 0, fa)

@@ -1,0 +1,132 @@
+"""Benchmark: passes and time of PGD-40 and APGD-CE-100, early exit on and off, beside the
+peers (issue 24, item 4 (b)).
+
+On the same model, examples and device, in one process: advx's ``pgd`` (eps 0.3, 40 steps of
+0.01, random start) and ``apgd-ce`` (eps 0.3, 100 steps) with ``early_exit`` on and off,
+torchattacks' ``PGD`` and ``APGD`` and adv-lib's ``pgd_linf`` and ``apgd`` at the same
+settings. Every attack's forward and backward passes are counted by the same forward hook on
+the model (``attacks.Counter``: examples through the model, and through its output's
+gradient), in the timed call itself (the hook costs every library the same); robust accuracy
+is the share of examples the model still classifies correctly at the returned points. Two
+models (``_models.py``): ``mnist`` (undefended) and ``mnist-at`` (PGD adversarial training).
+A peer that is not installed is skipped with a line saying so.
+
+Target (issue 24): on the undefended model, advx's PGD-40 spends at least 3x fewer passes
+than the peers' at identical robust accuracy.
+
+    python benchmarks/early_exit_peers.py [--samples 500] [--threads 2] [--models mnist,mnist-at]
+
+Results: ``benchmarks/results/early-exit-peers-cpu.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import advx
+from _models import EPS, MODELS, load
+from attacks import Counter, import_adv_lib
+from _meta import header, meta_of, sync
+
+PGD = {"eps": 0.3, "alpha": 0.01, "steps": 40}
+APGD = {"eps": 0.3, "steps": 100}
+
+
+def contenders(model, bounds):
+    """``[(attack, library, variant, fn(x, y) -> x_adv)]`` and the lines naming skipped peers."""
+    reg = advx.Registry.discover()
+    out, skipped = [], []
+    for name, params in (("pgd", PGD), ("apgd-ce", APGD)):
+        for early in (True, False):
+            a = reg.attack(name, **params, early_exit=early)
+            out.append((name, "advx", "early exit" if early else "no early exit", lambda x, y, a=a: a.perturb(model, x, y, bounds)))
+    try:
+        import torchattacks as ta
+
+        pgd = ta.PGD(model, eps=PGD["eps"], alpha=PGD["alpha"], steps=PGD["steps"], random_start=True)
+        apgd = ta.APGD(model, norm="Linf", eps=APGD["eps"], steps=APGD["steps"], loss="ce", seed=0)
+        out += [("pgd", "torchattacks", "", lambda x, y: pgd(x, y)), ("apgd-ce", "torchattacks", "", lambda x, y: apgd(x, y))]
+    except ImportError:
+        skipped.append("torchattacks: not installed, skipped")
+    advlib = import_adv_lib()
+    if advlib is None:
+        skipped.append("adv-lib: not installed, skipped")
+    else:
+        pgd_linf, _, _, apgd_fn = advlib
+        out.append(("pgd", "adv-lib", "", lambda x, y: pgd_linf(model, x, y, ε=PGD["eps"], steps=PGD["steps"], random_init=True, absolute_step_size=PGD["alpha"])))
+        if apgd_fn is not None:
+            out.append(("apgd-ce", "adv-lib", "", lambda x, y: apgd_fn(model, x, y, eps=APGD["eps"], norm=float("inf"), n_iter=APGD["steps"], loss_function="ce")))
+    order = {"pgd": 0, "apgd-ce": 1}
+    return sorted(out, key=lambda r: order[r[0]]), skipped
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="mnist,mnist-at")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    meta = meta_of(args)
+    rows, skipped = [], []
+    for mname in args.models.split(","):
+        model, x, y, bounds = load(mname, args.samples, args.device)
+        for p in model.parameters():
+            p.requires_grad_(True)  # as a user's model: attacks must not pay for parameter gradients
+        with torch.no_grad():
+            clean = float((model(x).argmax(1) == y).float().mean())
+        runs, skipped = contenders(model, bounds)
+        for attack, lib, variant, fn in runs:
+            torch.manual_seed(0)
+            counter = Counter(model)
+            sync(args.device)
+            t0 = time.perf_counter()
+            x_adv = fn(x, y)
+            sync(args.device)
+            seconds = time.perf_counter() - t0
+            counter.remove()
+            with torch.no_grad():
+                robust = float((model(x_adv).argmax(1) == y).float().mean())
+                linf = float((x_adv - x).detach().abs().amax())
+            n = len(x)
+            rows.append({
+                "model": mname, "attack": attack, "library": lib, "variant": variant, "n": n, "clean": clean,
+                "robust_accuracy": robust, "max_linf": linf, "forwards": counter.forwards / n,
+                "backwards": counter.backwards / n, "seconds": seconds,
+            })
+            print(f"{mname} {attack} {lib} {variant}: robust {robust:.4f}, fwd {counter.forwards / n:.1f}, bwd {counter.backwards / n:.1f}, {seconds:.1f} s", flush=True)
+    meta = meta_of(args, meta)
+    meta["models"] = {m: MODELS[m] for m in args.models.split(",")}
+    meta["skipped"] = skipped
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"early-exit-peers-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    lines = header("PGD-40 and APGD-CE-100: passes and time, early exit on and off, beside the peers", meta) + [
+        f"Models: {'; '.join(f'`{k}`: {v}' for k, v in meta['models'].items())}. {args.samples} test images, one batch, eps {EPS['mnist']}.",
+        "Passes: examples through the model per example, counted by one forward hook on the model for every library",
+        "(forwards; backwards: through the output's gradient). Robust accuracy: correct at the returned points.",
+        *[f"- {s}" for s in skipped],
+        "",
+        "| model | attack | library | variant | robust accuracy | forwards / example | backwards / example | passes vs advx early exit | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ours = next(o for o in rows if o["model"] == r["model"] and o["attack"] == r["attack"] and o["library"] == "advx" and o["variant"] == "early exit")
+        ratio = (r["forwards"] + r["backwards"]) / max(ours["forwards"] + ours["backwards"], 1e-9)
+        lines.append(
+            f"| {r['model']} | {r['attack']} | {r['library']} | {r['variant']} | {r['robust_accuracy']:.4f} | {r['forwards']:.1f} | "
+            f"{r['backwards']:.1f} | {ratio:.1f}x | {r['seconds']:.2f} |"
+        )
+    (out / f"early-exit-peers-{args.device.split(':')[0]}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
