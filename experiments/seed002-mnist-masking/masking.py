@@ -29,8 +29,9 @@ the ensemble's own output (white-box), of member 0 (Grad.1) and the mean of the 
 gradients (Grad.2), each scored on the ensemble. Plus the mechanism itself: the share of
 test images whose input gradient is exactly zero. BIM stops an example once the attacked
 network is fooled where the attacked network is the scored one (advx's ``early_exit``), and
-runs all 8 steps otherwise, so the ``logits`` rows equal advx's matrix cells of the same
-networks (``seed002-mnist-relu-logits``, ``seed002-mnist-table2-reduced``).
+runs all 8 steps otherwise, as advx's BIM does: the ``logits`` rows are advx's own attacks
+on the same networks (on all 10,000 images they are the cells of ``seed002-mnist-relu-logits``
+and ``seed002-mnist-table2-reduced``; on fewer, the same within the intervals).
 
 Writes ``experiments/results/seed002-mnist-masking.json`` (counts and shares of ``n`` test
 images; the document renders them with Wilson intervals). Uses advx's public API for the
