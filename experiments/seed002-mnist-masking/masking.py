@@ -28,7 +28,8 @@ ensemble (seeds 0 and 1; the mean of the softmax) under FGSM and BIM with the gr
 the ensemble's own output (white-box), of member 0 (Grad.1) and the mean of the members'
 gradients (Grad.2), each scored on the ensemble. Plus the mechanism itself: the share of
 test images whose input gradient is exactly zero. BIM stops an example once the attacked
-network is fooled where the attacked network is the scored one (advx's ``early_exit``), and
+model is fooled where the attacked model is the scored one (single, white-box: advx's
+``early_exit``), and
 runs all 8 steps otherwise, as advx's BIM does: the ``logits`` rows are advx's own attacks
 on the same networks (on all 10,000 images they are the cells of ``seed002-mnist-relu-logits``
 and ``seed002-mnist-table2-reduced``; on fewer, the same within the intervals).
@@ -112,7 +113,7 @@ def attack(attack_name: str, kind: str, path: str, members: list[nn.Module], sco
         return (x + FGSM_EPS * gradient(kind, path, members, x, y).sign()).clamp(0, 1)
     lo, hi = (x - BIM["eps"]).clamp(min=0), (x + BIM["eps"]).clamp(max=1)
     adv = x.clone()
-    early_exit = kind == "single"  # the attacked network is the scored one (advx's early_exit)
+    early_exit = kind in ("single", "white-box")  # the attacked model is the scored one (advx's early_exit)
     for _ in range(BIM["steps"]):
         active = torch.ones(len(x), dtype=torch.bool) if not early_exit else score(adv).argmax(1) == y
         if not bool(active.any()):
