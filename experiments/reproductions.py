@@ -38,6 +38,12 @@ and a line under the table names how each kind of interval was made:
 * *over seeds*: a ``spread`` adds the t interval of its mean, ``[mean - t sd / sqrt(k), ...]``
   with k - 1 degrees of freedom, to its mean, sd and range.
 
+A selector with ``detail`` reads one group of the cell's breakdowns instead of the whole
+cell: ``detail = ["per_class", "0"]`` (class 0; ``advx results --breakdown class``) or
+``["per_confidence", "high"]`` (a clean-confidence bucket); ``metric`` is then that group's,
+with the bootstrap over the group's own examples where the export has it (``--ci``), else
+the Wilson interval from the group's ``n``.
+
 A ``metric`` may also be a list of keys into the cell (``["metrics", "diagnostics", "gradients",
 "zero_share"]``: what the sanity checks measured); with ``n`` (the 32 probe inputs) it gets a
 Wilson interval. A ``path`` selector gets a Wilson interval when it names its count, ``n = 10000`` or ``n = [path
@@ -213,6 +219,7 @@ def measure(entry: dict[str, Any], table: dict[str, Any], results: Results) -> t
     name = sel.pop("results", None)
     metric = sel.pop("metric", "adversarial_accuracy")
     count = sel.pop("n", None)
+    detail = sel.pop("detail", None)
     for display in ("fmt", "scale"):
         sel.pop(display, None)
     if name is None:
@@ -224,6 +231,12 @@ def measure(entry: dict[str, Any], table: dict[str, Any], results: Results) -> t
         n = _walk(results.json(name), count, name, table) if isinstance(count, list) else count
         return value, wilson(value, n), "wilson-n"
     cell = select(results.cells(name), sel, table["id"])
+    if detail is not None:  # one class or confidence bucket of the cell: its own metrics and intervals
+        cell = _walk(cell, ["details", *detail], name, table)
+        if not isinstance(cell, dict):
+            raise ReproductionError(f"table {table['id']}: details {detail} of a cell of {name}.json is not a group of metrics")
+        if "robust_accuracy" in cell and "adversarial_accuracy" not in cell:  # an old export's name, as for whole cells
+            cell = {**cell, "adversarial_accuracy": cell["robust_accuracy"]}
     if isinstance(metric, list):  # a value inside the cell, e.g. ["metrics", "diagnostics", "gradients", "zero_share"]
         value = _walk(cell, metric, name, table)
         return (value, wilson(value, count), "wilson-n") if count and value is not None else (value, None, None)

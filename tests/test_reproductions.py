@@ -143,3 +143,31 @@ def test_a_value_inside_a_cell_or_a_studys_json_gets_an_interval_only_with_its_c
         {"results": "study", "path": ["pair", "share"], "n": ["pair", "n"]}, {"results": "study", "path": ["pair", "p"]}]]}
     (l32, h32), (l100, h100) = rep.wilson(0.5, 32), rep.wilson(0.5, 100)
     assert rep.render_table(t, results).splitlines()[2] == f"| 0.5000 [{l32:.4f}, {h32:.4f}] | 0.5000 | 0.5000 [{l100:.4f}, {h100:.4f}] | 0.9700 |"
+
+
+def test_a_detail_selector_reads_one_class_or_bucket_with_its_own_interval(tmp_path):
+    """``detail = ["per_class", "0"]`` renders class 0 of the cell, with the group's bootstrap
+    interval where the export has one and else Wilson over the group's own n, never the cell's."""
+    cell = {"status": "done", "spec_name": "s", "defense": "none", "threat": "white-box", "attack": "fgsm(eps=0.3)", "n": 1000,
+            "adversarial_accuracy": 0.5, "robust_accuracy": 0.5,
+            "details": {"per_class": {"0": {"n": 20, "adversarial_accuracy": 0.25, "clean_accuracy": 0.9},
+                                      "1": {"n": 980, "adversarial_accuracy": 0.5, "clean_accuracy": 0.99,
+                                            "adversarial_accuracy_ci_low": 0.47, "adversarial_accuracy_ci_high": 0.53}},
+                        "per_confidence": {"high": {"count": 900, "n": 900, "top5_error": 0.125}}}}
+    (tmp_path / "s.json").write_text(json.dumps([cell]))
+    t = table([["0", "-", {"attack": "fgsm(eps=0.3)", "detail": ["per_class", "0"]}],
+               ["1", "-", {"attack": "fgsm(eps=0.3)", "detail": ["per_class", "1"]}],
+               ["high", "-", {"attack": "fgsm(eps=0.3)", "detail": ["per_confidence", "high"], "metric": "top5_error"}],
+               ["all", "-", {"attack": "fgsm(eps=0.3)"}]])
+    lines = rep.render_table(t, tmp_path).splitlines()
+    lo, hi = rep.wilson(0.25, 20)
+    assert lines[2] == f"| 0 | - | 0.2500 [{lo:.4f}, {hi:.4f}] |"  # 20 examples: wide
+    assert lines[3] == "| 1 | - | 0.5000 [0.4700, 0.5300] |"  # the export's bootstrap of class 1
+    lo, hi = rep.wilson(0.125, 900)
+    assert lines[4] == f"| high | - | 0.1250 [{lo:.4f}, {hi:.4f}] |"
+    lo, hi = rep.wilson(0.5, 1000)
+    assert lines[5] == f"| all | - | 0.5000 [{lo:.4f}, {hi:.4f}] |"
+    spread = {"spread": [{"attack": "fgsm(eps=0.3)", "detail": ["per_class", "0"]}, {"attack": "fgsm(eps=0.3)", "detail": ["per_class", "1"]}]}
+    assert rep.render_table(table([["x", "-", spread]]), tmp_path).splitlines()[2].startswith("| x | - | 0.3750 ± 0.1768 (0.2500-0.5000)")
+    with pytest.raises(rep.ReproductionError, match=r"table t: s.json has no \['details', 'per_class', '7'\]"):
+        rep.render_table(table([["x", "-", {"attack": "fgsm(eps=0.3)", "detail": ["per_class", "7"]}]]), tmp_path)

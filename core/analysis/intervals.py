@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 import torch
 from torch import Tensor
 
@@ -223,6 +224,33 @@ def proportion_interval(
     zeros = torch.zeros(len(hits), dtype=torch.long)
     records = {"label": zeros, "clean_pred": zeros, "adv_pred": (~hits).long()}
     return interval(records, "adversarial_accuracy", level=level, resamples=resamples, seed=seed)
+
+
+def breakdown_intervals(records: dict[str, Tensor], **kw: Any) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+    """The intervals of each group of the cell's breakdowns (``advx.analysis.metrics``):
+    ``{"per_class": {"0": {metric: (lo, hi)}, ...}, "per_confidence": {"high": ..., ...}}``.
+
+    Each group's interval is the bootstrap over that group's examples only (the examples of
+    class 0 are resampled among themselves), so it says how well the group's own number is
+    known: a minority class of 10 test examples gets a wide one. The groups are the
+    breakdowns' own (true class; clean-confidence bucket); an empty group gets none.
+    ``kw`` are ``intervals``' settings."""
+    from advx.analysis.metrics import BUCKETS  # the buckets the breakdown itself uses
+
+    if not records or "label" not in records or not len(records["label"]):
+        return {}
+    label = records["label"]
+
+    def of(mask: Tensor) -> dict[str, tuple[float, float]]:
+        return intervals({k: v[mask] for k, v in records.items()}, **kw) if bool(mask.any()) else {}
+
+    out: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
+        "per_class": {str(int(c)): of(label == c) for c in torch.unique(label).tolist()}
+    }
+    if "clean_conf" in records:
+        conf = records["clean_conf"]
+        out["per_confidence"] = {name: of((conf >= lo) & (conf < hi)) for name, lo, hi in BUCKETS}
+    return out
 
 
 def ci_columns(metric: str) -> tuple[str, str]:

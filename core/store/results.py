@@ -31,6 +31,7 @@ run is gone (a process of this host that no longer exists, or no heartbeat for
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -651,6 +652,20 @@ class ResultStore:
 
         return {r.cell_key: intervals(self.samples(r.cell_key), **kw) for r in rows if r.done}
 
+    def _details_with_intervals(self, row: CellRow) -> dict[str, Any]:
+        """``row.details`` with each breakdown group's intervals beside its metrics
+        (``<metric>_ci_low`` / ``_ci_high`` in ``per_class[c]`` and ``per_confidence[bucket]``):
+        the bootstrap over the group's own examples (``advx.analysis.intervals.breakdown_intervals``)."""
+        from advx.analysis.intervals import breakdown_intervals, ci_columns
+
+        details = copy.deepcopy(row.details)
+        for kind, groups in breakdown_intervals(self.samples(row.cell_key)).items():
+            for name, got in groups.items():
+                if isinstance(details.get(kind), dict) and isinstance(details[kind].get(name), dict):
+                    for m, bounds in got.items():
+                        details[kind][name].update(zip(ci_columns(m), bounds))
+        return details
+
     def export(self, fmt: str, spec_name: str | None = None, ci: bool = False) -> str:
         """The results as ``csv`` (every column), ``json`` (every column, JSON decoded) or ``markdown`` (the table columns).
 
@@ -668,6 +683,8 @@ class ResultStore:
                 got = cis.get(r.cell_key, {})
                 for m in INTERVAL_METRICS:
                     d.update(zip(ci_columns(m), got.get(m, (None, None))))
+                if fmt != "markdown" and r.done and r.details:
+                    d["details"] = self._details_with_intervals(r)
             return d
 
         if fmt == "json":

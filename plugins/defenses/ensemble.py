@@ -249,7 +249,15 @@ class EnsembleDefense(Defense):
     name: ClassVar[str] = "ensemble"
 
     class Config(DefenseConfig):
-        members: int = Field(10, ge=2, le=1000, description="number of members (seed 002: 10)")
+        members: int = Field(
+            10,
+            ge=1,
+            le=1000,
+            description=(
+                "number of members (seed 002: 10); 1: member 0 alone, seed 002's \"single\" classifier of its kind "
+                "(the same network, from the same cache entry, as member 0 of a larger ensemble of the kind)"
+            ),
+        )
         kind: Literal["random-init", "mixed-architectures", "bagging", "gaussian-noise"] = Field(
             "random-init", description="how members differ (all kinds also vary the initialisation seed)"
         )

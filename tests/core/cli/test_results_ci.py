@@ -109,3 +109,35 @@ def test_the_report_matrix_shows_the_intervals(db):
         assert f"0.6000 [{lo:.4f}, {hi:.4f}]" in text
     lo, hi = _ci("large", "clean_accuracy")
     assert f"0.9000 [{lo:.4f}, {hi:.4f}]" in text
+
+
+def test_json_export_gives_each_class_and_confidence_bucket_its_own_interval(tmp_path, capsys):
+    """With ``--ci`` every group of a cell's breakdowns carries the bootstrap over its own
+    examples (seed 000 reads class 0 alone, seed 001 each confidence bucket)."""
+    from advx.analysis.intervals import breakdown_intervals
+    from advx.analysis.metrics import breakdown_by_class, breakdown_by_confidence
+
+    s = _records(400, 240, 360)
+    s["clean_conf"] = torch.linspace(0.05, 0.95, 400)  # every bucket populated
+    details = {"per_class": breakdown_by_class(s, 10), "per_confidence": breakdown_by_confidence(s)}
+    path = tmp_path / "b.db"
+    with advx.ResultStore(path) as store:
+        row = {"cell_key": "b", "spec_name": "s", "status": "done", "dataset": "digits", "model": "m", "defense": "none",
+               "threat": "white-box", "attack": "fgsm", "details": details, **summarize(s)}
+        store.record(advx.CellRow.from_flat(row), s)
+    assert main(["results", str(path), "--format", "json"]) == 0
+    assert "robust_accuracy_ci_low" not in json.dumps(json.loads(capsys.readouterr().out)[0]["details"])
+    assert main(["results", str(path), "--format", "json", "--ci"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["details"]
+    for c in ("0", "3"):
+        mask = s["label"] == int(c)
+        want = interval({k: v[mask] for k, v in s.items()}, "robust_accuracy")
+        cls = got["per_class"][c]
+        assert (cls["robust_accuracy_ci_low"], cls["robust_accuracy_ci_high"]) == pytest.approx(want)
+        assert cls["robust_accuracy_ci_low"] <= cls["robust_accuracy"] <= cls["robust_accuracy_ci_high"]
+    for bucket in ("high", "medium", "low"):
+        b = got["per_confidence"][bucket]
+        assert b["count"] > 0 and b["top1_error_ci_low"] <= b["top1_error"] <= b["top1_error_ci_high"], bucket
+        assert b["top5_error_ci_low"] is not None
+    whole = breakdown_intervals(s)["per_class"]["0"]["robust_accuracy"]
+    assert whole != interval(s, "robust_accuracy")  # class 0's examples alone, not the cell's

@@ -68,6 +68,30 @@ def test_members_count_and_random_init_member_zero_is_the_base_model(registry, c
     assert not torch.allclose(ens.member(1)(x), base(x), atol=1e-3)  # seed 1
 
 
+def test_one_member_is_member_zero_of_its_kind_alone(registry, ctx, xy):
+    """``members = 1`` is seed 002's "single" classifier of a kind: member 0 of the kind's larger
+    ensembles (the same network, trained under the same key), and the ensemble's prediction and
+    loss gradient are that network's own."""
+    x, y = xy
+    for kind in ("random-init", "mixed-architectures", "bagging", "gaussian-noise"):
+        one = ensemble(registry, ctx, members=1, kind=kind)
+        two = ensemble(registry, ctx, members=2, kind=kind)
+        assert one.num_members == 1
+        net = one.member(0)
+        assert torch.allclose(net(x), two.member(0)(x), atol=1e-6), kind
+        assert torch.allclose(one(x), torch.log_softmax(net(x), -1), atol=1e-5), kind
+        xo, xn = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        (go,) = torch.autograd.grad(F.cross_entropy(one(xo), y), xo)
+        (gn,) = torch.autograd.grad(F.cross_entropy(net(xn), y), xn)
+        assert go.abs().sum() > 0 and torch.allclose(go, gn, atol=1e-6), kind
+    base = ctx.train()  # random-init and mixed-architectures share member 0: the base network
+    for kind in ("random-init", "mixed-architectures"):
+        assert torch.allclose(ensemble(registry, ctx, members=1, kind=kind).member(0)(x), base(x), atol=1e-6)
+    assert not torch.allclose(ensemble(registry, ctx, members=1, kind="bagging").member(0)(x), base(x), atol=1e-3)
+    with pytest.raises(ValueError, match="members"):
+        registry.create("defense", "ensemble", {"members": 0})
+
+
 def test_mixed_architectures_follow_the_architectures_field(registry, ctx, xy):
     x, _ = xy
     ens = ensemble(registry, ctx, members=4, kind="mixed-architectures", architectures=[{}, {"filters": 8}])

@@ -30,7 +30,7 @@ def quick_pairs() -> list[tuple[Path, Path]]:
 
 def test_each_seed002_defense_spec_has_a_quick_variant_with_the_same_axes(registry):
     pairs = quick_pairs()
-    assert len(pairs) == 11 and all(full.is_file() for full, _ in pairs), pairs
+    assert len(pairs) == 12 and all(full.is_file() for full, _ in pairs), pairs
     for full_path, quick_path in pairs:
         full = advx.plan(advx.MatrixSpec.from_toml(full_path), registry, locate_data=False)
         quick = advx.plan(advx.MatrixSpec.from_toml(quick_path), registry, locate_data=False)
