@@ -412,3 +412,43 @@ def test_deepfool_overshoot_scales_the_step_past_the_boundary(model, xy):
     b = attack("deepfool", overshoot=0.5).perturb(model, x, y, BOUNDS)
     ratio = float(l2(b, x).sum() / l2(a, x).sum())
     assert ratio > 1.2, ratio
+
+
+def test_the_signed_gradient_survives_a_saturated_softmax():
+    """Where the network is confident, float32 rounds p(true class) to exactly 1.0 and the
+    cross-entropy's gradient loses its largest term; FGSM, BIM and PGD step along the exact
+    (float64) loss's sign instead (``_common.loss_grad``): seed 002's FGSM left 0.0941 through
+    the float32 loss and 0.0177 through the exact one."""
+    from advx.plugins.attacks._common import loss_grad
+
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Linear(6, 4)
+    with torch.no_grad():
+        net.weight.copy_(torch.randn(4, 6, generator=g) * 20)
+        net.bias.zero_()
+    x = torch.rand(64, 6, generator=g)
+    y = net(x).argmax(1)
+    assert (F.softmax(net(x), 1).gather(1, y[:, None]) == 1.0).float().mean() > 0.4  # saturated in float32
+
+    def grad(model, inp, dtype):
+        inp = inp.to(dtype).requires_grad_(True)
+        (gr,) = torch.autograd.grad(F.cross_entropy(model.to(dtype)(inp), y, reduction="sum"), inp)
+        return gr
+
+    exact = grad(copy_of(net), x, torch.float64)
+    f32 = grad(copy_of(net), x, torch.float32)
+    ours, _ = loss_grad(net, x.clone().requires_grad_(True), y, targeted=False)
+    nonzero = exact.abs() > 0
+    assert (f32.sign() != exact.sign())[nonzero].any()  # the bug this pins: float32 steps elsewhere
+    assert torch.equal(ours.sign().double()[nonzero], exact.sign()[nonzero])
+    # and FGSM, which takes that sign, fools what the exact gradient fools
+    fooled = advx.evaluate(net.eval(), (x, y), [("fgsm", {"eps": 0.3})], bounds=(0.0, 1.0))[0]
+    x_exact = (x + 0.3 * exact.sign()).clamp(0, 1)
+    assert torch.allclose(fooled.x_adv, x_exact.float())
+    assert fooled.metrics["adversarial_accuracy"] == pytest.approx((net(x_exact.float()).argmax(1) == y).float().mean().item())
+
+
+def copy_of(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
