@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,27 @@ def header(title: str, meta: dict[str, Any]) -> list[str]:
         "(a shared machine: seconds are indicative; counted passes are exact).",
         "",
     ]
+
+
+def timed(model: Any, fn: Any, x: Any, y: Any, device: str) -> dict[str, Any]:
+    """One contender's run, measured alike for every library: ``fn(x, y)`` from seed 0, timed
+    with the device synchronised, its passes counted by one forward hook on the model
+    (``attacks.Counter``), its points scored by the same forward. Returns ``x_adv``,
+    ``seconds``, ``forwards`` and ``backwards`` per example, ``robust_accuracy`` and ``max_linf``."""
+    from attacks import Counter
+
+    torch.manual_seed(0)
+    counter = Counter(model)
+    sync(device)
+    t0 = time.perf_counter()
+    x_adv = fn(x, y)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    counter.remove()
+    with torch.no_grad():
+        robust = float((model(x_adv).argmax(1) == y).float().mean())
+    n = len(x)
+    return {
+        "x_adv": x_adv, "seconds": seconds, "forwards": counter.forwards / n, "backwards": counter.backwards / n,
+        "robust_accuracy": robust, "max_linf": float((x_adv - x).detach().abs().amax()),
+    }

@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import advx
 from _models import EPS, MODELS, load
-from attacks import Counter, import_adv_lib
-from _meta import header, meta_of, sync
+from attacks import import_adv_lib
+from _meta import header, meta_of, timed
 
 PGD = {"eps": 0.3, "alpha": 0.01, "steps": 40}
 APGD = {"eps": 0.3, "steps": 100}
@@ -85,24 +84,14 @@ def main(argv: list[str] | None = None) -> None:
             clean = float((model(x).argmax(1) == y).float().mean())
         runs, skipped = contenders(model, bounds)
         for attack, lib, variant, fn in runs:
-            torch.manual_seed(0)
-            counter = Counter(model)
-            sync(args.device)
-            t0 = time.perf_counter()
-            x_adv = fn(x, y)
-            sync(args.device)
-            seconds = time.perf_counter() - t0
-            counter.remove()
-            with torch.no_grad():
-                robust = float((model(x_adv).argmax(1) == y).float().mean())
-                linf = float((x_adv - x).detach().abs().amax())
-            n = len(x)
+            got = timed(model, fn, x, y, args.device)
+            robust, linf, seconds = got["robust_accuracy"], got["max_linf"], got["seconds"]
             rows.append({
-                "model": mname, "attack": attack, "library": lib, "variant": variant, "n": n, "clean": clean,
-                "robust_accuracy": robust, "max_linf": linf, "forwards": counter.forwards / n,
-                "backwards": counter.backwards / n, "seconds": seconds,
+                "model": mname, "attack": attack, "library": lib, "variant": variant, "n": len(x), "clean": clean,
+                "robust_accuracy": robust, "max_linf": linf, "forwards": got["forwards"],
+                "backwards": got["backwards"], "seconds": seconds,
             })
-            print(f"{mname} {attack} {lib} {variant}: robust {robust:.4f}, fwd {counter.forwards / n:.1f}, bwd {counter.backwards / n:.1f}, {seconds:.1f} s", flush=True)
+            print(f"{mname} {attack} {lib} {variant}: robust {robust:.4f}, fwd {got['forwards']:.1f}, bwd {got['backwards']:.1f}, {seconds:.1f} s", flush=True)
     meta = meta_of(args, meta)
     meta["models"] = {m: MODELS[m] for m in args.models.split(",")}
     meta["skipped"] = skipped

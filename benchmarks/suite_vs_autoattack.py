@@ -40,9 +40,8 @@ from pathlib import Path
 import torch
 
 import advx
-from _meta import header, meta_of, sync
+from _meta import header, meta_of, timed
 from _models import EPS, MODELS, load
-from attacks import Counter
 
 
 def advx_suite(model, bounds, eps, **params):
@@ -142,21 +141,12 @@ def main(argv: list[str] | None = None) -> None:
             clean = float((model(x).argmax(1) == y).float().mean())
         runs, skipped = contenders(model, bounds, eps, args.malt_targets, args.hopeless_after, args.steps, args.peers.split(","))
         for label, lib, fn, prof in runs:
-            torch.manual_seed(0)
-            counter = Counter(model)
-            sync(args.device)
-            t0 = time.perf_counter()
-            x_adv = fn(x, y)
-            sync(args.device)
-            seconds = time.perf_counter() - t0
-            counter.remove()
-            with torch.no_grad():
-                robust = float((model(x_adv).argmax(1) == y).float().mean())
-            linf = float((x_adv - x).detach().abs().amax())
+            got = timed(model, fn, x, y, args.device)
+            robust, linf, seconds = got["robust_accuracy"], got["max_linf"], got["seconds"]
             row = {
                 "model": mname, "eps": eps, "n": len(x), "clean": clean, "contender": label, "library": lib,
                 "robust_accuracy": robust, "max_linf": linf, "seconds": seconds,
-                "forwards": counter.forwards / len(x), "backwards": counter.backwards / len(x),
+                "forwards": got["forwards"], "backwards": got["backwards"],
             }
             if prof is not None:
                 row.update(prof())
