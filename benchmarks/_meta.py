@@ -81,3 +81,16 @@ def timed(model: Any, fn: Any, x: Any, y: Any, device: str) -> dict[str, Any]:
         "x_adv": x_adv, "seconds": seconds, "forwards": counter.forwards / n, "backwards": counter.backwards / n,
         "robust_accuracy": robust, "max_linf": float((x_adv - x).detach().abs().amax()),
     }
+
+
+def models_under_test(args: Any) -> Any:
+    """Each model of ``--models`` with its ``--samples`` test examples, as
+    ``(name, model, x, y, bounds)``; its parameters require grad, as a user's model's do, so
+    an attack that computed parameter gradients would pay for them here as there."""
+    from _models import load
+
+    for name in args.models.split(","):
+        model, x, y, bounds = load(name, args.samples, args.device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        yield name, model, x, y, bounds

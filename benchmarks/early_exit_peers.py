@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 import advx
-from _models import EPS, MODELS, load
+from _models import EPS, MODELS
 from attacks import import_adv_lib
-from _meta import header, meta_of, timed
+from _meta import header, meta_of, models_under_test, timed
 
 PGD = {"eps": 0.3, "alpha": 0.01, "steps": 40}
 APGD = {"eps": 0.3, "steps": 100}
@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     meta = meta_of(args)
     rows, skipped = [], []
-    for mname in args.models.split(","):
-        model, x, y, bounds = load(mname, args.samples, args.device)
-        for p in model.parameters():
-            p.requires_grad_(True)  # as a user's model: attacks must not pay for parameter gradients
+    for mname, model, x, y, bounds in models_under_test(args):
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
         runs, skipped = contenders(model, bounds)

@@ -33,8 +33,8 @@ import torch
 
 import advx
 from advx.analysis.optimality import optimality, robust_on_grid
-from _meta import header, meta_of, sync
-from _models import MODELS, load
+from _meta import header, meta_of, models_under_test, sync
+from _models import MODELS
 from attacks import Counter, import_adv_lib
 
 GRIDS = {
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     meta = meta_of(args)
     rows, skipped = [], []
-    for mname in args.models.split(","):
-        model, x, y, bounds = load(mname, args.samples, args.device)
-        for p in model.parameters():
-            p.requires_grad_(True)
+    for mname, model, x, y, bounds in models_under_test(args):
         grid = GRIDS[mname]
         with torch.no_grad():
             correct = model(x).argmax(1) == y
