@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import shlex
@@ -94,3 +95,17 @@ def models_under_test(args: Any) -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         yield name, model, x, y, bounds
+
+
+def finish(args: Any, meta: dict[str, Any], name: str, rows: list[dict[str, Any]], skipped: list[str], **extra: Any) -> tuple[dict[str, Any], Path]:
+    """End a run: the metadata completed (load after, the models, the peers skipped, ``extra``),
+    ``<out>/<name>-<device>.json`` written with the rows; returns the metadata and the path of
+    the run's Markdown file (``.md`` beside the JSON), for the caller to write."""
+    from _models import MODELS
+
+    meta = {**meta_of(args, meta), "models": {m: MODELS[m] for m in args.models.split(",")}, "skipped": skipped, **extra}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{name}-{args.device.split(':')[0]}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    return meta, stem.with_suffix(".md")

@@ -22,16 +22,15 @@ Results: ``benchmarks/results/early-exit-peers-cpu.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 import advx
-from _models import EPS, MODELS
+from _models import EPS
 from attacks import import_adv_lib
-from _meta import header, meta_of, models_under_test, timed
+from _meta import finish, header, meta_of, models_under_test, timed
 
 PGD = {"eps": 0.3, "alpha": 0.01, "steps": 40}
 APGD = {"eps": 0.3, "steps": 100}
@@ -89,12 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 "backwards": got["backwards"], "seconds": seconds,
             })
             print(f"{mname} {attack} {lib} {variant}: robust {robust:.4f}, fwd {got['forwards']:.1f}, bwd {got['backwards']:.1f}, {seconds:.1f} s", flush=True)
-    meta = meta_of(args, meta)
-    meta["models"] = {m: MODELS[m] for m in args.models.split(",")}
-    meta["skipped"] = skipped
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"early-exit-peers-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    meta, md = finish(args, meta, "early-exit-peers", rows, skipped)
     lines = header("PGD-40 and APGD-CE-100: passes and time, early exit on and off, beside the peers", meta) + [
         f"Models: {'; '.join(f'`{k}`: {v}' for k, v in meta['models'].items())}. {args.samples} test images, one batch, eps {EPS['mnist']}.",
         "Passes: examples through the model per example, counted by one forward hook on the model for every library",
@@ -111,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['model']} | {r['attack']} | {r['library']} | {r['variant']} | {r['robust_accuracy']:.4f} | {r['forwards']:.1f} | "
             f"{r['backwards']:.1f} | {ratio:.1f}x | {r['seconds']:.2f} |"
         )
-    (out / f"early-exit-peers-{args.device.split(':')[0]}.md").write_text("\n".join(lines) + "\n")
+    md.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

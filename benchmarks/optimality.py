@@ -24,7 +24,6 @@ Results: ``benchmarks/results/optimality-cpu.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -33,8 +32,7 @@ import torch
 
 import advx
 from advx.analysis.optimality import optimality, robust_on_grid
-from _meta import header, meta_of, models_under_test, sync
-from _models import MODELS
+from _meta import finish, header, meta_of, models_under_test, sync
 from attacks import Counter, import_adv_lib
 
 GRIDS = {
@@ -137,11 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                 "mean_robust_accuracy": auc, "best_mean_robust_accuracy": best, "gap": gap, "optimality": opt,
                 "passes_per_example": cost[label][1], "seconds": cost[label][0],
             })
-    meta = meta_of(args, meta)
-    meta.update(models={m: MODELS[m] for m in args.models.split(",")}, skipped=skipped)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"optimality-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    meta, md = finish(args, meta, "optimality", rows, skipped)
     lines = header("Optimality (AttackBench) of advx's attacks and the peers' on the same models", meta) + [
         f"Models: {'; '.join(f'`{k}`: {v}' for k, v in meta['models'].items())}. {args.samples} test examples each, one batch.",
         "Mean robust accuracy: the area under the attack's robust-accuracy curve over [0, eps max] (trapezoids on eps 0 and the",
@@ -167,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['optimality']:.3f} | {r['passes_per_example']:.0f} | {r['seconds']:.1f} |"
             )
         lines.append("")
-    (out / f"optimality-{args.device.split(':')[0]}.md").write_text("\n".join(lines))
+    md.write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

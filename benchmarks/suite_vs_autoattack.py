@@ -33,15 +33,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import time
 from pathlib import Path
 
 import torch
 
 import advx
-from _meta import header, meta_of, timed
-from _models import EPS, MODELS, load
+from _meta import finish, header, meta_of, timed
+from _models import EPS, load
 
 
 def advx_suite(model, bounds, eps, **params):
@@ -152,12 +151,8 @@ def main(argv: list[str] | None = None) -> None:
                 row.update(prof())
             rows.append(row)
             print(f"{mname}: {label}: robust {robust:.4f} in {seconds:.1f} s (max Linf {linf:.4f})", flush=True)
-    meta = meta_of(args, meta)
-    meta.update(models={m: MODELS[m] for m in args.models.split(",")}, skipped=skipped, malt_targets=args.malt_targets, hopeless_after=args.hopeless_after)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}-{args.device.split(':')[0]}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (out / f"{args.name}-{args.device.split(':')[0]}.md").write_text("\n".join(markdown(meta, rows)) + "\n")
+    meta, md = finish(args, meta, args.name, rows, skipped, malt_targets=args.malt_targets, hopeless_after=args.hopeless_after)
+    md.write_text("\n".join(markdown(meta, rows)) + "\n")
 
 
 def markdown(meta, rows):
