@@ -31,12 +31,13 @@ import torch
 import advx
 
 
-def _busy(threads: int, seconds: float, out) -> None:
-    """A worker of the machine's own ceiling: mnist-cnn forward+backward passes for ``seconds``."""
+def _busy(threads: int, seconds: float, out, shape: tuple[int, ...] = (1, 8, 8), batch: int = 128) -> None:
+    """A worker of the machine's own ceiling: mnist-cnn forward+backward passes on batches of
+    ``batch`` inputs of ``shape`` for ``seconds``; puts its passes per second."""
     torch.set_num_threads(threads)
     registry = advx.Registry.discover()
-    model = registry.create("model", "mnist-cnn", {}).build(advx.DatasetInfo(name="digits", input_shape=(1, 8, 8), num_classes=10))
-    x, y = torch.rand(128, 1, 8, 8), torch.randint(0, 10, (128,))
+    model = registry.create("model", "mnist-cnn", {}).build(advx.DatasetInfo(name="ceiling", input_shape=shape, num_classes=10))
+    x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
     for _ in range(3):  # warm-up
         torch.nn.functional.cross_entropy(model(x.requires_grad_(True)), y).backward()
     done, t0 = 0, time.perf_counter()
@@ -46,14 +47,15 @@ def _busy(threads: int, seconds: float, out) -> None:
     out.put(done / (time.perf_counter() - t0))
 
 
-def ceiling(n: int, threads: int, seconds: float = 20.0) -> float:
+def ceiling(n: int, threads: int, seconds: float = 20.0, shape: tuple[int, ...] = (1, 8, 8), batch: int = 128) -> float:
     """Passes per second of ``n`` independent processes doing plain torch work, no advx: what
-    the machine itself gives N workers (shared caches, memory bandwidth, virtual cores)."""
+    the machine itself gives N workers (shared caches, memory bandwidth, virtual cores).
+    ``shape`` and ``batch``: the inputs of each pass (digits-sized batches of 128 by default)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_busy, args=(threads, seconds, q)) for _ in range(n)]
+    procs = [ctx.Process(target=_busy, args=(threads, seconds, q, shape, batch)) for _ in range(n)]
     for p in procs:
         p.start()
     rates = [q.get() for _ in procs]

@@ -78,36 +78,13 @@ def timed(name: str, s: dict, executor, folder: Path) -> dict:
             "robust_accuracy": row.metrics["robust_accuracy"], "samples": samples, "attack_seconds": row.metrics["attack_seconds"]}
 
 
-def _busy(threads: int, seconds: float, batch: int, out) -> None:
-    """Plain torch, no advx: mnist-cnn forward+backward passes on MNIST-sized batches for ``seconds``."""
-    torch.set_num_threads(threads)
-    model = advx.Registry.discover().create("model", "mnist-cnn", {}).build(
-        advx.DatasetInfo(name="mnist", input_shape=(1, 28, 28), num_classes=10)
-    )
-    x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    for _ in range(3):  # warm-up
-        torch.nn.functional.cross_entropy(model(x.requires_grad_(True)), y).backward()
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.nn.functional.cross_entropy(model(x.requires_grad_(True)), y).backward()
-        done += batch
-    out.put(done / (time.perf_counter() - t0))
-
-
 def ceiling(n: int, batch: int, seconds: float = 20.0) -> float:
-    """Image passes per second of ``n`` independent 1-thread processes of plain torch work: what
-    the machine itself gives N workers at the time of the run."""
-    import multiprocessing as mp
+    """Image passes per second of ``n`` independent 1-thread processes of plain torch work
+    (mnist-cnn forward+backward on MNIST-sized batches, ``scaling.ceiling``): what the machine
+    itself gives N workers at the time of the run."""
+    from scaling import ceiling as passes_per_second
 
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_busy, args=(1, seconds, batch, q)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    rates = [q.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return sum(rates)
+    return passes_per_second(n, 1, seconds, shape=(1, 28, 28), batch=batch) * batch
 
 
 def same(a: dict, b: dict) -> bool:
