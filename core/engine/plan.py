@@ -20,6 +20,7 @@ from advx.contract.interfaces import Dataset
 from advx.contract.registry import Registry
 from advx.engine.spec import MatrixOptions, MatrixSpec, ModelTable, PluginRef, expand, sweep_indexed, validate_strict
 from advx.contract.threats import ThreatModel
+from advx.store.schema import shard_key
 
 
 def digest(obj: Any) -> str:
@@ -138,11 +139,6 @@ class Shard:
 
 #: a cell's work: the cell whole, or one of its shards
 Unit = Cell | Shard
-
-
-def shard_key(cell_key: str, index: int) -> str:
-    """The name of shard ``index`` of cell ``cell_key`` in a results file's claims."""
-    return f"{cell_key}#{index}"
 
 
 def cell_of(unit: Unit) -> Cell:

@@ -158,16 +158,17 @@ class RayExecutor(Executor):
         defend = ray.remote(**opts)(_defend_task)
         run_cell = ray.remote(**opts)(_cell_task)
 
+        distinct = list({cell_of(u).key: cell_of(u) for u in cells}.values())  # a sharded cell once
         # 1. every trained model the cells need, once
         bases: dict[str, tuple] = {}
-        for c in {cell_of(u).key: cell_of(u) for u in cells}.values():
+        for c in distinct:
             bases.setdefault(digest([c.dataset.key(), c.model.key()]), (c.dataset, c.model))
             for n in c.threat.needs(c):
                 bases.setdefault(digest([c.dataset.key(), n.model.key()]), (c.dataset, n.model))
         trainings = self._wait(ray, [train.remote(added, device, cache_dir, threads, ds, m) for ds, m in bases.values()])
         # 2. every defended model, once (defenses train or fit more)
         defended: dict[str, tuple] = {}
-        for c in {cell_of(u).key: cell_of(u) for u in cells}.values():
+        for c in distinct:
             defended.setdefault(c.model_group(), (c.dataset, c.model, c.defense))
             for n in c.threat.needs(c):
                 if n.defended:  # a gray-box copy, a defended substitute: defended once, here

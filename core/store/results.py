@@ -70,6 +70,8 @@ from advx.store.schema import (
     TABLE_COLUMNS,
     TRAINING_COLUMNS,
     format_value,
+    shard_key,
+    split_shard_key,
     read_samples,
 )
 
@@ -320,11 +322,11 @@ class ResultStore:
         --rerun``) a cell finished before is this run's to recompute; one another live run
         computes is still waited for. Starts the heartbeat that keeps this run's claims alive."""
         now = time.time()
-        cell, _, shard = cell_key.partition("#")  # a shard's key: its cell's and its index
+        cell, shard = split_shard_key(cell_key)
         with self._tx(immediate=True) as conn:
             st = conn.execute("SELECT status FROM cells WHERE cell_key = ?", (cell,)).fetchone()
-            if shard and not rerun and st is not None and st[0] not in ("done", "not-applicable"):
-                stored = conn.execute("SELECT 1 FROM shards WHERE cell_key = ? AND shard = ?", (cell, int(shard))).fetchone()
+            if shard is not None and not rerun and st is not None and st[0] not in ("done", "not-applicable"):
+                stored = conn.execute("SELECT 1 FROM shards WHERE cell_key = ? AND shard = ?", (cell, shard)).fetchone()
                 st = ("done",) if stored is not None else st
             if st is not None and ((st[0] in ("done", "not-applicable") and not rerun) or cell_key in self._waited):
                 return "done"
@@ -452,7 +454,7 @@ class ResultStore:
         values = {**entry, "details": json.dumps(entry.get("details") or {}, sort_keys=True, default=str)}
         shard = {"index": entry["shard"], "count": entry["count"]}
         with self._tx() as conn:
-            conn.execute("DELETE FROM claims WHERE cell_key = ? AND owner = ?", (f"{key}#{shard['index']}", self.owner))
+            conn.execute("DELETE FROM claims WHERE cell_key = ? AND owner = ?", (shard_key(key, shard["index"]), self.owner))
             if reopen:
                 conn.execute("UPDATE cells SET status = 'partial', error = NULL, metrics = '{}' WHERE cell_key = ? AND status = 'failed'", (key,))
             if conn.execute("SELECT 1 FROM cells WHERE cell_key = ?", (key,)).fetchone() is None:
@@ -614,7 +616,15 @@ class ResultStore:
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def worst_case(self, cells: Sequence[CellRow]) -> float | None:
-        """Robust accuracy against the union of ``cells``' attacks, per example (mean of min).
+        """Robust accuracy against the union of ``cells``' attacks, per example (mean of min):
+        the share of ``worst_case_examples`` that stay robust (None for no examples)."""
+        robust = self.worst_case_examples(cells)
+        return sum(robust.values()) / len(robust) if robust else None
+
+    def worst_case_examples(self, cells: Sequence[CellRow]) -> dict[int, bool]:
+        """Per example (by index): robust under every one of ``cells``' attacks (and right on
+        the clean input). The evidence behind ``worst_case``, kept so that its interval is a
+        bootstrap over the same examples (``advx.analysis.intervals.proportion_interval``).
 
         An example counts as robust only if no attack fooled it; the cells must share the
         evaluated examples and model (same dataset and data, model and training, defense,
@@ -629,13 +639,6 @@ class ResultStore:
                         raise ConfigError(
                             f"worst case over cells that do not share their {part}: {first.title()} and {c.title()}"
                         )
-        robust = self.worst_case_examples(cells)
-        return sum(robust.values()) / len(robust) if robust else None
-
-    def worst_case_examples(self, cells: Sequence[CellRow]) -> dict[int, bool]:
-        """Per example (by index): robust under every one of ``cells``' attacks (and right on
-        the clean input). The evidence behind ``worst_case``, kept so that its interval is a
-        bootstrap over the same examples (``advx.analysis.intervals.proportion_interval``)."""
         robust: dict[int, bool] = {}
         for cell in cells:
             for idx, label, clean, adv in self.conn.execute(

@@ -131,6 +131,18 @@ SHARDS_DDL = (
     + ", PRIMARY KEY (cell_key, shard))"
 )
 
+def shard_key(cell_key: str, index: int) -> str:
+    """The name of shard ``index`` of cell ``cell_key`` in a results file's claims (a shard is
+    claimed as a cell is: ``ResultStore.claim``)."""
+    return f"{cell_key}#{index}"
+
+
+def split_shard_key(key: str) -> tuple[str, int | None]:
+    """``(cell key, shard index)`` of a claims key (``shard_key``'s inverse; index None for a whole cell)."""
+    cell, _, shard = key.partition("#")
+    return cell, int(shard) if shard else None
+
+
 #: the claims table: a cell being computed by a live run (``owner``: host, process and run;
 #: ``heartbeat`` and ``expires``: Unix times). Another run skips or waits for a claimed cell;
 #: a claim whose owner stopped refreshing it (a killed run) expires and may be taken over.

@@ -53,6 +53,9 @@ def test_worst_case_never_mixes_models(two_trainings):
         b = next(r for r in rows if r.train_config["epochs"] == 3 and r.eps == 0.1)
         with pytest.raises(advx.ConfigError, match="do not share their model"):
             store.worst_case([a, b])
+        # the per-example records behind it (what the intervals resample) refuse the same mix
+        with pytest.raises(advx.ConfigError, match="do not share their model"):
+            store.worst_case_examples([a, b])
 
 
 def test_checks_compare_cells_of_one_model(two_trainings):
