@@ -109,3 +109,30 @@ def finish(args: Any, meta: dict[str, Any], name: str, rows: list[dict[str, Any]
     stem = out / f"{name}-{args.device.split(':')[0]}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return meta, stem.with_suffix(".md")
+
+
+def peer_pgd_apgd(model: Any, pgd_steps: int = 40, apgd_steps: int = 100, alpha: Any = None) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """The peers' PGD and APGD-CE on ``model``, as ``[(attack, library, fn(x, y, eps) -> x_adv)]``
+    (attack ``"pgd"`` or ``"apgd-ce"``), and the lines naming the peers not installed.
+    ``alpha(eps)``: PGD's step (default 2.5 eps / steps, Madry et al.); random start for PGD,
+    seed 0 for torchattacks' APGD, every library with the same settings."""
+    from attacks import import_adv_lib
+
+    step = alpha or (lambda eps: 2.5 * eps / pgd_steps)
+    out, skipped = [], []
+    try:
+        import torchattacks as ta
+
+        out.append(("pgd", "torchattacks", lambda x, y, eps: ta.PGD(model, eps=eps, alpha=step(eps), steps=pgd_steps, random_start=True)(x, y)))
+        out.append(("apgd-ce", "torchattacks", lambda x, y, eps: ta.APGD(model, norm="Linf", eps=eps, steps=apgd_steps, loss="ce", seed=0)(x, y)))
+    except ImportError:
+        skipped.append("torchattacks: not installed, skipped")
+    advlib = import_adv_lib()
+    if advlib is None:
+        skipped.append("adv-lib: not installed, skipped")
+    else:
+        pgd_linf, _, _, apgd = advlib
+        out.append(("pgd", "adv-lib", lambda x, y, eps: pgd_linf(model, x, y, ε=eps, steps=pgd_steps, random_init=True, absolute_step_size=step(eps))))
+        if apgd is not None:
+            out.append(("apgd-ce", "adv-lib", lambda x, y, eps: apgd(model, x, y, eps=eps, norm=float("inf"), n_iter=apgd_steps, loss_function="ce")))
+    return out, skipped

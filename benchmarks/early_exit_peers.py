@@ -29,8 +29,7 @@ import torch
 
 import advx
 from _models import EPS
-from attacks import import_adv_lib
-from _meta import finish, header, meta_of, models_under_test, timed
+from _meta import finish, header, meta_of, models_under_test, peer_pgd_apgd, timed
 
 PGD = {"eps": 0.3, "alpha": 0.01, "steps": 40}
 APGD = {"eps": 0.3, "steps": 100}
@@ -39,27 +38,14 @@ APGD = {"eps": 0.3, "steps": 100}
 def contenders(model, bounds):
     """``[(attack, library, variant, fn(x, y) -> x_adv)]`` and the lines naming skipped peers."""
     reg = advx.Registry.discover()
-    out, skipped = [], []
+    out = []
     for name, params in (("pgd", PGD), ("apgd-ce", APGD)):
         for early in (True, False):
             a = reg.attack(name, **params, early_exit=early)
             out.append((name, "advx", "early exit" if early else "no early exit", lambda x, y, a=a: a.perturb(model, x, y, bounds)))
-    try:
-        import torchattacks as ta
-
-        pgd = ta.PGD(model, eps=PGD["eps"], alpha=PGD["alpha"], steps=PGD["steps"], random_start=True)
-        apgd = ta.APGD(model, norm="Linf", eps=APGD["eps"], steps=APGD["steps"], loss="ce", seed=0)
-        out += [("pgd", "torchattacks", "", lambda x, y: pgd(x, y)), ("apgd-ce", "torchattacks", "", lambda x, y: apgd(x, y))]
-    except ImportError:
-        skipped.append("torchattacks: not installed, skipped")
-    advlib = import_adv_lib()
-    if advlib is None:
-        skipped.append("adv-lib: not installed, skipped")
-    else:
-        pgd_linf, _, _, apgd_fn = advlib
-        out.append(("pgd", "adv-lib", "", lambda x, y: pgd_linf(model, x, y, ε=PGD["eps"], steps=PGD["steps"], random_init=True, absolute_step_size=PGD["alpha"])))
-        if apgd_fn is not None:
-            out.append(("apgd-ce", "adv-lib", "", lambda x, y: apgd_fn(model, x, y, eps=APGD["eps"], norm=float("inf"), n_iter=APGD["steps"], loss_function="ce")))
+    peers, skipped = peer_pgd_apgd(model, PGD["steps"], APGD["steps"], alpha=lambda eps: PGD["alpha"])
+    eps = {"pgd": PGD["eps"], "apgd-ce": APGD["eps"]}
+    out += [(name, lib, "", lambda x, y, fn=fn, e=eps[name]: fn(x, y, e)) for name, lib, fn in peers]
     order = {"pgd": 0, "apgd-ce": 1}
     return sorted(out, key=lambda r: order[r[0]]), skipped
 

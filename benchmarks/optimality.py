@@ -32,7 +32,7 @@ import torch
 
 import advx
 from advx.analysis.optimality import optimality, robust_on_grid
-from _meta import finish, header, meta_of, models_under_test, sync
+from _meta import finish, header, meta_of, models_under_test, peer_pgd_apgd, sync
 from attacks import Counter, import_adv_lib
 
 GRIDS = {
@@ -60,25 +60,10 @@ def attacks(model, bounds):
     out.append(("advx apgd-ce-100", "advx", "eps", ours("apgd-ce", steps=100)))
     fab = reg.attack("fab", eps=10.0, steps=100, early_exit=False)
     out.append(("advx fab-100 (minimum norm)", "advx", "min", lambda x, y: fab.perturb(model, x, y, bounds)))
-    try:
-        import torchattacks as ta
-
-        out.append(("torchattacks PGD-40", "torchattacks", "eps",
-                    lambda x, y, eps: ta.PGD(model, eps=eps, alpha=2.5 * eps / 40, steps=40, random_start=True)(x, y)))
-        out.append(("torchattacks APGD-CE-100", "torchattacks", "eps",
-                    lambda x, y, eps: ta.APGD(model, norm="Linf", eps=eps, steps=100, loss="ce", seed=0)(x, y)))
-    except ImportError:
-        skipped.append("torchattacks: not installed, skipped")
-    advlib = import_adv_lib()
-    if advlib is None:
-        skipped.append("adv-lib: not installed, skipped")
-    else:
-        pgd_linf, _, _, apgd = advlib
-        out.append(("adv-lib pgd_linf-40", "adv-lib", "eps",
-                    lambda x, y, eps: pgd_linf(model, x, y, ε=eps, steps=40, random_init=True, absolute_step_size=2.5 * eps / 40)))
-        if apgd is not None:
-            out.append(("adv-lib apgd-ce-100", "adv-lib", "eps",
-                        lambda x, y, eps: apgd(model, x, y, eps=eps, norm=float("inf"), n_iter=100, loss_function="ce")))
+    peers, peers_skipped = peer_pgd_apgd(model)
+    skipped += peers_skipped
+    out += [(PEER_LABELS[(name, lib)], lib, "eps", fn) for name, lib, fn in peers]
+    if import_adv_lib() is not None:
         try:
             from adv_lib.attacks.fast_minimum_norm import fmn
 
@@ -86,6 +71,13 @@ def attacks(model, bounds):
         except Exception as exc:  # noqa: BLE001
             skipped.append(f"adv-lib fmn: not importable ({type(exc).__name__}), skipped")
     return out, skipped
+
+
+#: the tables' names of the peers' attacks
+PEER_LABELS = {
+    ("pgd", "torchattacks"): "torchattacks PGD-40", ("apgd-ce", "torchattacks"): "torchattacks APGD-CE-100",
+    ("pgd", "adv-lib"): "adv-lib pgd_linf-40", ("apgd-ce", "adv-lib"): "adv-lib apgd-ce-100",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
