@@ -17,7 +17,7 @@ local Ray cluster started):
 Throughput is images per second of wall time; the ratio is to the one-worker row of the
 same executor, target at least 0.9 N. Every row's per-example records are compared with
 the unsharded row's. The machine is shared: run it under the heavy lock
-(``flock /work/scratch/heavy.lock``-style), and the load average before and after is
+(e.g. ``flock LOCKFILE python benchmarks/sharding.py``), and the load average before and after is
 recorded with the numbers.
 
     ADVX_DATA=... python benchmarks/sharding.py [--samples 10000] [--steps 40] [--shard-size 1000]
