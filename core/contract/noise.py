@@ -94,12 +94,19 @@ class ExampleNoise:
 
     def bits(self, shape: Sequence[int], stream: Stream) -> Tensor:
         """32-bit random integers (in an int64 tensor) of shape ``(N, *shape)`` for ``stream``."""
-        parts = tuple(stream) if isinstance(stream, (tuple, list)) else (stream,)
-        k = _mix(self.keys ^ _word("stream", *parts))
+        return self.bits_many(shape, [stream])[:, 0]
+
+    def bits_many(self, shape: Sequence[int], streams: Sequence[Stream]) -> Tensor:
+        """``bits(shape, s)`` for each of ``streams`` at once, shape ``(N, len(streams), *shape)``:
+        the same numbers, in a few tensor operations instead of a few per stream (Square draws
+        its queries' windows and signs a block of queries at a time: one draw per query cost
+        about as much as the forward pass of a small model)."""
+        words = [_word("stream", *(tuple(s) if isinstance(s, (tuple, list)) else (s,))) for s in streams]
+        k = _mix(self.keys[:, None] ^ torch.tensor(words, dtype=torch.int64, device=self.device))[..., None]
         size = math.prod(shape)
         pos = (torch.arange(size, device=self.device, dtype=torch.int64) * _GOLDEN) & _M32
-        h = _mix(_mix(k[:, None] ^ pos[None, :]) ^ k[:, None])
-        return h.view(len(self), *shape)
+        h = _mix(_mix(k ^ pos) ^ k)
+        return h.view(len(self), len(words), *shape)
 
     def uniform(self, shape: Sequence[int], stream: Stream, dtype: torch.dtype = torch.float32) -> Tensor:
         """Uniform numbers in ``[0, 1)`` of shape ``(N, *shape)`` (24 random bits: exact in float32)."""

@@ -120,6 +120,9 @@ class _SquareBase(Attack):
     iterative: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset()
 
+    #: queries whose random words are drawn at once (``ExampleNoise.bits_many``: the same numbers)
+    block: ClassVar[int] = 100
+
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
         x = x.detach()
@@ -129,27 +132,40 @@ class _SquareBase(Attack):
         early = self.exits_early
         # the query from which a search that cannot close its margin stops (early exit only)
         hopeless_from = max(1, int(c.hopeless_after * c.queries)) if early and c.hopeless_after > 0 else None
+        n_words = self._words(x4.shape[1])
         with torch.no_grad():
             best = self._start(x4, noise, bounds)
             loss = margin(model(best.view(shape)), y, targeted)
-            first = loss.clone()
+            # The search runs on the examples still active, held compacted (their inputs, best
+            # points, margins, labels, draws): they are gathered again and the leavers' points
+            # written back only when an example leaves, not at every query.
             act = torch.arange(len(x), device=x.device)
+            xa, ba, la, ya, na, fa = x4, best.clone(), loss.clone(), y, noise, loss.clone()
+            words = None
             for i in range(c.queries):
                 if early:
-                    live = loss > 0
+                    live = la > 0
                     if hopeless_from is not None and i >= hopeless_from:
                         # at the average rate of decrease so far, the queries left would not
                         # bring the margin to zero: loss > (first - loss) / i * (queries - i)
-                        live &= loss * i <= (first - loss) * (c.queries - i)
-                    act = live.nonzero().squeeze(1)  # the one host synchronisation per query
-                    if act.numel() == 0:
-                        break
-                xa, ba = x4[act], best[act]
-                cand = self._query(xa, ba, noise[act], i, p_at(i, c.queries, c.p_init), bounds)
-                new = margin(model(cand.view(len(act), *shape[1:])), y[act], targeted)
-                better = new < loss[act]
-                best[act] = torch.where(per_example_view(better, ba), cand, ba)
-                loss[act] = torch.where(better, new, loss[act])
+                        live &= la * i <= (fa - la) * (c.queries - i)
+                    if not bool(live.all()):  # the one host synchronisation per query
+                        best[act], loss[act] = ba, la
+                        keep = live.nonzero().squeeze(1)
+                        act, xa, ba, la, ya, na, fa = act[keep], xa[keep], ba[keep], la[keep], ya[keep], na[keep], fa[keep]
+                        words = None if words is None else words[keep]
+                        if act.numel() == 0:
+                            break
+                if i % self.block == 0 or words is None:
+                    b0 = i - i % self.block
+                    streams = [("square-query", q) for q in range(b0, min(b0 + self.block, c.queries))]
+                    words = na.bits_many((n_words,), streams)
+                cand = self._query(xa, ba, words[:, i % self.block], p_at(i, c.queries, c.p_init), bounds)
+                new = margin(model(cand.view(len(act), *shape[1:])), ya, targeted)
+                better = new < la
+                ba = torch.where(per_example_view(better, ba), cand, ba)
+                la = torch.where(better, new, la)
+            best[act] = ba
         return best.view(shape)
 
     def _window(self, p, x, words, minimum=1, odd=False):
@@ -188,10 +204,13 @@ class Square(_SquareBase):
         ch, _, w = x4.shape[1:]
         return (x4 + eps * _signs(noise.bits((ch, 1, w), "square-start"), x4)).clamp_(*bounds)
 
-    def _query(self, x, best, noise, i, p, bounds):
+    @staticmethod
+    def _words(ch: int) -> int:
+        return 2 + ch  # the window's place, then one sign per channel
+
+    def _query(self, x, best, words, p, bounds):
         eps = self.config.eps
         n, ch = x.shape[:2]
-        words = noise.bits((2 + ch,), ("square-query", i))  # window, then one sign per channel
         idx, _ = self._window(p, x, words)
         cand = best.clone()
         cand[idx] = (x[idx] + eps * _signs(words[:, 2:].reshape(n, ch, 1, 1), x)).clamp_(*bounds)
@@ -230,10 +249,13 @@ class SquareL2(_SquareBase):
                 delta[:, :, r : r + sh, col : col + sw] += b * signs[:, a, c].view(n, ch, 1, 1)
         return self._finish(x4, delta, bounds)
 
-    def _query(self, x, best, noise, i, p, bounds):
+    @staticmethod
+    def _words(ch: int) -> int:
+        return 5 + ch  # two windows' places, the bump's orientation, one sign per channel
+
+    def _query(self, x, best, words, p, bounds):
         eps = self.config.eps
         n, ch = x.shape[:2]
-        words = noise.bits((5 + ch,), ("square-query", i))  # two windows, the bump's orientation, signs
         i1, (sh, sw) = self._window(p, x, words[:, 0:2], minimum=3, odd=True)
         i2, _ = self._window(p, x, words[:, 2:4], minimum=3, odd=True)
         delta = best - x

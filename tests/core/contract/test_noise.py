@@ -101,3 +101,19 @@ def test_attack_noise_outside_the_kernel_follows_the_batch_seed():
     attack.begin_batch(1, ExampleNoise.of(9, torch.arange(10, 15)))
     attack.perturb(None, x, None, (0.0, 1.0))
     assert torch.equal(attack.drawn, ExampleNoise.of(9, torch.arange(10, 15)).seeded(0).uniform((4,), "start"))
+
+
+def test_many_streams_at_once_draw_what_each_stream_draws():
+    # Square draws a block of queries' words in one call: the numbers must be those of the
+    # stream-by-stream draws, and those must not change between releases (stored results
+    # name their seed, and a rerun must search the same windows): pinned values below
+    n = ExampleNoise.of(7, torch.arange(3))
+    streams = [("square-query", q) for q in range(4)] + ["start"]
+    many = n.bits_many((2,), streams)
+    assert many.shape == (3, 5, 2)
+    for j, s in enumerate(streams):
+        assert torch.equal(many[:, j], n.bits((2,), s))
+    assert many[:, 1:2].tolist() != many[:, 2:3].tolist()
+    assert n.bits((2,), ("square-query", 5)).tolist() == [
+        [81969733, 3215889358], [1877023433, 3662564041], [3410574730, 2954416312],
+    ]
