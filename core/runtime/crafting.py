@@ -34,6 +34,26 @@ from advx.contract.protocols import bpda as bpda_mode
 from advx.contract.protocols import randomized_parts
 
 
+def channels_last(x: Tensor) -> Tensor:
+    """A 4-D batch in channels-last strides (other shapes as they are).
+
+    The convolution and pooling kernels choose their memory format from the input's
+    strides. ``contiguous(memory_format=torch.channels_last)`` leaves a one-channel batch as
+    it is (its memory is already in channels-last order, so PyTorch sees nothing to do),
+    with its NCHW strides, and the CPU kernels then take their NCHW path: mnist-cnn's
+    forward pass ran 2-3x slower on MNIST and the digits that way (forward and backward
+    1.1-1.6x; ``benchmarks/results/channels-last-cpu.md``). A one-channel batch is given
+    channels-last strides over the same memory (a view: no copy, gradients flow through).
+    """
+    if x.dim() != 4:
+        return x
+    if x.shape[1] != 1:
+        return x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous()
+    _, _, h, w = x.shape
+    return x.as_strided(x.shape, (h * w, 1, w, 1))
+
+
 @dataclass(frozen=True)
 class Cost:
     """What crafting the examples of a cell cost (``None`` for a cell that reused another's)."""
@@ -52,11 +72,17 @@ class PassCounter(nn.Module):
     A module that runs the model several times per call (EOT's view averages ``draws``
     forward passes) declares it with ``passes_per_call``; every one of them is counted, so
     an attack under 10 EOT draws costs 10 forward and backward passes per step, not one.
+
+    With ``channels_last`` every input reaches the model in channels-last strides
+    (``channels_last``): the attack's own tensors (a candidate, an iterate, a ``torch.where``
+    of two) come back in the default format whatever format its input had, so converting
+    the batch once is not enough for the model to run in the format it was converted to.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.channels_last = channels_last
         self.forwards = 0
         self.backwards = 0
         self.counting = True
@@ -69,7 +95,7 @@ class PassCounter(nn.Module):
     observer: Callable[[Tensor, Tensor], None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x)
+        out = self.model(channels_last(x) if self.channels_last else x)
         if self.counting:
             n = x.shape[0]
             self.forwards += n * self.per_call
@@ -82,7 +108,7 @@ class PassCounter(nn.Module):
     def hidden_states(self, x: Tensor) -> dict[str, Tensor]:
         if self.counting:
             self.forwards += x.shape[0] * self.per_call
-        return self.model.hidden_states(x)  # type: ignore[operator]
+        return self.model.hidden_states(channels_last(x) if self.channels_last else x)  # type: ignore[operator]
 
     def reset(self) -> None:
         self.forwards = self.backwards = 0
@@ -246,7 +272,7 @@ class CraftOptions:
     the attack fooled (inside the budget) at some iterate but returned not fooled (one
     uncounted, untimed forward per batch). ``min_batch_size``: the floor of the
     out-of-memory back-off. ``amp`` (``"bf16"``/``"fp16"``) runs the attack under autocast
-    and ``channels_last`` feeds 4-D batches in that memory format (the model must have been
+    and ``channels_last`` feeds every 4-D input of the model in that memory format (``PassCounter``; the model must have been
     converted too); both are speed options whose effect on the numbers is measured, not
     assumed (``benchmarks/kernels.py``); scoring stays in float32. ``surrogate``: the model
     stands in for the scored one (a transfer-style threat model); ``attack.surrogate`` is
@@ -284,7 +310,7 @@ def craft(
     o = options
     device = torch.device(o.device)
     mode = getattr(attack.config, "label_mode", "true")
-    counter = PassCounter(model)
+    counter = PassCounter(model, channels_last=o.channels_last)
     index = torch.arange(len(x)) if index is None else torch.as_tensor(index, dtype=torch.long).flatten()
     if len(index) != len(x):
         raise AdvxError(f"craft: {len(index)} example indices for {len(x)} examples")
@@ -312,8 +338,8 @@ def craft(
     def one_batch(start: int, size: int) -> None:
         nonlocal targeted, silent
         xb = x[start : start + size].to(device, non_blocking=True)
-        if o.channels_last and xb.dim() == 4:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        if o.channels_last:
+            xb = channels_last(xb)
         yb = y[start : start + size].to(device, non_blocking=True)
         examples = ExampleNoise.of(o.seed, index[start : start + size], device)
         counter.counting = False  # label resolution is bookkeeping, not the attack's cost
