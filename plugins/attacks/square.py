@@ -122,6 +122,10 @@ class _SquareBase(Attack):
 
     #: queries whose random words are drawn at once (``ExampleNoise.bits_many``: the same numbers)
     block: ClassVar[int] = 100
+    #: a list to receive every example's best margin after each query (``(N,)`` per entry, the
+    #: start first), without early exit only: a study of the search's progress, e.g. of when
+    #: examples break and of a ``hopeless_after`` rule (``benchmarks/square_hopeless.py``)
+    margins: list[Tensor] | None = None
 
     def perturb(self, model, x, y, bounds, targeted=False):
         c = self.config
@@ -142,6 +146,9 @@ class _SquareBase(Attack):
             act = torch.arange(len(x), device=x.device)
             xa, ba, la, ya, na, fa = x4, best.clone(), loss.clone(), y, noise, loss.clone()
             words = None
+            trace = self.margins if not early else None
+            if trace is not None:
+                trace.append(la.clone())
             for i in range(c.queries):
                 if early:
                     live = la > 0
@@ -165,6 +172,8 @@ class _SquareBase(Attack):
                 better = new < la
                 ba = torch.where(per_example_view(better, ba), cand, ba)
                 la = torch.where(better, new, la)
+                if trace is not None:
+                    trace.append(la.clone())
             best[act] = ba
         return best.view(shape)
 

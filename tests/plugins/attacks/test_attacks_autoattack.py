@@ -360,6 +360,27 @@ def test_square_hopeless_examples_leave_the_search_early(name, eps, model, xy):
     assert f_off == 51
 
 
+def test_square_margins_follow_the_search_query_by_query(model, xy):
+    """``Square.margins`` (a study of the search, benchmarks/square_hopeless.py): without early
+    exit, every example's best margin after each query, the start first; never rising; an
+    example breaks at the first query where it reaches zero, and the early-exit search
+    returns a fooling point for exactly those examples (the same draws)."""
+    x, y = xy
+    x, y = x[:30], y[:30]
+    reg = advx.Registry.discover()
+    sq = reg.attack("square", eps=0.1, queries=40, early_exit=False)
+    sq.margins = []
+    sq.perturb(model, x, y, (0.0, 1.0))
+    m = torch.stack(sq.margins)
+    assert m.shape == (41, 30) and bool((m[1:] <= m[:-1]).all())
+    early = run("square", model, x, y, eps=0.1, queries=40)
+    assert torch.equal(fooled(model, early, y), (m <= 0).any(0))
+    quiet = reg.attack("square", eps=0.1, queries=40)
+    quiet.margins = []
+    quiet.perturb(model, x, y, (0.0, 1.0))
+    assert quiet.margins == []  # with early exit the batch shrinks: nothing to follow per example
+
+
 def test_suite_passes_square_hopeless_after_to_square(model, xy):
     x, y = xy
     x, y = x[:40], y[:40]
