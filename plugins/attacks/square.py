@@ -60,12 +60,13 @@ from ._common import early_exit_field, l2_norm, margin_to_other, per_example_vie
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def hopeless_after_field():
-    """The ``hopeless_after`` field of both Square configs."""
+def hopeless_after_field(prefix: str = ""):
+    """The ``hopeless_after`` field of both Square configs (and, ``prefix``-ed, the suite's
+    ``square_hopeless_after``: one definition of its bounds and meaning)."""
     return Field(
         0.0, ge=0, lt=1,
         description=(
-            "with early_exit: from this share of the queries on, an example leaves the search once its margin, "
+            f"{prefix}with early_exit: from this share of the queries on, an example leaves the search once its margin, "
             "decreasing at its average rate so far, would not reach zero within the queries left (0: never, AutoAttack)"
         ),
     )

@@ -59,7 +59,7 @@ from advx import Attack, AttackConfig, hookimpl
 from ._common import TargetSelection, early_exit_field, is_success, target_ranking, target_selection_field
 from .apgd import apgd_run, random_sphere_start
 from .fab import FAB, FABL2
-from .square import Square, SquareL2
+from .square import Square, SquareL2, hopeless_after_field
 
 Member = Literal["apgd-ce", "apgd-t", "fab-t", "apgd-dlr", "square"]
 STANDARD: list[str] = ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -74,9 +74,7 @@ class _SuiteConfig(AttackConfig):
     target_classes: int = Field(9, ge=1, le=1000, description="apgd-t and fab-t: number of targets tried, best first (AutoAttack: 9)")
     target_selection: TargetSelection = target_selection_field()
     queries: int = Field(5000, ge=1, le=1000000, description="square: query budget per example (AutoAttack: 5000)")
-    square_hopeless_after: float = Field(
-        0.0, ge=0, lt=1, description="square: its hopeless_after (0: every query for every unbroken example, AutoAttack)",
-    )
+    square_hopeless_after: float = hopeless_after_field("square's hopeless_after: ")
     seed: int = Field(0, ge=0, description="seed of the random starts and of Square's search")
     early_exit: bool = early_exit_field()
 
