@@ -8,7 +8,11 @@
   ``experiments/seed002-mnist-madry`` (PGD eps 0.3, 10 steps of 0.075, rho 0.5: half clean
   loss, Adam 1e-3, batch 128), for ``AT_EPOCHS`` epochs instead of 10 so that it trains in
   minutes on a shared 2-core CPU. Most of its test images survive eps 0.3, which is where
-  AutoAttack's cost sits (APGD-T, FAB-T, Square).
+  AutoAttack's cost sits (APGD-T, FAB-T, Square);
+* ``seed002``: seed 002's single MNIST network (``mnist-cnn``, 10 epochs, Adam 1e-3, batch 128,
+  seed 0, as ``experiments/seed002-mnist-masking/saturation.py``), undefended and confident: a
+  quarter of its test images have a float32 p(true class) of exactly 1.0 (``apgd_float64.py``).
+  Trained once (about 80 s on 2 idle cores), then cached.
 
 Real MNIST comes from ``$ADVX_DATA`` (``ADVX_DATA=<data root>``) or the user cache; the cache
 of trained checkpoints is the kernel's (``$ADVX_CACHE_DIR``, else the user cache dir).
@@ -30,8 +34,9 @@ MODELS = {
     "digits": "mnist-cnn, 8 epochs on the embedded 8x8 digits",
     "mnist": "mnist-cnn, 1 epoch on MNIST (undefended)",
     "mnist-at": f"mnist-cnn, PGD adversarial training on MNIST (eps 0.3, 10 steps of 0.075, rho 0.5, {AT_EPOCHS} epochs)",
+    "seed002": "mnist-cnn, 10 epochs on MNIST (Adam 1e-3, batch 128: seed 002's single network, undefended)",
 }
-EPS = {"digits": 0.1, "mnist": 0.3, "mnist-at": 0.3}
+EPS = {"digits": 0.1, "mnist": 0.3, "mnist-at": 0.3, "seed002": 0.1}
 
 
 def load(name: str, samples: int, device: str = "cpu"):
@@ -44,6 +49,10 @@ def load(name: str, samples: int, device: str = "cpu"):
     elif name == "mnist":
         ds = reg.dataset("mnist", download=False)
         model = advx.train_model(ds, reg.model("mnist-cnn"), {"epochs": 1, "seed": 0}).model
+    elif name == "seed002":
+        ds = reg.dataset("mnist", download=False)
+        train = {"epochs": 10, "batch_size": 128, "optimizer": "adam", "lr": 0.001, "seed": 0}
+        model = advx.train_model(ds, reg.model("mnist-cnn"), train).model
     elif name == "mnist-at":
         from advx.runtime.context import DefenseContext
         from advx.runtime.training import TrainConfig

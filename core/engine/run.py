@@ -175,7 +175,7 @@ def _run(spec: MatrixSpec, registry: Registry, cells: list, store: Any, executor
                 cell, row = unit, outcome.row.replace(spec_name=spec.matrix.name, spec_hash=spec_hash)
                 if store is not None and not store.record(row, outcome.samples, outcome.trainings):
                     # another run finished this cell meanwhile: its result stands, not this failure
-                    row = next(r for r in store.cells() if r.cell_key == row.cell_key)
+                    row = store.cell(row.cell_key) or row
             result.rows.append(row)
             status = row.status
             result.failed += status == "failed"

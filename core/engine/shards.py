@@ -143,7 +143,7 @@ class ShardBook:
             self.failed.add(cell.key)
             row = row.replace(error=f"shard {shard.index + 1}/{shard.count} (examples {shard.start}-{shard.stop - 1}): {row.error}")
             if self.store is not None and not self.store.record(row, None, outcome.trainings, sharded=True):
-                return next(r for r in self.store.cells() if r.cell_key == row.cell_key)  # finished by another run
+                return self.store.cell(row.cell_key) or row  # finished by another run
             return row
         e = entry(row, {**(outcome.shard or {}), "index": shard.index, "count": shard.count, "start": shard.start, "stop": shard.stop})
         if self.store is not None:

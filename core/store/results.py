@@ -559,8 +559,18 @@ class ResultStore:
             args.append(status)
         if conds:
             q += " WHERE " + " AND ".join(conds)
-        q += " ORDER BY started, rowid"
-        cur = self.conn.execute(q, args)
+        return self._rows(q + " ORDER BY started, rowid", args)
+
+    def cell(self, cell_key: str) -> CellRow | None:
+        """The stored row of one cell, or ``None`` when the file holds no such cell (as
+        ``status``): one indexed read, where filtering ``cells()`` would decode every row."""
+        rows = self._rows("SELECT * FROM cells WHERE cell_key = ?", [cell_key])
+        return rows[0] if rows else None
+
+    def _rows(self, query: str, args: Sequence[Any]) -> list[CellRow]:
+        """Run a ``SELECT * FROM cells`` query and decode its rows (the one place that pairs
+        the columns the file has with their names, whatever version wrote it)."""
+        cur = self.conn.execute(query, args)
         names = [d[0] for d in cur.description]
         return [self._row(dict(zip(names, r))) for r in cur.fetchall()]
 

@@ -55,28 +55,37 @@ def l2_normalize_(g: Tensor) -> Tensor:
     return g.div_(l2_norm(g).clamp_(min=TINY))
 
 
+def ce_loss(logits: Tensor, y: Tensor, targeted: bool) -> Tensor:
+    """Per-example cross-entropy of ``logits`` against ``y``, in float64, signed to ascend
+    (negated for a targeted attack, as ``loss_grad``), shape ``(N,)``.
+
+    float64 because the gradient of the cross-entropy with respect to the logits is
+    ``p - onehot(y)``: where the network is confident, ``p_y`` rounds to exactly 1.0 in
+    float32, the true class's term (the largest) vanishes and only the other classes' tiny
+    terms are left, so a signed step points elsewhere: on seed 002's MNIST network, FGSM at
+    eps 0.3 left 0.0941 accuracy through the float32 loss and 0.0177 through the exact one
+    (``experiments/seed002-mnist-masking/saturation.py``). The loss itself rounds to 0 there
+    too, so a float32 loss also hides whether a step raised it (APGD's step-size checkpoints
+    compare those values). In float64 the term survives and flows back through the network in
+    float32 (the logits' dtype); the cost is a loss over ``batch x classes`` numbers.
+    """
+    ce = F.cross_entropy(logits.double(), y, reduction="none")
+    return -ce if targeted else ce
+
+
 def loss_grad(model: nn.Module, x: Tensor, y: Tensor, targeted: bool) -> tuple[Tensor, Tensor]:
-    """``(grad, logits)``: the gradient of the summed cross-entropy at ``x``, signed to ascend.
+    """``(grad, logits)``: the gradient of the summed cross-entropy at ``x`` (``ce_loss``:
+    float64), signed to ascend.
 
     The sign is folded in here so callers always *add* the gradient: for an untargeted
     attack it is grad J(x, y) (move away from ``y``), for a targeted one -grad J(x, t)
-    (move towards ``t``). ``reduction="sum"`` keeps each example's gradient independent
-    of the batch size. ``torch.autograd.grad`` computes the input gradient only: the
-    parameters' ``.grad`` are neither computed nor touched. ``x`` must require grad. The
-    gradient is the caller's to modify in place (``advx.input_gradient``).
-
-    The loss is computed in float64 from the float32 logits. Its gradient with respect to the
-    logits is ``p - onehot(y)``; where the network is confident, ``p_y`` rounds to exactly 1.0
-    in float32, the true class's term (the largest) vanishes and only the other classes' tiny
-    terms are left, so the signed step points elsewhere: on seed 002's MNIST network, FGSM at
-    eps 0.3 left 0.0941 accuracy through the float32 loss and 0.0177 through the exact one
-    (``experiments/seed002-mnist-masking/saturation.py``). In float64 the term survives and
-    flows back through the network in float32 (the logits' dtype); the cost is a loss over
-    ``batch x classes`` numbers.
+    (move towards ``t``). The sum keeps each example's gradient independent of the batch
+    size. ``torch.autograd.grad`` computes the input gradient only: the parameters'
+    ``.grad`` are neither computed nor touched. ``x`` must require grad. The gradient is
+    the caller's to modify in place (``advx.input_gradient``).
     """
     logits = model(x)
-    loss = F.cross_entropy(logits.double(), y, reduction="sum")
-    return input_gradient(-loss if targeted else loss, x), logits
+    return input_gradient(ce_loss(logits, y, targeted).sum(), x), logits
 
 
 def linf_box(x: Tensor, eps: float, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:

@@ -8,7 +8,8 @@ down to 6%) when the loss went up in fewer than ``rho`` of the steps since the l
 checkpoint, or when the best loss has not moved since a checkpoint that did not halve;
 after a halving the example restarts from its best point. Each step mixes the gradient
 step with the previous move (momentum 0.75: x_{k+1} = x_k + 0.75 (z - x_k) + 0.25
-(x_k - x_{k-1}), both projected). The loss is cross-entropy (``apgd-ce``) or the
+(x_k - x_{k-1}), both projected). The loss is cross-entropy, in float64 (``apgd-ce``;
+``_common.ce_loss`` says why) or the
 difference of logits ratio (``apgd-dlr``: shift- and scale-invariant, for models whose
 logits are rescaled; targeted label modes use the targeted DLR of the paper, see
 ``_common.dlr_loss``). Random start at a random point of the sphere of radius eps
@@ -39,7 +40,6 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -47,6 +47,7 @@ from advx import Attack, AttackConfig, ExampleNoise, hookimpl, input_gradient
 
 from ._common import (
     Exits,
+    ce_loss,
     clip_to_bounds_l2_,
     early_exit_field,
     dlr_loss,
@@ -115,9 +116,8 @@ def apgd_run(
             return clip_to_bounds_l2_(z, x, eps, bounds)
 
     def loss_of(logits):
-        if loss == "ce":
-            ce = F.cross_entropy(logits, y, reduction="none")
-            return -ce if targeted else ce
+        if loss == "ce":  # float64 (ce_loss): a saturated softmax keeps its gradient and its loss
+            return ce_loss(logits, y, targeted)
         return dlr_loss(logits, y, targeted, true)
 
     def success_of(logits):
@@ -253,7 +253,8 @@ class _APGDBase(Attack):
         with torch.no_grad():
             found = torch.zeros(len(x), dtype=torch.bool, device=x.device) if surrogate else is_success(model(x), y, targeted)
         out = x.clone()
-        best = torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype)
+        # float64: the CE loss's dtype (ce_loss); a float32 DLR score promotes to it in the where below
+        best = torch.full((len(x),), -torch.inf, device=x.device, dtype=torch.float64)
         for r in range(c.restarts):
             # Each run takes the unbroken examples only: one host synchronisation each.
             idx = (~found).nonzero().squeeze(1)

@@ -220,6 +220,43 @@ def test_a_failed_shard_fails_its_cell_and_keeps_the_others_for_the_rerun(tmp_pa
     assert_same_cells(whole, ref.rows, db, res.rows)
 
 
+class FailsWhenTold(Attack):
+    """FGSM that raises while ``fail`` is set."""
+
+    name: ClassVar[str] = "fails-when-told"
+    fail: ClassVar[bool] = False
+
+    class Config(AttackConfig):
+        eps: float = 0.1
+
+    def perturb(self, model, x, y, bounds, targeted=False):
+        if type(self).fail:
+            raise RuntimeError("boom")
+        xg = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y), xg)
+        return (x + self.config.eps * g.sign()).clamp(*bounds)
+
+
+@pytest.mark.parametrize("shard_size", [None, 100])
+def test_a_failed_rerun_returns_the_finished_cell_the_store_keeps(tmp_path, shard_size):
+    """A failure never replaces a finished cell (``ResultStore.record``); the run then reports
+    the stored row (``ResultStore.cell``), whole or sharded."""
+    reg = advx.Registry.discover()
+    reg.add("attack", FailsWhenTold, package="tests")
+    db = tmp_path / "r.db"
+    s = spec(tmp_path, shard_size, samples=200, diagnostics=False)
+    s["attacks"] = [{"name": "fails-when-told"}]
+    (done,) = advx.run_matrix(s, registry=reg, store=db).rows
+    FailsWhenTold.fail = True
+    try:
+        res = advx.run_matrix(s, registry=reg, store=db, rerun=True)
+    finally:
+        FailsWhenTold.fail = False
+    (row,) = res.rows
+    assert res.failed == 0 and row.status == "done" and row.error is None
+    assert (row.cell_key, row.metrics) == (done.cell_key, done.metrics)
+
+
 def test_a_whole_cell_result_replaces_its_shards(tmp_path):
     db = tmp_path / "r.db"
     s = spec(tmp_path, 100)

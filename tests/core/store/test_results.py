@@ -26,6 +26,17 @@ def test_a_failure_never_replaces_a_finished_cell(tmp_path):
         assert {r.cell_key: r.status for r in store.cells()} == {"k": "done", "f": "done"}
 
 
+def test_one_cell_is_read_by_its_key(tmp_path, monkeypatch):
+    with advx.ResultStore(tmp_path / "r.db") as store:
+        store.record(_row("done", robust_accuracy=0.25))
+        store.record(_row("failed", key="f", error="boom"))
+        assert store.cell("missing") is None
+        monkeypatch.setattr(store, "cells", None)  # not by reading every row and filtering
+        row = store.cell("k")
+        assert (row.cell_key, row.status, row.robust_accuracy, row.spec_name) == ("k", "done", 0.25, "s")
+        assert (store.cell("f").status, store.cell("f").error) == ("failed", "boom")
+
+
 def test_an_existing_file_in_a_read_only_folder_is_refused_at_start(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()

@@ -414,13 +414,10 @@ def test_deepfool_overshoot_scales_the_step_past_the_boundary(model, xy):
     assert ratio > 1.2, ratio
 
 
-def test_the_signed_gradient_survives_a_saturated_softmax():
-    """Where the network is confident, float32 rounds p(true class) to exactly 1.0 and the
-    cross-entropy's gradient loses its largest term; FGSM, BIM and PGD step along the exact
-    (float64) loss's sign instead (``_common.loss_grad``): seed 002's FGSM left 0.0941 through
-    the float32 loss and 0.0177 through the exact one."""
-    from advx.plugins.attacks._common import loss_grad
-
+def saturated_linear():
+    """``(net, x, y, exact, f32)``: a linear net confident enough that float32 rounds p(true
+    class) to 1.0 on most of its 64 inputs, and the input gradient of the summed cross-entropy
+    there computed in float64 (``exact``) and in float32 (``f32``, whose signs differ)."""
     g = torch.Generator().manual_seed(0)
     net = torch.nn.Linear(6, 4)
     with torch.no_grad():
@@ -431,21 +428,58 @@ def test_the_signed_gradient_survives_a_saturated_softmax():
     assert (F.softmax(net(x), 1).gather(1, y[:, None]) == 1.0).float().mean() > 0.4  # saturated in float32
 
     def grad(model, inp, dtype):
-        inp = inp.to(dtype).requires_grad_(True)
+        inp = inp.detach().to(dtype, copy=True).requires_grad_(True)
         (gr,) = torch.autograd.grad(F.cross_entropy(model.to(dtype)(inp), y, reduction="sum"), inp)
         return gr
 
-    exact = grad(copy_of(net), x, torch.float64)
-    f32 = grad(copy_of(net), x, torch.float32)
+    exact, f32 = grad(copy_of(net), x, torch.float64), grad(copy_of(net), x, torch.float32)
+    assert (f32.sign() != exact.sign())[exact.abs() > 0].any()  # the bug pinned: float32 steps elsewhere
+    return net, x, y, exact, f32
+
+
+def test_the_signed_gradient_survives_a_saturated_softmax():
+    """Where the network is confident, float32 rounds p(true class) to exactly 1.0 and the
+    cross-entropy's gradient loses its largest term; FGSM, BIM and PGD step along the exact
+    (float64) loss's sign instead (``_common.loss_grad``): seed 002's FGSM left 0.0941 through
+    the float32 loss and 0.0177 through the exact one."""
+    from advx.plugins.attacks._common import loss_grad
+
+    net, x, y, exact, _ = saturated_linear()
     ours, _ = loss_grad(net, x.clone().requires_grad_(True), y, targeted=False)
     nonzero = exact.abs() > 0
-    assert (f32.sign() != exact.sign())[nonzero].any()  # the bug this pins: float32 steps elsewhere
     assert torch.equal(ours.sign().double()[nonzero], exact.sign()[nonzero])
     # and FGSM, which takes that sign, fools what the exact gradient fools
     fooled = advx.evaluate(net.eval(), (x, y), [("fgsm", {"eps": 0.3})], bounds=(0.0, 1.0))[0]
     x_exact = (x + 0.3 * exact.sign()).clamp(0, 1)
     assert torch.allclose(fooled.x_adv, x_exact.float())
     assert fooled.metrics["adversarial_accuracy"] == pytest.approx((net(x_exact.float()).argmax(1) == y).float().mean().item())
+
+
+def test_apgd_ce_steps_along_the_exact_gradient_of_a_saturated_softmax():
+    """APGD's cross-entropy is float64 too (``_common.ce_loss``). One step from the clean
+    input: the 2-eps signed step projected onto the eps box is ``x1 = x + eps sign(grad)``,
+    returned where it fools the model or has the higher loss, else the clean input. Through a
+    float32 loss the step follows the wrong signs, and the loss, rounded to 0 at both points,
+    cannot tell that the step went up."""
+    from advx.plugins.attacks._common import ce_loss
+    from advx.plugins.attacks.apgd import apgd_run
+
+    net, x, y, exact, f32 = saturated_linear()
+    x1 = (x + 0.3 * exact.sign()).clamp(0, 1).float()
+    with torch.no_grad():
+        l0, l1, fools = ce_loss(net(x), y, False), ce_loss(net(x1), y, False), net(x1).argmax(1) != y
+        l1_f32 = F.cross_entropy(net(x1), y, reduction="none")
+    want = torch.where((fools | (l1 > l0))[:, None], x1, x)
+    assert bool((l1 > l0).float().mean() > 0.9)  # a step up almost everywhere (p_y is 1.0 in float64 too on a few)
+    for early_exit in (False, True):
+        out, found, loss = apgd_run(net, x, y, x.clone(), loss="ce", targeted=False, norm="linf", eps=0.3, steps=1,
+                                    bounds=(0.0, 1.0), early_exit=early_exit)
+        assert torch.allclose(out, want, atol=1e-6), early_exit
+        assert torch.equal(found, fools)
+        assert loss.dtype == torch.float64
+        assert torch.allclose(loss[~fools], torch.maximum(l0, l1)[~fools], rtol=1e-4)
+    assert bool(((l1 > 0) & (l1_f32 == 0)).any())  # float32 loses the loss, not only the gradient
+    assert not torch.allclose((x + 0.3 * f32.sign()).clamp(0, 1), x1)  # and steps elsewhere
 
 
 def copy_of(module: torch.nn.Module) -> torch.nn.Module:
