@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import time
 from pathlib import Path
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, help="instead: only the third configuration at this many steps per APGD/FAB run, beside --peers")
     ap.add_argument("--peers", default="torchattacks,autoattack")
     ap.add_argument("--name", default="suite-vs-autoattack", help="stem of the result files")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run advx's fast configuration and the peers on the model as the channels_last option runs it")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -138,19 +141,26 @@ def main(argv: list[str] | None = None) -> None:
         eps = EPS[mname]
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
-        runs, skipped = contenders(model, bounds, eps, args.malt_targets, args.hopeless_after, args.steps, args.peers.split(","))
-        for label, lib, fn, prof in runs:
-            got = timed(model, fn, x, y, args.device)
-            robust, linf, seconds = got["robust_accuracy"], got["max_linf"], got["seconds"]
-            row = {
-                "model": mname, "eps": eps, "n": len(x), "clean": clean, "contender": label, "library": lib,
-                "robust_accuracy": robust, "max_linf": linf, "seconds": seconds,
-                "forwards": got["forwards"], "backwards": got["backwards"],
-            }
-            if prof is not None:
-                row.update(prof())
-            rows.append(row)
-            print(f"{mname}: {label}: robust {robust:.4f} in {seconds:.1f} s (max Linf {linf:.4f})", flush=True)
+        layouts = [("default", model, args.steps)]
+        if args.channels_last:
+            # the model as advx's channels_last option runs it: converted, and every input put in
+            # channels-last strides (PassCounter(channels_last=True)); the peers get the same module
+            cl = advx.PassCounter(copy.deepcopy(model).to(memory_format=torch.channels_last), channels_last=True)
+            layouts.append(("channels_last", cl, args.steps if args.steps is not None else 100))
+        for layout, net, steps in layouts:
+            runs, skipped = contenders(net, bounds, eps, args.malt_targets, args.hopeless_after, steps, args.peers.split(","))
+            for label, lib, fn, prof in runs:
+                got = timed(net, fn, x, y, args.device)
+                robust, linf, seconds = got["robust_accuracy"], got["max_linf"], got["seconds"]
+                row = {
+                    "model": mname, "eps": eps, "n": len(x), "clean": clean, "contender": label, "library": lib, "layout": layout,
+                    "robust_accuracy": robust, "max_linf": linf, "seconds": seconds,
+                    "forwards": got["forwards"], "backwards": got["backwards"],
+                }
+                if prof is not None:
+                    row.update(prof())
+                rows.append(row)
+                print(f"{mname} [{layout}]: {label}: robust {robust:.4f} in {seconds:.1f} s (max Linf {linf:.4f})", flush=True)
     meta, md = finish(args, meta, args.name, rows, skipped, malt_targets=args.malt_targets, hopeless_after=args.hopeless_after)
     md.write_text("\n".join(markdown(meta, rows)) + "\n")
 
@@ -164,22 +174,31 @@ def markdown(meta, rows):
         "the original AutoAttack and advx with 100: a smaller budget, not the same attack.",
         *[f"- {s}" for s in meta["skipped"]],
         "",
-        "| model | contender | robust accuracy | seconds | forwards / ex. | backwards / ex. | torchattacks / this | original AA / this |",
-        "|---|---|---|---|---|---|---|---|",
+        "Layout `channels_last`: the model as advx's `channels_last` matrix option runs it (converted, every input in",
+        "channels-last strides: `advx.PassCounter(..., channels_last=True)`), for advx and the peers alike; ratios compare",
+        "contenders on the same layout, and the last two columns compare advx on that layout with the peers on the default one.",
+        "",
+        "| model | layout | contender | robust accuracy | seconds | forwards / ex. | backwards / ex. | torchattacks / this | original AA / this | torchattacks (default layout) / this | original AA (default layout) / this |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        peers = {p["library"]: p for p in rows if p["model"] == r["model"] and p["library"] != "advx"}
-        ratio = [f"{peers[p]['seconds'] / r['seconds']:.2f}x" if p in peers and r["library"] == "advx" else "" for p in ("torchattacks", "autoattack")]
+        layout = r.get("layout", "default")
+
+        def ratios(lay):
+            peers = {p["library"]: p for p in rows if p["model"] == r["model"] and p.get("layout", "default") == lay and p["library"] != "advx"}
+            return [f"{peers[p]['seconds'] / r['seconds']:.2f}x" if p in peers and r["library"] == "advx" else "" for p in ("torchattacks", "autoattack")]
+
+        same, plain = ratios(layout), (ratios("default") if layout != "default" else ["", ""])
         lines.append(
-            f"| {r['model']} | {r['contender']} | {r['robust_accuracy']:.4f} | {r['seconds']:.1f} | {r['forwards']:.0f} | "
-            f"{r['backwards']:.0f} | {ratio[0]} | {ratio[1]} |"
+            f"| {r['model']} | {layout} | {r['contender']} | {r['robust_accuracy']:.4f} | {r['seconds']:.1f} | {r['forwards']:.0f} | "
+            f"{r['backwards']:.0f} | {same[0]} | {same[1]} | {plain[0]} | {plain[1]} |"
         )
     lines += ["", "Where advx's time goes (seconds per member; examples broken per member, of the batch):", ""]
     for r in rows:
         if "member_seconds" in r:
             secs = ", ".join(f"{k} {v:.1f} s" for k, v in r["member_seconds"].items())
             broken = ", ".join(f"{k} {v}" for k, v in r["broken_by"].items())
-            lines.append(f"- {r['model']}, {r['contender']}: {secs}; broken: {broken}")
+            lines.append(f"- {r['model']} [{r.get('layout', 'default')}], {r['contender']}: {secs}; broken: {broken}")
     return lines
 
 
