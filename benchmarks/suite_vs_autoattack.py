@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.channels_last:
             # the model as advx's channels_last option runs it: converted, and every input put in
             # channels-last strides (PassCounter(channels_last=True)); the peers get the same module
-            cl = advx.PassCounter(copy.deepcopy(model).to(memory_format=torch.channels_last), channels_last=True)
+            cl = advx.PassCounter(copy.deepcopy(model).to(memory_format=torch.channels_last), channels_last=True).eval()  # eval: a peer puts back the mode it found
             layouts.append(("channels_last", cl, args.steps if args.steps is not None else 100))
         for layout, net, steps in layouts:
             runs, skipped = contenders(net, bounds, eps, args.malt_targets, args.hopeless_after, steps, args.peers.split(","))

@@ -83,6 +83,9 @@ class PassCounter(nn.Module):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
+        # in the mode of the model it wraps: a caller that saves the mode, switches and puts it
+        # back (torchattacks does) would otherwise put the model in training mode (dropout on)
+        self.train(model.training)
         self.forwards = 0
         self.backwards = 0
         self.counting = True

@@ -58,3 +58,15 @@ def test_every_forward_of_the_attacked_model_is_channels_last_with_the_option(at
             assert not all(cl)  # without it the attack's own tensors reach the model in the default format
     # the same memory, other kernels: the same examples within float noise
     assert torch.allclose(results[True].x_adv, results[False].x_adv, atol=1e-5)
+
+
+def test_the_pass_counter_is_in_the_mode_of_the_model_it_wraps():
+    # a peer that saves the mode it finds and puts it back must not switch dropout on
+    model = _Spy().eval()
+    counter = advx.PassCounter(model, channels_last=True)
+    assert not counter.training
+    was = counter.training
+    counter.eval()
+    counter.train(was)
+    assert not model.training
+    assert advx.PassCounter(_Spy().train()).training
