@@ -27,12 +27,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from advx import Attack, AttackConfig, hookimpl
 
-from ._common import early_exit_field, iterate_l2, iterate_linf, per_example_view, uniform_l2_ball
+from ._common import ce_loss, early_exit_field, iterate_l2, iterate_linf, per_example_view, uniform_l2_ball
 
 
 class _PGDConfig(AttackConfig):
@@ -62,7 +61,7 @@ class _PGDBase(Attack):
         c = self.config
         x = x.detach()
         noise = self.noise(x, c.seed) if c.random_start else None
-        best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
+        best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device, dtype=torch.float64)
         todo = torch.arange(len(x), device=x.device)  # the examples the next restart runs on
         for r in range(c.restarts):
             xs, ys = (x, y) if r == 0 else (x[todo], y[todo])
@@ -75,11 +74,11 @@ class _PGDBase(Attack):
             # would fail if the caller ever fed it through autograd.
             with torch.no_grad():
                 logits = model(x_adv)
-                loss = F.cross_entropy(logits, ys, reduction="none")
                 hit = logits.argmax(1) == ys
                 success = hit if targeted else ~hit
-                # on a surrogate (Attack.surrogate) fooling it is not the goal: rank by loss only
-                score = torch.where(success & (not self.surrogate), torch.inf, -loss if targeted else loss)
+                # on a surrogate (Attack.surrogate) fooling it is not the goal: rank by loss only;
+                # the loss in float64 (ce_loss): in float32 a saturated example's runs all tie at 0
+                score = torch.where(success & (not self.surrogate), torch.inf, ce_loss(logits, ys, targeted))
                 better = (score > best_score[todo]) | (r == 0)
                 best[todo] = torch.where(per_example_view(better, xs), x_adv, best[todo])
                 best_score[todo] = torch.maximum(score, best_score[todo])

@@ -482,6 +482,31 @@ def test_apgd_ce_steps_along_the_exact_gradient_of_a_saturated_softmax():
     assert not torch.allclose((x + 0.3 * f32.sign()).clamp(0, 1), x1)  # and steps elsewhere
 
 
+def test_pgd_ranks_its_restarts_by_the_exact_loss_of_a_saturated_softmax():
+    """PGD keeps, per example, the restart of highest cross-entropy (a success first); that
+    loss is float64 too (``ce_loss``): in float32 a saturated example's restarts all score 0,
+    tie, and the first is kept whatever the others reached."""
+    from advx.plugins.attacks._common import ce_loss
+
+    net, x, y, _, _ = saturated_linear()
+    params = {"eps": 0.05, "alpha": 0.01, "steps": 3, "early_exit": False}
+    kept = attack("pgd", restarts=3, **params).perturb(net, x, y, (0.0, 1.0))
+    pgd = attack("pgd", restarts=1, **params)
+    noise = pgd.noise(x, pgd.config.seed)
+    ends = [pgd._iterate(net, x, y, pgd._start(x, noise, r).add_(x).clamp_(0, 1), (0.0, 1.0), False).detach() for r in range(3)]
+    with torch.no_grad():
+        robust = torch.stack([net(e).argmax(1) == y for e in ends]).all(0)  # no restart fools these
+        losses = torch.stack([ce_loss(net(e), y, False) for e in ends])
+        f32 = torch.stack([F.cross_entropy(net(e), y, reduction="none") for e in ends])
+    best = losses.argmax(0)
+    want = torch.stack(ends)[best, torch.arange(len(x))]
+    assert bool(robust.float().mean() > 0.5)
+    assert torch.equal(kept[robust], want[robust])
+    tied = robust & (f32 == 0).all(0) & (best != 0)  # what float32 could not rank
+    assert bool(tied.any())
+    assert not torch.equal(kept[tied], ends[0][tied])
+
+
 def copy_of(module: torch.nn.Module) -> torch.nn.Module:
     import copy
 
