@@ -35,7 +35,9 @@ def spec_text(tmp_path: Path, steps: int = 150, **matrix) -> str:
     }
     lines = ["[matrix]"] + [f"{k} = {json.dumps(v)}" for k, v in options.items()]  # JSON scalars are TOML's
     lines += ['[[datasets]]', 'name = "digits"', '[[models]]', 'name = "mlp"', "train = { epochs = 1 }"]
-    lines += ['[[attacks]]', 'name = "pgd"', "eps = [0.05, 0.1, 0.15, 0.2]", "alpha = 0.01", f"steps = {steps}"]
+    # every step for every example (no early exit): a cell's length must not depend on how fast
+    # its examples break, or a run can end before the signal a test sends it
+    lines += ['[[attacks]]', 'name = "pgd"', "eps = [0.05, 0.1, 0.15, 0.2]", "alpha = 0.01", f"steps = {steps}", "early_exit = false"]
     return "\n".join(lines) + "\n"
 
 
