@@ -73,7 +73,9 @@ def main() -> None:
     reg = advx.Registry.discover()
     rows = []
     for name, model, x, y, bounds, eps, trained in models(args.samples):
-        x = x.contiguous()
+        # NCHW strides, as a dataset's batch has them (a one-channel tensor can be "contiguous"
+        # with channels-last strides too, and then takes the fast path already)
+        x = x.clone(memory_format=torch.contiguous_format)
         # as the kernel does with the option: the model converted too (its own copy here)
         converted = {False: model, True: copy.deepcopy(model).to(memory_format=torch.channels_last)}
         row = {"model": name, "n": len(x), "shape": list(x.shape[1:])}

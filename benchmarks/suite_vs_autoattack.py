@@ -72,12 +72,14 @@ def advx_suite(model, bounds, eps, **params):
 
 
 def contenders(model, bounds, eps, malt_targets, hopeless, steps=None, peers=("torchattacks", "autoattack")):
-    """The contenders; with ``steps``, only advx's fast configuration at that many steps per
-    APGD and FAB run (torchattacks' standard AutoAttack runs 10) beside the ``peers``."""
+    """The contenders; with ``steps`` (a list), only advx's fast configuration at each of those
+    numbers of steps per APGD and FAB run (torchattacks' standard AutoAttack runs 10) beside
+    the ``peers``."""
     out, skipped = [], []
     if steps is not None:
-        fn, prof = advx_suite(model, bounds, eps, steps=steps, target_selection="malt", target_classes=malt_targets, square_hopeless_after=hopeless)
-        out.append((f"advx suite, {steps} steps, MALT targets ({malt_targets}), Square hopeless_after {hopeless}", "advx", fn, prof))
+        for n in steps:
+            fn, prof = advx_suite(model, bounds, eps, steps=n, target_selection="malt", target_classes=malt_targets, square_hopeless_after=hopeless)
+            out.append((f"advx suite, {n} steps, MALT targets ({malt_targets}), Square hopeless_after {hopeless}", "advx", fn, prof))
         return out + _peers(model, eps, peers, skipped), skipped
     fn, prof = advx_suite(model, bounds, eps)
     out.append(("advx suite, AutoAttack standard settings (logit targets, 9)", "advx", fn, prof))
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", default="digits=300,mnist-at=200", help="examples per model, name=n,...")
     ap.add_argument("--malt-targets", type=int, default=3)
     ap.add_argument("--hopeless-after", type=float, default=0.1, help="square_hopeless_after of the third advx configuration")
-    ap.add_argument("--steps", type=int, help="instead: only the third configuration at this many steps per APGD/FAB run, beside --peers")
+    ap.add_argument("--steps", type=lambda v: [int(n) for n in v.split(",")],
+                    help="instead: only the third configuration at each of these steps per APGD/FAB run (e.g. 10,20), beside --peers")
     ap.add_argument("--peers", default="torchattacks,autoattack")
     ap.add_argument("--name", default="suite-vs-autoattack", help="stem of the result files")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             # the model as advx's channels_last option runs it: converted, and every input put in
             # channels-last strides (PassCounter(channels_last=True)); the peers get the same module
             cl = advx.PassCounter(copy.deepcopy(model).to(memory_format=torch.channels_last), channels_last=True).eval()  # eval: a peer puts back the mode it found
-            layouts.append(("channels_last", cl, args.steps if args.steps is not None else 100))
+            layouts.append(("channels_last", cl, args.steps if args.steps is not None else [100]))
         for layout, net, steps in layouts:
             runs, skipped = contenders(net, bounds, eps, args.malt_targets, args.hopeless_after, steps, args.peers.split(","))
             for label, lib, fn, prof in runs:

@@ -41,9 +41,10 @@ def channels_last(x: Tensor) -> Tensor:
     strides. ``contiguous(memory_format=torch.channels_last)`` leaves a one-channel batch as
     it is (its memory is already in channels-last order, so PyTorch sees nothing to do),
     with its NCHW strides, and the CPU kernels then take their NCHW path: mnist-cnn's
-    forward pass ran 2-3x slower on MNIST and the digits that way (forward and backward
-    1.1-1.6x; ``benchmarks/results/channels-last-cpu.md``). A one-channel batch is given
-    channels-last strides over the same memory (a view: no copy, gradients flow through).
+    forward pass ran 2.1x slower on MNIST and 4.3x on the digits that way (forward and
+    backward: 0.91-1.27x; Square, forward passes only, 1.5-1.8x;
+    ``benchmarks/results/channels-last-cpu.md``). A one-channel batch is given channels-last
+    strides over the same memory (a view: no copy, gradients flow through).
     """
     if x.dim() != 4:
         return x
