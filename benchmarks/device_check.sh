@@ -87,7 +87,7 @@ if [ "${PART:-1}" = 2 ]; then
     # processes sharing the GPU (no Ray in the image); the per-example records must be equal
     step sharding 150 $PY benchmarks/sharding.py --device cuda --rows unsharded "workers 1" "workers 2" --out "$W/sharding-cuda"
     step early-exit-peers 60 $PY benchmarks/early_exit_peers.py --device cuda --out "$W"
-    step suite-vs-autoattack 90 $PY benchmarks/suite_vs_autoattack.py --device cuda --out "$W"
+    step suite-vs-autoattack 90 $PY benchmarks/suite_vs_autoattack.py --device cuda --no-channels-last --out "$W"
     step optimality 60 $PY benchmarks/optimality.py --device cuda --out "$W"
     bundle
     exit 0
