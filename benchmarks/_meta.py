@@ -48,6 +48,24 @@ def meta_of(args: Any, before: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def parser(doc: str | None) -> Any:
+    """An argument parser with the options every benchmark takes: ``--threads`` (torch's, 2),
+    ``--device`` (cpu) and ``--out`` (``benchmarks/results``); ``begin(args)`` then starts the run."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    return ap
+
+
+def begin(args: Any) -> dict[str, Any]:
+    """Set torch's threads from ``args`` and return the run's metadata (``meta_of``)."""
+    torch.set_num_threads(args.threads)
+    return meta_of(args)
+
+
 def header(title: str, meta: dict[str, Any]) -> list[str]:
     peers = ", ".join(f"{k} {v}" for k, v in meta["peers"].items()) or "none installed"
     return [

@@ -24,17 +24,15 @@ Results: ``benchmarks/results/channels-last-cpu.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
-from pathlib import Path
 
 import torch
 
 import advx
 from advx.contract.interfaces import DatasetInfo
 from advx.runtime.crafting import CraftOptions, channels_last, craft
-from _meta import finish, header, meta_of
+from _meta import begin, finish, header, parser
 from _models import EPS, load
 
 
@@ -60,16 +58,12 @@ def models(samples: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=100)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     args.models = "digits,mnist-at"
-    torch.set_num_threads(args.threads)
-    meta = meta_of(args)
+    meta = begin(args)
     reg = advx.Registry.discover()
     rows = []
     for name, model, x, y, bounds, eps, trained in models(args.samples):

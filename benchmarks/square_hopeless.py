@@ -30,13 +30,10 @@ Results: ``benchmarks/results/square-hopeless-cpu.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 import advx
-from _meta import finish, header, meta_of
+from _meta import begin, finish, header, parser
 from _models import load
 
 SETS = [  # (model, eps, examples, where)
@@ -102,16 +99,12 @@ def simulate(L, rule):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--queries", type=int, default=5000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--check", type=float, default=0.1, help="the hopeless_after run for real through Square, to check the simulation")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     args.models = "digits,mnist,mnist-at"
-    torch.set_num_threads(args.threads)
-    meta = meta_of(args)
+    meta = begin(args)
     reg = advx.Registry.discover()
     rows = []
     for mname, eps, n, where in SETS:
