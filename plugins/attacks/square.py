@@ -162,7 +162,7 @@ class _SquareBase(Attack):
                         # bring the margin to zero: loss > (first - loss) / i * (queries - i)
                         live &= la * i <= (fa - la) * (c.queries - i)
                     if not bool(live.all()):  # the one host synchronisation per query
-                        best[act], loss[act] = ba, la
+                        best[act] = ba
                         keep = live.nonzero().squeeze(1)
                         act, xa, ba, la, ya, na, fa = act[keep], xa[keep], ba[keep], la[keep], ya[keep], na[keep], fa[keep]
                         words = None if words is None else words[keep]
