@@ -29,9 +29,11 @@ gradients, of member 0 (Grad.1) and the mean of the members' gradients (Grad.2),
 on the ensemble. Plus the mechanism itself: the share of test images whose input gradient is
 exactly zero. BIM stops an example once the attacked network is fooled where it is the
 scored one (the single network: advx's ``early_exit``), and
-runs all 8 steps otherwise, as advx's BIM does: the ``logits`` rows are advx's own attacks
-on the same networks (on all 10,000 images they are the cells of ``seed002-mnist-relu-logits``
-and ``seed002-mnist-table2-reduced``; on fewer, the same within the intervals).
+runs all 8 steps otherwise, as advx's BIM does. Every loss here is computed in float32, as a
+2017 Keras/TensorFlow pipeline computed it: the ``logits`` rows are the attacks advx ran
+before its attacks took the cross-entropy in float64 (the stored cells of
+``seed002-mnist-relu-logits`` and ``seed002-mnist-table2-reduced`` are of that time), so on
+saturated images they carry the float32 rounding that ``saturation.py`` measures.
 
 Writes ``experiments/results/seed002-mnist-masking.json`` (counts and shares of ``n`` test
 images; the document renders them with Wilson intervals). Uses advx's public API for the
