@@ -48,16 +48,22 @@ def meta_of(args: Any, before: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def parser(doc: str | None) -> Any:
-    """An argument parser with the options every benchmark takes: ``--threads`` (torch's, 2),
-    ``--device`` (cpu) and ``--out`` (``benchmarks/results``); ``begin(args)`` then starts the run."""
+def parser(doc: str | None, threads: int = 2) -> Any:
+    """An argument parser with the options every benchmark takes: ``--threads`` (torch's,
+    ``threads``), ``--device`` (cpu) and ``--out`` (``benchmarks/results``); ``begin(args)``
+    then starts the run."""
     import argparse
 
     ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=threads)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return ap
+
+
+def per_model(text: str) -> dict[str, int]:
+    """``"digits=300,mnist-at=200"`` (a ``--samples`` option naming a count per model) as a dict."""
+    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(","))}
 
 
 def begin(args: Any) -> dict[str, Any]:

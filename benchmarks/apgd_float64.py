@@ -29,15 +29,13 @@ Results: ``benchmarks/results/apgd-float64-cpu.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import advx
-from _meta import finish, header, meta_of, timed
+from _meta import begin, finish, header, parser, per_model, timed
 from _models import EPS, load
 
 STEPS = 100
@@ -96,16 +94,12 @@ def contenders(model, bounds, eps):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, threads=1)
     ap.add_argument("--models", default="digits,mnist-at,seed002")
     ap.add_argument("--samples", default="digits=300,mnist-at=200,seed002=500", help="examples per model, name=count,...")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    samples = {k: int(v) for k, v in (p.split("=") for p in args.samples.split(","))}
-    torch.set_num_threads(args.threads)
-    meta = meta_of(args)
+    samples = per_model(args.samples)
+    meta = begin(args)
     rows, skipped, saturated = [], [], {}
     for mname in args.models.split(","):
         model, x, y, bounds = load(mname, samples[mname], args.device)

@@ -21,15 +21,13 @@ Results: ``benchmarks/results/early-exit-peers-cpu.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 
 import advx
 from _models import EPS
-from _meta import finish, header, meta_of, models_under_test, peer_pgd_apgd, timed
+from _meta import begin, finish, header, models_under_test, parser, peer_pgd_apgd, timed
 
 PGD = {"eps": 0.3, "alpha": 0.01, "steps": 40}
 APGD = {"eps": 0.3, "steps": 100}
@@ -51,15 +49,11 @@ def contenders(model, bounds):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--samples", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="mnist,mnist-at")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    meta = meta_of(args)
+    meta = begin(args)
     rows, skipped = [], []
     for mname, model, x, y, bounds in models_under_test(args):
         with torch.no_grad():

@@ -23,16 +23,14 @@ Results: ``benchmarks/results/optimality-cpu.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
 
 import advx
 from advx.analysis.optimality import optimality, robust_on_grid
-from _meta import finish, header, meta_of, models_under_test, peer_pgd_apgd, sync
+from _meta import begin, finish, header, models_under_test, parser, peer_pgd_apgd, sync
 from attacks import Counter, import_adv_lib
 
 GRIDS = {
@@ -81,15 +79,11 @@ PEER_LABELS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--models", default="digits,mnist,mnist-at")
     ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    meta = meta_of(args)
+    meta = begin(args)
     rows, skipped = [], []
     for mname, model, x, y, bounds in models_under_test(args):
         grid = GRIDS[mname]

@@ -35,12 +35,11 @@ import contextlib
 import copy
 import io
 import time
-from pathlib import Path
 
 import torch
 
 import advx
-from _meta import finish, header, meta_of, timed
+from _meta import begin, finish, header, parser, per_model, timed
 from _models import EPS, load
 
 
@@ -118,7 +117,7 @@ def _peers(model, eps, peers, skipped):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--models", default="digits,mnist-at")
     ap.add_argument("--samples", default="digits=300,mnist-at=200", help="examples per model, name=n,...")
     ap.add_argument("--malt-targets", type=int, default=3)
@@ -129,13 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="suite-vs-autoattack", help="stem of the result files")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="also run advx's fast configuration and the peers on the model as the channels_last option runs it")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    samples = {k: int(v) for k, v in (kv.split("=") for kv in args.samples.split(","))}
-    meta = meta_of(args)
+    samples = per_model(args.samples)
+    meta = begin(args)
     rows, skipped = [], []
     for mname in args.models.split(","):
         model, x, y, bounds = load(mname, samples.get(mname, 200), args.device)
