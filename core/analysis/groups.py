@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from advx.analysis.rows import CellRow
+
+def robust_share(robust: Mapping[int, bool]) -> float | None:
+    """The worst case's number: the share of examples robust under every attack of a group
+    (``ResultStore.worst_case_examples``), ``None`` for no examples."""
+    return sum(robust.values()) / len(robust) if robust else None
+
 
 #: the parts that make a place: the evaluated model and the attacker's knowledge of it
 PLACE_PARTS = ("dataset", "model", "defense", "threat", "examples", "seed")

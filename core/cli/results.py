@@ -114,7 +114,7 @@ def _worst_case_table(store, rows: list[Any], only_groups: bool = False, width: 
     """
     from rich.markup import escape
 
-    from advx.analysis.groups import worst_case_groups
+    from advx.analysis.groups import robust_share, worst_case_groups
     from advx.analysis.intervals import proportion_interval, with_interval
     from advx.cli.console import fitted_table
 
@@ -122,7 +122,7 @@ def _worst_case_table(store, rows: list[Any], only_groups: bool = False, width: 
     table: dict[str, list[str]] = {c: [] for c in ("place", "constraint", "attacks", "best single attack", "worst case")}
     for place, constraint, cells in groups:
         robust = store.worst_case_examples(cells)
-        worst = sum(robust.values()) / len(robust) if robust else None
+        worst = robust_share(robust)
         table["place"].append(escape(place))
         table["constraint"].append(escape(constraint))
         table["attacks"].append(str(len(cells)))

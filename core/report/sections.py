@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 from advx.report.blocks import GALLERY_EXAMPLES, Gallery, INSTALL_HINT, MAX_FIGURES, MAX_GALLERY, Para, Section, Table
 from advx.analysis.intervals import proportion_interval, with_interval
-from advx.analysis.groups import MODEL_PARTS, distinct_labels, worst_case_groups
+from advx.analysis.groups import MODEL_PARTS, distinct_labels, robust_share, worst_case_groups
 from advx.report.common import _cfg, _flags_of, _fmt, _heat, _place
 from advx.report.images import example_images
 from advx.report.plots import LEGEND_FONT, _Plotter, _slug
@@ -102,7 +102,7 @@ def _matrix_section(rows: list[dict[str, Any]], store: Any, fmt: str, plotter: _
         wrows = []
         for place, c, cells in multi:
             robust = store.worst_case_examples(cells)
-            worst = sum(robust.values()) / len(robust) if robust else None
+            worst = robust_share(robust)
             best = min(cells, key=lambda r: r.robust_accuracy)
             best_ci = cis.get(best.cell_key, {}).get("robust_accuracy")
             wrows.append([

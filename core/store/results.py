@@ -628,8 +628,9 @@ class ResultStore:
     def worst_case(self, cells: Sequence[CellRow]) -> float | None:
         """Robust accuracy against the union of ``cells``' attacks, per example (mean of min):
         the share of ``worst_case_examples`` that stay robust (None for no examples)."""
-        robust = self.worst_case_examples(cells)
-        return sum(robust.values()) / len(robust) if robust else None
+        from advx.analysis.groups import robust_share
+
+        return robust_share(self.worst_case_examples(cells))
 
     def worst_case_examples(self, cells: Sequence[CellRow]) -> dict[int, bool]:
         """Per example (by index): robust under every one of ``cells``' attacks (and right on
