@@ -80,12 +80,21 @@ def place_labels(rows: Sequence[CellRow]) -> dict[str, str]:
     return distinct_labels(rows, PLACE_PARTS, CellRow.place)
 
 
-def worst_case_groups(rows: Sequence[CellRow], min_size: int = 2) -> list[tuple[str, str, list[CellRow]]]:
-    """(place label, constraint, cells): finished cells of one place and one threat constraint,
-    the groups a per-example worst case is taken over (they share model and examples)."""
-    done = [r for r in rows if r.done and r.robust_accuracy is not None]
+def place_groups(
+    rows: Sequence[CellRow], key: Callable[[CellRow], str], keep: Callable[[CellRow], bool] = lambda r: True
+) -> list[tuple[str, str, list[CellRow]]]:
+    """(place label, key, cells): the finished cells (with a robust accuracy, and ``keep``) of
+    one place (by identity) and one ``key(cell)``, in order of first appearance: the groups
+    per-example analyses compare (they share model and examples)."""
+    done = [r for r in rows if r.done and r.robust_accuracy is not None and keep(r)]
     labels = place_labels(done)
     groups: dict[tuple, list[CellRow]] = defaultdict(list)
     for r in done:
-        groups[(r.part(*PLACE_PARTS), constraint(r))].append(r)
-    return [(labels[cells[0].cell_key], c, cells) for (_, c), cells in groups.items() if len(cells) >= min_size]
+        groups[(r.part(*PLACE_PARTS), key(r))].append(r)
+    return [(labels[cells[0].cell_key], k, cells) for (_, k), cells in groups.items()]
+
+
+def worst_case_groups(rows: Sequence[CellRow], min_size: int = 2) -> list[tuple[str, str, list[CellRow]]]:
+    """(place label, constraint, cells): finished cells of one place and one threat constraint,
+    the groups a per-example worst case is taken over (they share model and examples)."""
+    return [g for g in place_groups(rows, constraint) if len(g[2]) >= min_size]

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advx.analysis.groups import PLACE_PARTS, place_labels
+from advx.analysis.groups import place_groups
 from advx.analysis.rows import CellRow
 
 #: relative tolerance of a minimum-norm attack's norm against a budget (float noise)
@@ -142,13 +142,8 @@ def optimality_groups(
     """``(place, norm, grid, rows, left out)`` per group of finished cells of one place and norm
     that sweeps eps (an attack at two budgets or more) or has minimum-norm cells, with at least
     two attacks; ``samples(cell_key)`` reads a cell's per-example records."""
-    done = [r for r in rows if r.done and r.robust_accuracy is not None and r.full_knowledge]
-    labels = place_labels(done)
-    groups: dict[tuple, list[CellRow]] = defaultdict(list)
-    for r in done:
-        groups[(r.part(*PLACE_PARTS), r.attack_traits.get("norm", "?"))].append(r)
     out = []
-    for (_, norm), cells in groups.items():
+    for place, norm, cells in place_groups(rows, lambda r: r.attack_traits.get("norm", "?"), lambda r: r.full_knowledge):
         families: dict[str, list[CellRow]] = defaultdict(list)
         for c in cells:
             families[_family(c)].append(c)
@@ -159,7 +154,7 @@ def optimality_groups(
         result = _group(sweeps, minimum, norm, samples)
         if result is not None:
             grid, table, left = result
-            out.append((labels[cells[0].cell_key], norm, grid, table, left))
+            out.append((place, norm, grid, table, left))
     return out
 
 
